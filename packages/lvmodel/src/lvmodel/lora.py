@@ -1,0 +1,167 @@
+"""LoRA through PEFT, plus the coursework's optional trainable lm_head bias.
+
+The coursework's reference code wraps q_proj and v_proj with LoRA (alpha = rank) and makes a bias on
+the LM head (one value per vocabulary entry) trainable. PEFT has no notion of a bias added to a layer
+that has none, so the bias is a plain `nn.Parameter` set on the head and saved beside the adapter in
+its own safetensors file; the LoRA weights stay in PEFT's format (`PeftModel.from_pretrained` loads
+them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+BIAS_FILE = "lm_head_bias.safetensors"
+SETTINGS_FILE = "lv_lora.json"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What to adapt and how.
+
+    Attributes:
+        rank: LoRA rank r.
+        alpha: LoRA alpha; None means alpha = rank (scaling 1, as in the coursework's reference code).
+        dropout: dropout on the LoRA input.
+        targets: module names to wrap (PEFT `target_modules`).
+        lm_head_bias: add a trainable bias to the LM head (counted in FLOPs as vocab adds per position).
+    """
+
+    rank: int = 4
+    alpha: float | None = None
+    dropout: float = 0.0
+    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
+    lm_head_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise ValueError("LoRA needs at least one target module")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoraSettings:
+        return cls(**{**data, "targets": tuple(data["targets"])})
+
+
+def lm_head(model: nn.Module) -> nn.Linear:
+    """The output projection of a (possibly PEFT-wrapped) causal LM."""
+    head = model.get_output_embeddings()  # type: ignore[operator]
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"expected a Linear LM head, got {type(head).__name__}")
+    return head
+
+
+def _add_lm_head_bias(model: nn.Module) -> nn.Parameter:
+    head = lm_head(model)
+    if head.bias is None:
+        head.bias = nn.Parameter(
+            torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device)
+        )
+    head.bias.requires_grad_(True)
+    return head.bias
+
+
+def apply_lora(model: nn.Module, settings: LoraSettings | None = None) -> PeftModel:
+    """Freeze `model`, wrap `settings.targets` with LoRA and, if asked, add the lm_head bias."""
+    settings = settings or LoraSettings()
+    config = LoraConfig(
+        r=settings.rank,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
+    if settings.lm_head_bias:
+        _add_lm_head_bias(peft_model)
+    return peft_model  # type: ignore[return-value]
+
+
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied weights are counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor by name (LoRA weights and the lm_head bias): what a checkpoint keeps."""
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy tensors saved by `trainable_state` back in place; names must match exactly."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = set(params) - set(state), set(state) - set(params)
+    if missing or unexpected:
+        raise ValueError(
+            f"trainable tensors do not match the model: missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name].to(p.device, p.dtype))
+
+
+def save_adapter(model: PeftModel, directory: str | Path, settings: LoraSettings) -> Path:
+    """Save the LoRA adapter (PEFT format, safetensors), the lm_head bias and the settings."""
+    directory = Path(directory)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    if settings.lm_head_bias:
+        bias = lm_head(model).bias
+        assert bias is not None
+        save_file({"bias": bias.detach().cpu().contiguous()}, str(directory / BIAS_FILE))
+    (directory / SETTINGS_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
+    return directory
+
+
+def load_adapter(
+    base_model: nn.Module, directory: str | Path, trainable: bool = False
+) -> PeftModel:
+    """Load an adapter saved by `save_adapter` onto `base_model` (safetensors only, no pickle)."""
+    directory = Path(directory)
+    settings_path = directory / SETTINGS_FILE
+    if not settings_path.is_file():
+        raise FileNotFoundError(f"{directory} is not an lv-forecast adapter: no {SETTINGS_FILE}")
+    settings = LoraSettings.from_dict(json.loads(settings_path.read_text()))
+    model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=trainable)
+    if settings.lm_head_bias:
+        bias = _add_lm_head_bias(model)
+        with torch.no_grad():
+            bias.copy_(load_file(str(directory / BIAS_FILE))["bias"].to(bias.device, bias.dtype))
+        bias.requires_grad_(trainable)
+    return model
+
+
+def adapter_settings(directory: str | Path) -> LoraSettings:
+    """The LoraSettings an adapter directory was saved with."""
+    return LoraSettings.from_dict(json.loads((Path(directory) / SETTINGS_FILE).read_text()))

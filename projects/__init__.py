@@ -1,0 +1,1 @@
+"""Thin MLflow entry points (see MLproject). The only layer of lv-forecast that imports mlflow."""

@@ -1,0 +1,51 @@
+"""The one place that knows MLflow conventions shared by every entry point."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "lv-forecast"
+
+
+def setup_tracking(experiment: str | None = None) -> None:
+    """Use $MLFLOW_TRACKING_URI when set (`mlflow run` sets it), else SQLite beside the project.
+
+    MLflow 3.17 refuses the plain ./mlruns file store by default, hence SQLite. The experiment is
+    $MLFLOW_EXPERIMENT_NAME, else `lv-forecast`, unless `mlflow run` already selected one
+    (MLFLOW_EXPERIMENT_ID).
+    """
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    if "MLFLOW_EXPERIMENT_ID" not in os.environ and "MLFLOW_RUN_ID" not in os.environ:
+        mlflow.set_experiment(
+            experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+        )
+
+
+def array_digest(values: np.ndarray) -> str:
+    """A short content digest of an array (shape, dtype and bytes), stable across runs."""
+    h = hashlib.sha256()
+    h.update(str((values.shape, str(values.dtype))).encode())
+    h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()[:16]
+
+
+def log_dataset(values: np.ndarray, path: Path, name: str, context: str) -> str:
+    """Log the trajectories as an MLflow dataset input with its digest; returns the digest."""
+    digest = array_digest(values)
+    with warnings.catch_warnings():
+        # MLflow 3.17 registers its local-file source class twice and warns that a local path
+        # "can be interpreted in multiple ways"; both candidates are the same class.
+        warnings.filterwarnings("ignore", message="The specified dataset source")
+        dataset = mlflow.data.from_numpy(
+            values, source=str(path.resolve()), name=name, digest=digest
+        )
+    mlflow.log_input(dataset, context=context)
+    return digest

@@ -1,0 +1,183 @@
+"""fit: loss goes down, FLOPs are metered exactly, the cap holds, and resume is exact on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import lvdata
+from lvflops import ModelShape, forward_flops, train_step_flops
+from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
+from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.tiny_tokenizer import build_tiny_tokenizer
+from lvmodel.train import TrainConfig, fit, make_scheduler
+
+LORA = LoraSettings(rank=2, lm_head_bias=True)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        tie_word_embeddings=True,
+    )
+    return apply_lora(Qwen2ForCausalLM(cfg), LORA)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, lvdata.LLMTimeCodec]:
+    traj = lvdata.simulate(n_systems=12, n_steps=30, seed=1)
+    codec = lvdata.LLMTimeCodec.fit(traj.values[:10])
+    return traj.values[:10], traj.values[10:], codec
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(
+        steps=6,
+        lr=5e-3,
+        batch_size=2,
+        context_length=64,
+        eval_every=3,
+        eval_windows=4,
+        forecast_every=-1,
+        seed=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_fit_lowers_loss_and_meters_flops(data):
+    train, val, codec = data
+    model = _model()
+    ran: list[tuple[bool, tuple[int, int]]] = []  # (training?, input shape) of every forward
+
+    def spy(module, args, kwargs):
+        ran.append((module.training, tuple(kwargs["input_ids"].shape)))
+
+    model.get_base_model().register_forward_pre_hook(spy, with_kwargs=True)
+    seen: list[tuple[int, dict]] = []
+    result = fit(
+        model,
+        build_tiny_tokenizer(),
+        codec,
+        train,
+        val,
+        _config(steps=12),
+        LORA,
+        on_metrics=lambda s, m: seen.append((s, m)),
+        progress=False,
+    )
+    losses = [m["train_loss"] for _, m in seen]
+    assert result.steps == 12 and result.stopped == "completed"
+    assert [s for s, _ in seen] == list(range(1, 13))
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert {"val_loss", "lr", "tokens_per_s", "flops_cumulative"} <= set(seen[-1][1])
+    # The meter charges exactly the shapes that ran: 3x forward for training, 1x for evaluation.
+    shape = ModelShape.from_hf_config(model.get_base_model().config.to_dict())
+    kw = {"lora_rank": 2, "lm_head_bias": True}
+    train_shapes = [s for training, s in ran if training]
+    eval_shapes = [s for training, s in ran if not training]
+    assert len(train_shapes) == 12 and len(eval_shapes) == 4 * 2  # val at 3, 6, 9, 12; 2 batches
+    assert max(length for _, length in train_shapes) == 64
+    assert result.train_flops == sum(
+        train_step_flops(shape, n, b, **kw).total for b, n in train_shapes
+    )
+    assert result.eval_flops == sum(forward_flops(shape, n, b, **kw).total for b, n in eval_shapes)
+    assert seen[-1][1]["flops_cumulative"] == result.total_flops
+
+
+def test_flops_cap_stops_before_crossing(data):
+    train, val, codec = data
+    model = _model()
+    shape = ModelShape.from_hf_config(model.get_base_model().config.to_dict())
+    step = train_step_flops(shape, 64, 2, lora_rank=2, lm_head_bias=True).total
+    cap = 4.5 * step  # batches are at most (2, 64): at least 4 steps fit, and not 10
+    result = fit(
+        model,
+        build_tiny_tokenizer(),
+        codec,
+        train,
+        val,
+        _config(steps=10, eval_every=0, flops_cap=cap),
+        LORA,
+        progress=False,
+    )
+    assert result.stopped == "flops_cap"
+    assert 4 <= result.steps < 10
+    assert result.total_flops <= cap
+
+
+@pytest.mark.parametrize(("name", "last"), [("constant", 1.0), ("cosine", None), ("wsd", None)])
+def test_schedules_warm_up_then_hold_or_decay(name, last):
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make_scheduler(
+        opt,
+        TrainConfig(steps=10, warmup_steps=2, schedule=name, min_lr_ratio=0.1, decay_fraction=0.3),
+    )
+    lrs = []
+    for _ in range(11):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)  # linear warmup
+    if last is not None:
+        assert lrs[-1] == pytest.approx(last)
+    else:
+        assert lrs[-1] == pytest.approx(0.1)  # decays to min_lr_ratio
+    if name == "wsd":
+        assert lrs[2:8] == pytest.approx([1.0] * 6)  # stable until the last 30%
+        assert lrs[8] < 1.0
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_reproduces_uninterrupted_run(data, tmp_path):
+    train, val, codec = data
+    cfg = _config(steps=8, checkpoint_every=2, eval_every=4)
+    tok = build_tiny_tokenizer()
+    full = fit(_model(), tok, codec, train, val, cfg, LORA, progress=False)
+
+    def die(step, metrics):
+        if step == 5:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        fit(
+            _model(),
+            tok,
+            codec,
+            train,
+            val,
+            cfg,
+            LORA,
+            on_metrics=die,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    assert latest_checkpoint(tmp_path).name == "step-000004"
+    assert len(list_checkpoints(tmp_path)) == 2  # keeps the newest two
+    resumed = fit(
+        _model(),
+        tok,
+        codec,
+        train,
+        val,
+        cfg,
+        LORA,
+        checkpoint_dir=tmp_path,
+        resume_from=tmp_path,
+        progress=False,
+    )
+    assert resumed.steps == 8
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in full.history]
+    assert resumed.final["val_loss"] == full.final["val_loss"]
+    assert resumed.total_flops == full.total_flops
+    assert latest_checkpoint(tmp_path).name == "step-000008"
