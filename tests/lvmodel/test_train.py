@@ -181,3 +181,42 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     assert resumed.final["val_loss"] == full.final["val_loss"]
     assert resumed.total_flops == full.total_flops
     assert latest_checkpoint(tmp_path).name == "step-000008"
+
+
+def test_forecast_metric_is_reported_and_charged(data):
+    train, val, codec = data
+    cfg = _config(
+        steps=4,
+        eval_every=0,
+        forecast_every=2,
+        forecast_series=2,
+        forecast_history=10,
+        forecast_horizon=2,
+    )
+    seen: dict[int, dict] = {}
+    result = fit(
+        _model(),
+        build_tiny_tokenizer(),
+        codec,
+        train,
+        val,
+        cfg,
+        LORA,
+        on_metrics=lambda s, m: seen.update({s: m}),
+        progress=False,
+    )
+    assert "val_mse" not in seen[1] and "val_mse" in seen[2] and "val_mse" in seen[4]
+    assert {"val_mse_h1", "val_mse_h2", "val_invalid_rate", "val_mse_filled"} <= set(seen[4])
+    assert seen[4]["val_invalid_rate"] == 0.0  # the grammar keeps output well-formed
+    val_loss_only = fit(
+        _model(),
+        build_tiny_tokenizer(),
+        codec,
+        train,
+        val,
+        _config(steps=4, eval_every=0),
+        LORA,
+        progress=False,
+    )
+    assert result.train_flops == val_loss_only.train_flops
+    assert result.eval_flops > val_loss_only.eval_flops  # two forecasts charged on top

@@ -36,7 +36,7 @@ class LoraSettings:
     """
 
     rank: int = 4
-    alpha: float | None = None
+    alpha: int | None = None
     dropout: float = 0.0
     targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
     lm_head_bias: bool = True
@@ -51,8 +51,8 @@ class LoraSettings:
         object.__setattr__(self, "targets", tuple(self.targets))
 
     @property
-    def lora_alpha(self) -> float:
-        return float(self.rank if self.alpha is None else self.alpha)
+    def lora_alpha(self) -> int:
+        return self.rank if self.alpha is None else self.alpha
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "targets": list(self.targets)}
@@ -91,10 +91,10 @@ def apply_lora(model: nn.Module, settings: LoraSettings | None = None) -> PeftMo
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)  # type: ignore[arg-type]
+    peft_model = get_peft_model(model, config)
     if settings.lm_head_bias:
         _add_lm_head_bias(peft_model)
-    return peft_model  # type: ignore[return-value]
+    return peft_model
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:

@@ -28,9 +28,11 @@ from transformers.optimization import (
 )
 
 import lvdata
-from lvflops import ModelShape, forward_flops, generate_flops, train_step_flops
+from lvflops import forward_flops, generate_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
+from lvmodel.forecast import forecast, model_shape
 from lvmodel.lora import LoraSettings
+from lvmodel.metrics import forecast_metrics
 
 Schedule = Literal["constant", "cosine", "wsd"]
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -153,12 +155,6 @@ def make_scheduler(
     )
 
 
-def base_shape(model: torch.nn.Module) -> ModelShape:
-    """The lvflops shape of a (possibly PEFT-wrapped) HF model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return ModelShape.from_hf_config(base.config.to_dict())
-
-
 class _Batches:
     """Deterministic epoch-shuffled micro-batches; the position (epoch, cursor) is checkpointable."""
 
@@ -191,7 +187,7 @@ def trim_batch(windows: lvdata.Windows, idx: np.ndarray | slice) -> dict[str, to
     }
 
 
-def _autocast(device: torch.device):  # type: ignore[no-untyped-def]
+def _autocast(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; fp32 (no autocast) on CPU, so CPU runs are exactly reproducible."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -229,8 +225,12 @@ def fit(
         progress: show a tqdm progress bar.
     """
     device = next(model.parameters()).device
-    shape = base_shape(model)
-    fkw = {"lora_rank": lora.rank, "lora_targets": lora.targets, "lm_head_bias": lora.lm_head_bias}
+    shape = model_shape(model)
+    fkw: dict[str, Any] = {
+        "lora_rank": lora.rank,
+        "lora_targets": lora.targets,
+        "lm_head_bias": lora.lm_head_bias,
+    }
     encode = [codec.encode(s) for s in train_series]
     train_w = lvdata.make_windows(encode, tokenizer, config.context_length, config.stride)
     val_w = lvdata.make_windows(
@@ -270,17 +270,21 @@ def fit(
             state["train_flops"] + state["eval_flops"] + extra <= config.flops_cap
         )
 
+    def due(every: int) -> bool:
+        return every > 0 and state["step"] % every == 0
+
     def evaluate(final: bool) -> dict[str, float]:
+        """Validation loss and/or the forecasting metric, whichever is due (both at the end)."""
         out: dict[str, float] = {}
-        cost = sum(
-            forward_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
-            for b in _val_batches(val_w, config.batch_size)
-        )
-        if within_cap(cost):
-            out["val_loss"] = validation_loss(model, val_w, config.batch_size, device)
-            state["eval_flops"] += cost
-        want_forecast = config.forecast_every > 0 and state["step"] % config.forecast_every == 0
-        if config.forecast_every >= 0 and (final or want_forecast):
+        if final or due(config.eval_every):
+            cost = sum(
+                forward_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
+                for b in _val_batches(val_w, config.batch_size)
+            )
+            if within_cap(cost):
+                out["val_loss"] = validation_loss(model, val_w, config.batch_size, device)
+                state["eval_flops"] += cost
+        if config.forecast_every >= 0 and (final or due(config.forecast_every)):
             out.update(
                 _forecast_metrics(
                     model, tokenizer, codec, val_series, config, lora, state, within_cap
@@ -324,7 +328,7 @@ def fit(
             tokens += int(b["attention_mask"].sum())
         if config.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
+        lr = float(scheduler.get_last_lr()[0])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -333,12 +337,12 @@ def fit(
         dt = time.perf_counter() - t0
         metrics = {"train_loss": loss_sum, "lr": lr, "tokens_per_s": tokens / max(dt, 1e-9)}
         is_last = state["step"] == config.steps
-        if is_last or (config.eval_every and state["step"] % config.eval_every == 0):
+        if is_last or due(config.eval_every) or due(config.forecast_every):
             metrics.update(evaluate(final=is_last))
         record(metrics)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
-        if config.checkpoint_every and state["step"] % config.checkpoint_every == 0 and not is_last:
+        if due(config.checkpoint_every) and not is_last:
             last_ckpt = checkpoint()
     bar.close()
     if state["stopped"] == "running":
@@ -396,9 +400,6 @@ def _forecast_metrics(
     within_cap: Callable[[int], bool],
 ) -> dict[str, float]:
     """The task metric on a fixed validation subset (seed 003: val loss alone misleads)."""
-    from lvmodel.forecast import forecast
-    from lvmodel.metrics import forecast_metrics
-
     k, h = config.forecast_history, config.forecast_horizon
     subset = val_series[: config.forecast_series]
     if subset.shape[1] < k + h:
@@ -410,7 +411,7 @@ def _forecast_metrics(
     # Upper bound for the cap check: full-context prompts, the longest well-formed steps.
     longest_step = 2 * (2 + 1 + codec.decimals) + 2
     bound = generate_flops(
-        base_shape(model),
+        model_shape(model),
         config.context_length,
         h * longest_step,
         batch=len(histories),

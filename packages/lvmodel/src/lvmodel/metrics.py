@@ -1,0 +1,111 @@
+"""Forecast metrics with invalid (NaN) predictions, and the simple reference forecasters.
+
+How invalid values enter the numbers (:func:`forecast_metrics`):
+
+* ``mse``, ``mae`` and their per-variable (``mse_prey`` ...) and per-step (``mse_h1`` ...)
+  versions average over the **valid** predicted values only (original units);
+* ``invalid_rate`` (share of NaN predicted values) is reported beside them, because a model
+  that answers only where it is sure could otherwise look good on valid values alone;
+* ``mse_filled`` / ``mae_filled`` (when ``fallback`` is given) replace every invalid value by the
+  fallback, the last observed history value (persistence), and average over **all** values: an
+  invalid answer then costs what the naive forecast costs, so garbage can never look good.
+
+Written with numpy instead of scikit-learn's ``mean_squared_error``: that function rejects NaN
+input outright and applies one mask to all outputs, while these metrics need a separate validity
+mask per value (and per variable and horizon step) plus the filled variant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["VAR_NAMES", "baseline_forecasts", "forecast_metrics", "last_values"]
+
+VAR_NAMES = ("prey", "predator")
+"""Names of the two variables in metric keys (others are ``var{j}``)."""
+
+
+def _var_name(j: int, n_vars: int) -> str:
+    return VAR_NAMES[j] if n_vars == len(VAR_NAMES) else f"var{j}"
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(x.mean()) if x.size else float("nan")
+
+
+def forecast_metrics(pred: Any, truth: Any, fallback: Any = None) -> dict[str, float]:
+    """Error metrics of forecasts ``pred`` against ``truth``, both (B, H, n_vars), original units.
+
+    A predicted value is invalid when it is not finite (NaN marks a malformed model output).
+    ``truth`` must be finite. Keys (``H`` = horizon, variables ``prey``/``predator`` when
+    ``n_vars == 2``, else ``var0``, ``var1``, ...):
+
+    * ``mse``, ``mae``: over all valid predicted values (NaN if there are none);
+    * ``mse_prey``, ``mse_predator``, ``mae_prey``, ``mae_predator``: valid values of one variable;
+    * ``mse_h1`` .. ``mse_hH``, ``mae_h1`` .. ``mae_hH``: valid values of one horizon step;
+    * ``invalid_rate``: invalid values / all values;
+    * with ``fallback`` (B, n_vars), the last observed value of each history:
+      ``mse_filled``, ``mae_filled`` over all values, invalid ones replaced by the fallback
+      (a persistence forecast), so invalid outputs are penalised, never dropped.
+    """
+    p = np.asarray(pred, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    if p.ndim != 3 or p.shape != t.shape:
+        raise ValueError(f"pred and truth must both be (B, H, n_vars), got {p.shape}, {t.shape}")
+    if not np.all(np.isfinite(t)):
+        raise ValueError("truth must be finite")
+    _, horizon, n_vars = p.shape
+    valid = np.isfinite(p)
+    err = np.where(valid, p - t, 0.0)
+    sq, ab = err**2, np.abs(err)
+
+    out: dict[str, float] = {"mse": _mean(sq[valid]), "mae": _mean(ab[valid])}
+    for j in range(n_vars):
+        name, v = _var_name(j, n_vars), valid[:, :, j]
+        out[f"mse_{name}"] = _mean(sq[:, :, j][v])
+        out[f"mae_{name}"] = _mean(ab[:, :, j][v])
+    for h in range(horizon):
+        v = valid[:, h, :]
+        out[f"mse_h{h + 1}"] = _mean(sq[:, h, :][v])
+        out[f"mae_h{h + 1}"] = _mean(ab[:, h, :][v])
+    out["invalid_rate"] = float(1.0 - valid.mean()) if valid.size else 0.0
+
+    if fallback is not None:
+        f = np.asarray(fallback, dtype=np.float64)
+        if f.shape != (p.shape[0], n_vars):
+            raise ValueError(
+                f"fallback must be (B, n_vars) = {(p.shape[0], n_vars)}, got {f.shape}"
+            )
+        filled = np.where(valid, p, f[:, None, :])
+        out["mse_filled"] = _mean((filled - t) ** 2)
+        out["mae_filled"] = _mean(np.abs(filled - t))
+    return out
+
+
+def last_values(histories: Any) -> np.ndarray:
+    """(B, n_vars) last observed value of each history: (B, T, n_vars) array or (T_i, n) list."""
+    return np.stack([np.asarray(h, dtype=np.float64)[-1] for h in histories])
+
+
+def baseline_forecasts(histories: Any, horizon: int, train_values: Any) -> dict[str, np.ndarray]:
+    """The two trivial reference forecasts, each (B, horizon, n_vars) in original units.
+
+    * ``"train_mean"``: the mean of each variable over the training values (all series, all
+      steps: ``train_values`` is (..., n_vars)), the same for every series and step;
+    * ``"persistence"``: the last observed value of each history, repeated.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    last = last_values(histories)
+    train = np.asarray(train_values, dtype=np.float64)
+    n_vars = last.shape[1]
+    if train.shape[-1] != n_vars:
+        raise ValueError(f"train_values must end in n_vars={n_vars}, got shape {train.shape}")
+    mean = train.reshape(-1, n_vars).mean(axis=0)
+    b = last.shape[0]
+    return {
+        "train_mean": np.broadcast_to(mean, (b, horizon, n_vars)).copy(),
+        "persistence": np.repeat(last[:, None, :], horizon, axis=1),
+    }

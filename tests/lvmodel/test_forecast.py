@@ -1,0 +1,210 @@
+"""Constrained batched forecasting with a random tiny Qwen2 model and the tiny tokenizer."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from lvdata import LLMTimeCodec
+from lvflops import generate_flops
+from lvmodel.forecast import forecast, model_shape, naive_generate_forecast, truncate_history
+from lvmodel.grammar import LLMTimeGrammar, LLMTimeLogitsProcessor, max_new_tokens_for
+from lvmodel.tiny_tokenizer import build_tiny_tokenizer
+
+NUMBER = r"(?:0|[1-9][0-9]?)\.[0-9]{2}"
+STEP = rf"{NUMBER},{NUMBER};"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls: one thread is faster and immune to oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model() -> Qwen2ForCausalLM:
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def codec() -> LLMTimeCodec:
+    return LLMTimeCodec(alpha=1.0)
+
+
+@pytest.fixture(scope="module")
+def histories() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.uniform(0.0, 5.0, size=(t, 2)) for t in (12, 5, 9, 1, 7)]
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def test_shape_and_always_well_formed(model, tokenizer, codec, histories) -> None:
+    horizon = 4
+    f = forecast(model, tokenizer, codec, histories, horizon, batch_size=3)
+    assert f.values.shape == (len(histories), horizon, 2)
+    assert f.values.dtype == np.float64
+    assert f.invalid == 0 and not np.isnan(f.values).any()
+    assert np.asarray(f) is f.values or np.array_equal(np.asarray(f), f.values)
+    assert len(f.texts) == len(histories)
+    for (text,) in f.texts:
+        assert text.count(";") == horizon
+        assert re.fullmatch(rf"(?:{STEP}){{{horizon}}}", text), text
+    # generated tokens = the per-row useful lengths; prompts = their unpadded token counts
+    assert f.generated_tokens == sum(_n_tokens(tokenizer, t) for (t,) in f.texts)
+    assert f.prompt_tokens == sum(_n_tokens(tokenizer, codec.encode_prompt(h)) for h in histories)
+    assert f.history_steps == [len(h) for h in histories]
+
+
+def test_batched_left_padding_equals_one_at_a_time(model, tokenizer, codec, histories) -> None:
+    batched = forecast(model, tokenizer, codec, histories, 3, batch_size=len(histories))
+    singles = [forecast(model, tokenizer, codec, [h], 3) for h in histories]
+    for i, single in enumerate(singles):
+        assert single.texts[0] == batched.texts[i]
+        np.testing.assert_array_equal(single.values[0], batched.values[i])
+    # per-row stopping: no row pays for another row's tokens in the count
+    assert batched.generated_tokens == sum(s.generated_tokens for s in singles)
+
+
+def test_context_length_cuts_whole_steps(model, tokenizer, codec) -> None:
+    # steps of unequal token lengths: "12.00,1.00;" is 11 tokens, "1.00,1.00;" 10
+    history = np.array([[12.0, 1.0], [1.0, 1.0], [12.0, 1.0], [1.0, 1.0], [12.0, 1.0]])
+    for limit, keep in [(11, 1), (20, 1), (21, 2), (31, 2), (32, 3), (53, 5), (None, 5)]:
+        kept, ids = truncate_history(history, codec, tokenizer, limit)
+        assert len(kept) == keep, limit
+        np.testing.assert_array_equal(kept, history[len(history) - keep :])
+        assert ids == tokenizer(codec.encode_prompt(kept), add_special_tokens=False)["input_ids"]
+        assert limit is None or len(ids) <= limit
+    with pytest.raises(ValueError, match="shorter than one time step"):
+        truncate_history(history, codec, tokenizer, 10)
+
+    f = forecast(model, tokenizer, codec, [history, history[:2]], 2, context_length=21)
+    assert f.history_steps == [2, 2]
+    assert f.prompt_tokens == 21 + 21
+
+
+def test_sampling_is_seeded_and_takes_the_median(model, tokenizer, codec, histories) -> None:
+    kw: dict[str, Any] = {"num_samples": 5, "temperature": 1.0, "batch_size": 2}
+    a = forecast(model, tokenizer, codec, histories, 3, seed=1, **kw)
+    b = forecast(model, tokenizer, codec, histories, 3, seed=1, **kw)
+    c = forecast(model, tokenizer, codec, histories, 3, seed=2, **kw)
+    assert a.texts == b.texts
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.texts != c.texts
+    assert a.samples is not None and a.samples.shape == (len(histories), 5, 3, 2)
+    np.testing.assert_array_equal(a.values, np.median(a.samples, axis=1))
+    for texts in a.texts:
+        assert len(texts) == 5
+        assert all(re.fullmatch(rf"(?:{STEP}){{3}}", t) for t in texts)
+    assert a.prompt_tokens == 5 * forecast(model, tokenizer, codec, histories, 1).prompt_tokens
+
+
+def test_flops_match_lvflops_for_one_batch(model, tokenizer, codec, histories) -> None:
+    f = forecast(model, tokenizer, codec, histories, 2, batch_size=len(histories))
+    shape = model_shape(model)
+    prompt_len = max(_n_tokens(tokenizer, codec.encode_prompt(h)) for h in histories)
+    new_tokens = max(
+        _n_tokens(tokenizer, t) for (t,) in f.texts
+    )  # the batch ends with its longest row
+    expected = generate_flops(
+        shape, prompt_len, new_tokens, batch=len(histories), kv_cache=True, logits_len=1
+    )
+    assert f.flops > 0
+    assert f.flops == expected.total
+    lora = forecast(model, tokenizer, codec, histories, 2, batch_size=len(histories), lora_rank=4)
+    assert (
+        lora.flops
+        == generate_flops(
+            shape, prompt_len, new_tokens, batch=len(histories), logits_len=1, lora_rank=4
+        ).total
+    )
+    assert lora.flops > f.flops
+
+
+def test_grammar_masks_and_decimals_zero(tokenizer) -> None:
+    grammar = LLMTimeGrammar(tokenizer, decimals=0, max_int_digits=1)
+    proc = LLMTimeLogitsProcessor(grammar, horizon=1)
+    ids = tokenizer("5;", add_special_tokens=False)["input_ids"]
+    seq = torch.tensor([ids])
+    vocab = 100
+
+    def allowed(prefix: str) -> set[str]:
+        nonlocal seq
+        if prefix:
+            seq = torch.cat([seq, torch.tensor([[tokenizer.convert_tokens_to_ids(prefix)]])], 1)
+        scores = proc(seq, torch.zeros(1, vocab))
+        return {
+            tokenizer.convert_ids_to_tokens(i)
+            for i in torch.isfinite(scores[0]).nonzero()[:, 0].tolist()
+        }
+
+    digits = set("0123456789")
+    assert allowed("") == digits  # first call: the prompt only
+    assert allowed("7") == {","}
+    assert allowed(",") == digits
+    assert allowed("0") == {";"}
+    assert allowed(";") == {tokenizer.pad_token}  # horizon reached: only padding
+    assert max_new_tokens_for(5) == 60
+    assert max_new_tokens_for(1, decimals=0, max_int_digits=1) == grammar.max_tokens_per_step() == 4
+
+
+def test_training_mode_restored_and_naive_baseline(model, tokenizer, codec, histories) -> None:
+    model.train()
+    try:
+        naive = naive_generate_forecast(model, tokenizer, codec, histories[:2], 2, max_new_tokens=8)
+        assert model.training
+    finally:
+        model.eval()
+    assert naive.values.shape == (2, 2, 2)
+    assert naive.flops > 0 and naive.generated_tokens == 2 * 8
+    assert naive.invalid == int(np.isnan(naive.values).sum())
+
+
+def test_peft_model_shape_and_lora_warning(tokenizer, codec, histories) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    base = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            intermediate_size=64,
+        )
+    )
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    assert model_shape(peft_model).hidden_size == 32
+    with pytest.warns(UserWarning, match="lora_rank=None"):
+        forecast(peft_model, tokenizer, codec, histories[:1], 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        f = forecast(peft_model, tokenizer, codec, histories[:1], 1, lora_rank=2)
+    assert f.invalid == 0
