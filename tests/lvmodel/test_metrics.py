@@ -30,10 +30,10 @@ def test_valid_only_metrics_by_hand(pred: np.ndarray) -> None:
     assert m["mse_predator"] == pytest.approx(5.0)
     assert m["mae_predator"] == pytest.approx(2.0)
     # h1: 1; h2: 2, 1, 0, 3
-    assert m["mse_h1"] == pytest.approx(1.0)
-    assert m["mae_h1"] == pytest.approx(1.0)
-    assert m["mse_h2"] == pytest.approx(14 / 4)
-    assert m["mae_h2"] == pytest.approx(6 / 4)
+    assert m["mse_step1"] == pytest.approx(1.0)
+    assert m["mae_step1"] == pytest.approx(1.0)
+    assert m["mse_step2"] == pytest.approx(14 / 4)
+    assert m["mae_step2"] == pytest.approx(6 / 4)
     assert m["invalid_rate"] == pytest.approx(3 / 8)
     assert "mse_filled" not in m
     assert set(m) == {
@@ -43,10 +43,10 @@ def test_valid_only_metrics_by_hand(pred: np.ndarray) -> None:
         "mae_prey",
         "mse_predator",
         "mae_predator",
-        "mse_h1",
-        "mae_h1",
-        "mse_h2",
-        "mae_h2",
+        "mse_step1",
+        "mae_step1",
+        "mse_step2",
+        "mae_step2",
         "invalid_rate",
     }
 
@@ -69,7 +69,7 @@ def test_nonzero_truth_and_no_invalid() -> None:
     assert m["mae"] == pytest.approx(0.75)
     assert m["mse_prey"] == pytest.approx(0.25)
     assert m["mae_predator"] == pytest.approx(1.0)
-    assert m["mse_h3"] == pytest.approx(0.625)
+    assert m["mse_step3"] == pytest.approx(0.625)
     assert m["invalid_rate"] == 0.0
     assert m["mse_filled"] == pytest.approx(m["mse"])
 
@@ -78,7 +78,7 @@ def test_all_invalid_gives_nan_and_rate_one() -> None:
     pred = np.full((1, 2, 2), NAN)
     truth = np.ones((1, 2, 2))
     m = forecast_metrics(pred, truth, fallback=np.array([[1.0, 3.0]]))
-    assert math.isnan(m["mse"]) and math.isnan(m["mae_h1"])
+    assert math.isnan(m["mse"]) and math.isnan(m["mae_step1"])
     assert m["invalid_rate"] == 1.0
     assert m["mse_filled"] == pytest.approx(2.0)  # errors 0, 2, 0, 2
 

@@ -12,7 +12,7 @@ from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
 from lvmodel.lora import LoraSettings, apply_lora
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
-from lvmodel.train import TrainConfig, fit, make_scheduler
+from lvmodel.train import TrainConfig, fit, make_scheduler, planned_fit_flops
 
 LORA = LoraSettings(rank=2, lm_head_bias=True)
 
@@ -206,7 +206,7 @@ def test_forecast_metric_is_reported_and_charged(data):
         progress=False,
     )
     assert "val_mse" not in seen[1] and "val_mse" in seen[2] and "val_mse" in seen[4]
-    assert {"val_mse_h1", "val_mse_h2", "val_invalid_rate", "val_mse_filled"} <= set(seen[4])
+    assert {"val_mse_step1", "val_mse_step2", "val_invalid_rate", "val_mse_filled"} <= set(seen[4])
     assert seen[4]["val_invalid_rate"] == 0.0  # the grammar keeps output well-formed
     val_loss_only = fit(
         _model(),
@@ -220,3 +220,8 @@ def test_forecast_metric_is_reported_and_charged(data):
     )
     assert result.train_flops == val_loss_only.train_flops
     assert result.eval_flops > val_loss_only.eval_flops  # two forecasts charged on top
+    # The plan made before a run bounds what the run charges (it reserves the budget).
+    shape = ModelShape.from_hf_config(_model().get_base_model().config.to_dict())
+    for run, config in ((result, cfg), (val_loss_only, _config(steps=4, eval_every=0))):
+        plan = planned_fit_flops(shape, config, LORA, n_val_windows=config.eval_windows)
+        assert run.total_flops <= plan < 3 * run.total_flops

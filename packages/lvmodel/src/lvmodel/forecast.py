@@ -49,6 +49,7 @@ __all__ = [
     "as_histories",
     "build_prompts",
     "forecast",
+    "forecast_flops_bound",
     "model_shape",
     "naive_generate_forecast",
     "truncate_history",
@@ -199,6 +200,39 @@ def _flops_kwargs(
         "lm_head_bias": lm_head_bias,
         "logits_len": 1,
     }
+
+
+def forecast_flops_bound(
+    shape: ModelShape,
+    n_series: int,
+    prompt_tokens: int,
+    horizon: int,
+    decimals: int = 2,
+    num_samples: int = 1,
+    lora_rank: int | None = None,
+    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
+    lm_head_bias: bool = False,
+    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
+    n_vars: int = 2,
+) -> int:
+    """The most FLOPs :func:`forecast` can spend, for plans and caps.
+
+    Every prompt padded to ``prompt_tokens`` (the context limit) and every row generating the
+    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`); generation cost
+    is linear in the rows, so the split into batches does not change the bound.
+    """
+    new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
+    return generate_flops(
+        shape,
+        prompt_tokens,
+        new,
+        batch=n_series * num_samples,
+        kv_cache=True,
+        lora_rank=lora_rank,
+        lora_targets=tuple(lora_targets),
+        lm_head_bias=lm_head_bias,
+        logits_len=1,
+    ).total
 
 
 def _row_lengths(gen: torch.Tensor, time_sep_id: int, horizon: int, pad_id: int) -> torch.Tensor:

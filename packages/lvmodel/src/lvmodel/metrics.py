@@ -2,7 +2,7 @@
 
 How invalid values enter the numbers (:func:`forecast_metrics`):
 
-* ``mse``, ``mae`` and their per-variable (``mse_prey`` ...) and per-step (``mse_h1`` ...)
+* ``mse``, ``mae`` and their per-variable (``mse_prey`` ...) and per-step (``mse_step1`` ...)
   versions average over the **valid** predicted values only (original units);
 * ``invalid_rate`` (share of NaN predicted values) is reported beside them, because a model
   that answers only where it is sure could otherwise look good on valid values alone;
@@ -44,7 +44,7 @@ def forecast_metrics(pred: Any, truth: Any, fallback: Any = None) -> dict[str, f
 
     * ``mse``, ``mae``: over all valid predicted values (NaN if there are none);
     * ``mse_prey``, ``mse_predator``, ``mae_prey``, ``mae_predator``: valid values of one variable;
-    * ``mse_h1`` .. ``mse_hH``, ``mae_h1`` .. ``mae_hH``: valid values of one horizon step;
+    * ``mse_step1`` .. ``mse_stepH``, ``mae_step1`` .. ``mae_stepH``: valid values of one horizon step;
     * ``invalid_rate``: invalid values / all values;
     * with ``fallback`` (B, n_vars), the last observed value of each history:
       ``mse_filled``, ``mae_filled`` over all values, invalid ones replaced by the fallback
@@ -68,8 +68,8 @@ def forecast_metrics(pred: Any, truth: Any, fallback: Any = None) -> dict[str, f
         out[f"mae_{name}"] = _mean(ab[:, :, j][v])
     for h in range(horizon):
         v = valid[:, h, :]
-        out[f"mse_h{h + 1}"] = _mean(sq[:, h, :][v])
-        out[f"mae_h{h + 1}"] = _mean(ab[:, h, :][v])
+        out[f"mse_step{h + 1}"] = _mean(sq[:, h, :][v])
+        out[f"mae_step{h + 1}"] = _mean(ab[:, h, :][v])
     out["invalid_rate"] = float(1.0 - valid.mean()) if valid.size else 0.0
 
     if fallback is not None:

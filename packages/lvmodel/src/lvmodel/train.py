@@ -28,9 +28,9 @@ from transformers.optimization import (
 )
 
 import lvdata
-from lvflops import forward_flops, generate_flops, train_step_flops
+from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
-from lvmodel.forecast import forecast, model_shape
+from lvmodel.forecast import forecast, forecast_flops_bound, model_shape
 from lvmodel.lora import LoraSettings
 from lvmodel.metrics import forecast_metrics
 
@@ -361,6 +361,49 @@ def fit(
     )
 
 
+def planned_fit_flops(
+    shape: ModelShape,
+    config: TrainConfig,
+    lora: LoraSettings,
+    n_val_windows: int,
+    decimals: int = 2,
+) -> int:
+    """Upper bound of what `fit` will charge: for budget reservations before a run starts.
+
+    Every step at full windows (`batch_size * grad_accum` x `context_length`), the validation
+    loss at each due step plus the end, and the forecasting metric at each due step plus the end,
+    each forecast at its bound (`forecast_flops_bound`).
+    """
+    fkw: dict[str, Any] = {
+        "lora_rank": lora.rank,
+        "lora_targets": lora.targets,
+        "lm_head_bias": lora.lm_head_bias,
+    }
+    batch = config.batch_size * config.grad_accum
+    train = config.steps * train_step_flops(shape, config.context_length, batch, **fkw).total
+
+    def evaluations(every: int) -> int:
+        return (config.steps // every if every > 0 else 0) + 1  # the end always evaluates
+
+    n_val = min(n_val_windows, config.eval_windows)
+    loss = evaluations(config.eval_every) * (
+        forward_flops(shape, config.context_length, n_val, **fkw).total if n_val else 0
+    )
+    fc = 0
+    if config.forecast_every >= 0:
+        fc = evaluations(config.forecast_every) * forecast_flops_bound(
+            shape,
+            config.forecast_series,
+            config.context_length,
+            config.forecast_horizon,
+            decimals,
+            lora_rank=lora.rank,
+            lora_targets=lora.targets,
+            lm_head_bias=lora.lm_head_bias,
+        )
+    return train + loss + fc
+
+
 def _val_batches(windows: lvdata.Windows, batch_size: int) -> list[dict[str, torch.Tensor]]:
     n = len(windows.input_ids)
     return [trim_batch(windows, slice(i, i + batch_size)) for i in range(0, n, batch_size)]
@@ -408,17 +451,16 @@ def _forecast_metrics(
             f"metric needs forecast_history + forecast_horizon = {k + h}"
         )
     histories, truth = subset[:, :k], subset[:, k : k + h]
-    # Upper bound for the cap check: full-context prompts, the longest well-formed steps.
-    longest_step = 2 * (2 + 1 + codec.decimals) + 2
-    bound = generate_flops(
+    bound = forecast_flops_bound(
         model_shape(model),
+        len(histories),
         config.context_length,
-        h * longest_step,
-        batch=len(histories),
+        h,
+        codec.decimals,
         lora_rank=lora.rank,
         lora_targets=lora.targets,
         lm_head_bias=lora.lm_head_bias,
-    ).total
+    )
     if not within_cap(bound):
         return {}
     model.eval()
