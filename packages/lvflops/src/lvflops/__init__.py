@@ -36,3 +36,5 @@ __all__ = [
     "generate_flops",
     "train_step_flops",
 ]
+
+__version__ = "0.1.0"
