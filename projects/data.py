@@ -15,6 +15,19 @@ from projects.plots import plot_series_grid
 from projects.tracking import log_dataset, setup_tracking
 
 
+def ensure_data(
+    data_file: Path, n_systems: int = 1000, seed: int = 0
+) -> tuple[lvdata.Trajectories, str]:
+    """Load and validate `data_file`, or simulate and save it when missing; (data, source)."""
+    if data_file.exists():
+        return lvdata.load_trajectories(data_file), "file"
+    click.echo(f"{data_file} not found: generating {n_systems} series (seed {seed})", err=True)
+    traj = lvdata.simulate(n_systems=n_systems, seed=seed)
+    data_file.parent.mkdir(parents=True, exist_ok=True)
+    traj.save(data_file)
+    return traj, "generated"
+
+
 @click.command()
 @click.option(
     "--data-file",
@@ -47,15 +60,7 @@ from projects.tracking import log_dataset, setup_tracking
 def main(data_file: Path, n_systems: int, seed: int, decimals: int) -> None:
     """Make sure the data file exists and is valid, then log it, its split and its codec."""
     try:
-        if data_file.exists():
-            traj = lvdata.load_trajectories(data_file)
-            source = "file"
-        else:
-            click.echo(f"{data_file} not found: generating {n_systems} series (seed {seed})")
-            traj = lvdata.simulate(n_systems=n_systems, seed=seed)
-            data_file.parent.mkdir(parents=True, exist_ok=True)
-            traj.save(data_file)
-            source = "generated"
+        traj, source = ensure_data(data_file, n_systems, seed)
     except lvdata.DataError as err:
         raise click.ClickException(str(err)) from None
 

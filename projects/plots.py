@@ -28,3 +28,73 @@ def plot_series_grid(time: np.ndarray, series: np.ndarray, title: str = "") -> F
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_forecasts(
+    time: np.ndarray,
+    histories: np.ndarray,
+    truth: np.ndarray,
+    predictions: np.ndarray,
+    title: str = "",
+) -> Figure:
+    """History (solid), truth (dots) and forecast (dashed) of a few series, one panel each."""
+    n = len(histories)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    k, h = histories.shape[1], truth.shape[1]
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, hist, tru, pred in zip(axes.flat, histories, truth, predictions, strict=False):
+        for v, (name, color) in enumerate(zip(NAMES, ("tab:blue", "tab:orange"), strict=True)):
+            ax.plot(time[:k], hist[:, v], color=color, label=name)
+            ax.plot(time[k : k + h], tru[:, v], "o", color=color, ms=3)
+            ax.plot(time[k : k + h], pred[:, v], "--", color=color)
+        ax.axvline(time[k - 1], color="grey", lw=0.5)
+        ax.set_xlim(time[max(0, k - 20)], time[k + h - 1] + (time[1] - time[0]))
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: list[dict[str, float]]) -> Figure:
+    """Training and validation loss, and the validation forecasting metric, against step."""
+    fig, (ax_loss, ax_mse) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, style in (("train_loss", "-"), ("val_loss", "o-")):
+        pts = [(r["step"], r[key]) for r in history if key in r]
+        if pts:
+            ax_loss.plot(*zip(*pts, strict=True), style, label=key, ms=3)
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss (nats/token)")
+    ax_loss.legend()
+    pts = [(r["step"], r["val_mse"]) for r in history if "val_mse" in r]
+    if pts:
+        ax_mse.plot(*zip(*pts, strict=True), "o-", label="val_mse (subset)")
+        ax_mse.set_yscale("log")
+        ax_mse.legend()
+    ax_mse.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def plot_grid(
+    scores: dict[tuple[float, int], float],
+    lrs: tuple[float, ...],
+    ranks: tuple[int, ...],
+    metric: str,
+) -> Figure:
+    """Heat map of a sweep's metric over learning rate x LoRA rank (log colour scale)."""
+    grid = np.array([[scores.get((lr, r), np.nan) for r in ranks] for lr in lrs])
+    fig, ax = plt.subplots(figsize=(1.6 * len(ranks) + 2, 1.0 * len(lrs) + 1.5))
+    im = ax.imshow(np.log10(grid), cmap="viridis_r")
+    ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("LoRA rank")
+    ax.set_ylabel("learning rate")
+    for i in range(len(lrs)):
+        for j in range(len(ranks)):
+            ax.text(j, i, f"{grid[i, j]:.2e}", ha="center", va="center", fontsize=8, color="w")
+    fig.colorbar(im, ax=ax, label=f"log10 {metric}")
+    fig.tight_layout()
+    return fig

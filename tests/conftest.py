@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,38 @@ def coursework(coursework_file: Path) -> lvdata.Trajectories:
 
 
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite MLflow tracking store for one test, set as $MLFLOW_TRACKING_URI."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    return uri
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    # MLflow keeps the URI and the active experiment in process state: reset both around a test.
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def random_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local model folder (random weights, tiny Qwen2 shape, tiny tokenizer): a fast base_model."""
+    from lvmodel.tiny import random_tiny
+
+    path = tmp_path_factory.mktemp("random-tiny")
+    model, tok = random_tiny(seed=0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated data file of 60 series (split 48/6/6), shared by the entry-point tests."""
+    path = tmp_path_factory.mktemp("data") / "lv.h5"
+    lvdata.simulate(60, seed=5).save(path)
+    return path

@@ -92,7 +92,7 @@ MODELS: dict[str, type[RMParams] | type[LVParams]] = {
 }
 
 
-def _rm_rhs(r: float, K: float, b: float, h: float, e: float, c: float) -> Callable[..., Any]:
+def rm_rhs(r: float, K: float, b: float, h: float, e: float, c: float) -> Callable[..., Any]:
     def rhs(_t: float, z: np.ndarray) -> list[float]:
         x, y = z
         eat = b * x * y / (1.0 + h * x)
@@ -117,7 +117,7 @@ def integrate(model: Model, theta: Mapping[str, float], time: np.ndarray) -> np.
     Raises :class:`DataError` when the solver fails or returns non-finite values.
     """
     if model == "rosenzweig-macarthur":
-        rhs = _rm_rhs(*(float(theta[k]) for k in ("r", "K", "b", "h", "e", "c")))
+        rhs = rm_rhs(*(float(theta[k]) for k in ("r", "K", "b", "h", "e", "c")))
     elif model == "lotka-volterra":
         rhs = _lv_rhs(*(float(theta[k]) for k in ("alpha", "beta", "delta", "gamma")))
     else:

@@ -109,3 +109,18 @@ def baseline_forecasts(histories: Any, horizon: int, train_values: Any) -> dict[
         "train_mean": np.broadcast_to(mean, (b, horizon, n_vars)).copy(),
         "persistence": np.repeat(last[:, None, :], horizon, axis=1),
     }
+
+
+def protocol_split(series: np.ndarray, history_steps: int, horizon: int) -> tuple[np.ndarray, ...]:
+    """(histories, truth): steps [0, K) and [K, K+H) of every series."""
+    if series.ndim != 3 or series.shape[1] < history_steps + horizon:
+        raise ValueError(
+            f"series of shape {series.shape} cannot give {history_steps} history steps and "
+            f"{horizon} forecast steps"
+        )
+    return series[:, :history_steps], series[:, history_steps : history_steps + horizon]
+
+
+def score(predictions: np.ndarray, histories: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """`forecast_metrics` of the protocol: invalid values penalised by persistence in `*_filled`."""
+    return forecast_metrics(predictions, truth, fallback=last_values(histories))

@@ -30,9 +30,9 @@ from transformers.optimization import (
 import lvdata
 from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
-from lvmodel.forecast import forecast, forecast_flops_bound, model_shape
+from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
+from lvmodel.forecast import forecast_flops_bound, model_shape
 from lvmodel.lora import LoraSettings
-from lvmodel.metrics import forecast_metrics
 
 Schedule = Literal["constant", "cosine", "wsd"]
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -443,40 +443,24 @@ def _forecast_metrics(
     within_cap: Callable[[int], bool],
 ) -> dict[str, float]:
     """The task metric on a fixed validation subset (seed 003: val loss alone misleads)."""
-    k, h = config.forecast_history, config.forecast_horizon
     subset = val_series[: config.forecast_series]
-    if subset.shape[1] < k + h:
-        raise ValueError(
-            f"validation series have {subset.shape[1]} steps; the forecasting "
-            f"metric needs forecast_history + forecast_horizon = {k + h}"
-        )
-    histories, truth = subset[:, :k], subset[:, k : k + h]
-    bound = forecast_flops_bound(
-        model_shape(model),
-        len(histories),
-        config.context_length,
-        h,
-        codec.decimals,
-        lora_rank=lora.rank,
-        lora_targets=lora.targets,
-        lm_head_bias=lora.lm_head_bias,
+    bound = evaluation_flops_bound(
+        model, codec, len(subset), config.forecast_horizon, config.context_length, lora
     )
     if not within_cap(bound):
         return {}
-    model.eval()
-    result = forecast(
+    ev = evaluate_llm(
         model,
         tokenizer,
         codec,
-        histories,
-        h,
-        context_length=config.context_length,
-        lora_rank=lora.rank,
-        lm_head_bias=lora.lm_head_bias,
+        subset,
+        config.forecast_history,
+        config.forecast_horizon,
+        config.context_length,
+        lora,
     )
-    state["eval_flops"] += result.flops
-    m = forecast_metrics(result.values, truth, fallback=histories[:, -1])
-    return {f"val_{key}": float(v) for key, v in m.items() if not math.isnan(v)}
+    state["eval_flops"] += ev.flops
+    return {f"val_{key}": float(v) for key, v in ev.metrics.items() if not math.isnan(v)}
 
 
 def summarize(history: Sequence[dict[str, float]]) -> dict[str, float]:

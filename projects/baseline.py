@@ -1,0 +1,77 @@
+"""`baseline` entry point: the untrained base model, zero-shot, at each context length."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import mlflow
+
+from lvmodel.base import BaseModelError, describe_base, load_base
+from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
+from projects.experiment import budgeted_run, eval_series, log_evaluation, parent_run, prepare_data
+from projects.options import base_option, data_option, parse_list, preset_option
+from projects.presets import get_preset
+from projects.selection import SELECTION_METRIC
+
+
+@click.command()
+@preset_option
+@base_option
+@data_option
+@click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
+def main(preset: str, base_model: str, data_file: str, contexts: str) -> None:
+    """Zero-shot forecasts of the validation split at each context length (budgeted: generation
+    FLOPs count)."""
+    p = get_preset(preset)
+    sizes = parse_list(contexts, int, "--contexts") or p.contexts
+    base = base_model or p.base_model
+    prep = prepare_data(data_file)
+    try:
+        model, tok = load_base(base)
+    except BaseModelError as err:
+        raise click.ClickException(str(err)) from None
+    val = eval_series(prep, "val", p)
+    scores = {}
+    with parent_run(
+        "baseline",
+        "baseline",
+        {"preset": p.name, "base_model": base, "contexts": ",".join(map(str, sizes))},
+        p.name,
+    ):
+        for ctx in sizes:
+            planned = evaluation_flops_bound(model, prep.codec, len(val), p.horizon, ctx)
+            params = {
+                "preset": p.name,
+                "base_model": base,
+                "context_length": ctx,
+                "history_steps": p.history_steps,
+                "horizon": p.horizon,
+                "budget": p.budget,
+                "lr": 0.0,
+                "rank": 0,
+                **{f"base_{k}": v for k, v in describe_base(model).items()},
+            }
+            with budgeted_run(
+                f"baseline {ctx}",
+                "baseline",
+                p,
+                planned,
+                params,
+                prep,
+                nested=True,
+                tags={"base_model": base},
+            ) as (_, meter):
+                ev = evaluate_llm(
+                    model, tok, prep.codec, val, p.history_steps, p.horizon, ctx, batch_size=32
+                )
+                final = log_evaluation(ev, "val", p.horizon, prep.traj.time)
+                meter.log(ev.flops, 0)
+                mlflow.log_metric("budget_share", ev.flops / p.budget)
+            scores[ctx] = final.get(SELECTION_METRIC, float("nan"))
+        mlflow.log_metrics({f"{SELECTION_METRIC}_ctx{c}": v for c, v in scores.items()})
+    click.echo(json.dumps(scores))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""`context` entry point: context-length sweep with the sweep's best lr and rank."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import mlflow
+
+from projects.experiment import TrainRequest, parent_run, train_run
+from projects.options import base_option, data_option, parse_list, preset_option, seed_option
+from projects.presets import get_preset
+from projects.selection import SELECTION_METRIC, best_of
+
+
+@click.command()
+@preset_option
+@base_option
+@data_option
+@seed_option
+@click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
+@click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset).")
+def main(
+    preset: str, base_model: str, data_file: str, seed: int, contexts: str, steps: int
+) -> None:
+    """Train at each context length with the best (lr, rank) of the finished sweep."""
+    p = get_preset(preset, context_steps=steps)
+    sizes = parse_list(contexts, int, "--contexts") or p.contexts
+    scores: dict[int, float] = {}
+    with parent_run(
+        "context",
+        "context",
+        {"preset": p.name, "contexts": ",".join(map(str, sizes)), "steps": p.context_steps},
+        p.name,
+    ):
+        best = best_of("sweep", p.name)
+        lr, rank = (best.lr, best.rank) if best else (p.lr, p.rank)
+        mlflow.log_params(
+            {
+                "child_lr": lr,
+                "child_rank": rank,
+                "settings_from": best.run_id if best else "preset defaults",
+            }
+        )
+        for ctx in sizes:
+            req = TrainRequest(
+                preset=p,
+                phase="context",
+                run_name=f"context {ctx}",
+                lr=lr,
+                rank=rank,
+                context_length=ctx,
+                steps=p.context_steps,
+                batch_size=p.batch_size,
+                seed=seed,
+                schedule=p.schedule,
+                warmup_steps=p.warmup_steps,
+                data_file=data_file,
+                base_model=base_model,
+            )
+            scores[ctx] = train_run(req, nested=True).get(SELECTION_METRIC, float("nan"))
+        best_ctx = min(scores, key=lambda c: scores[c])
+        mlflow.log_param("best_context_length", best_ctx)
+        mlflow.log_metric(f"best_{SELECTION_METRIC}", scores[best_ctx])
+    click.echo(json.dumps({"lr": lr, "rank": rank, "best_context_length": best_ctx}))
+
+
+if __name__ == "__main__":
+    main()

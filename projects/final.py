@@ -1,0 +1,57 @@
+"""`final` entry point: train with the best settings found so far, score val and test, register."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from projects.experiment import TrainRequest, train_run
+from projects.options import base_option, data_option, preset_option, seed_option
+from projects.presets import get_preset
+from projects.selection import best_of
+from projects.tracking import setup_tracking
+
+
+@click.command()
+@preset_option
+@base_option
+@data_option
+@seed_option
+@click.option("--steps", default=-1, type=int, help="Steps (-1: the preset's final_steps).")
+def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) -> None:
+    """Settings: the best finished `context` run (lr, rank, context), else the best `sweep` run
+    (lr, rank) at the preset's context, else the preset's defaults. Trains for the preset's
+    final steps, scores the validation and the test split, and registers the model as
+    `lv-forecaster` (promote it with the `promote` entry point)."""
+    p = get_preset(preset, final_steps=steps)
+    setup_tracking()
+    lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
+    if best := best_of("context", p.name):
+        lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"
+    elif best := best_of("sweep", p.name):
+        lr, rank, source = best.lr, best.rank, f"sweep:{best.run_id}"
+    req = TrainRequest(
+        preset=p,
+        phase="final",
+        run_name="final",
+        lr=lr,
+        rank=rank,
+        context_length=ctx,
+        steps=p.final_steps,
+        batch_size=p.batch_size,
+        seed=seed,
+        schedule=p.schedule,
+        warmup_steps=p.warmup_steps,
+        data_file=data_file,
+        evaluate_test=True,
+        register=True,
+        base_model=base_model,
+    )
+    click.echo(f"final: lr={lr:g} rank={rank} context={ctx} (from {source})", err=True)
+    final = train_run(req, settings_source=source)
+    click.echo(json.dumps(final))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""`initial` entry point: the coursework's first LoRA run with the preset's defaults."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from projects.experiment import TrainRequest, train_run
+from projects.options import base_option, data_option, preset_option, seed_option
+from projects.presets import get_preset
+
+
+@click.command()
+@preset_option
+@base_option
+@data_option
+@seed_option
+def main(preset: str, base_model: str, data_file: str, seed: int) -> None:
+    """Train with the coursework defaults (rank, lr, batch, context of the preset)."""
+    p = get_preset(preset)
+    req = TrainRequest(
+        preset=p,
+        phase="initial",
+        run_name="initial",
+        lr=p.lr,
+        rank=p.rank,
+        context_length=p.context_length,
+        steps=p.initial_steps,
+        batch_size=p.batch_size,
+        seed=seed,
+        schedule=p.schedule,
+        warmup_steps=p.warmup_steps,
+        data_file=data_file,
+        base_model=base_model,
+    )
+    click.echo(json.dumps(train_run(req)))
+
+
+if __name__ == "__main__":
+    main()

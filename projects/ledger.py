@@ -1,0 +1,187 @@
+"""The FLOPs budget ledger of an experiment, kept in MLflow itself (no side files).
+
+Every budgeted run carries the tag `lv.flops_planned` (its reservation, set before it trains) and
+logs the metric `flops_total` as it goes (what it actually spent, so a killed run's spending still
+counts). The ledger of an experiment is then:
+
+- finished runs (FINISHED, FAILED, KILLED): their last `flops_total`;
+- running runs: max(planned, spent so far) -- the reservation;
+- refused runs (tag `lv.refused`): nothing.
+
+Admission is serialized across processes and machines sharing one tracking store by a lock
+that the store itself provides: creating a registered model whose name is taken fails atomically
+(a unique key in SQLite and PostgreSQL alike), so `_lv_budget_lock_<experiment id>` is a mutex.
+Under it a run reads the ledger, checks that its plan fits, and writes its reservation; the lock
+is then dropped. A lock older than `STALE_LOCK_S` (its holder died inside a sub-second critical
+section) is broken.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+TAG_PLANNED = "lv.flops_planned"
+TAG_BUDGET = "lv.budget"
+TAG_REFUSED = "lv.refused"
+TAG_PHASE = "phase"
+METRIC_FLOPS = "flops_total"
+LOCK_PREFIX = "_lv_budget_lock_"
+STALE_LOCK_S = 60.0
+
+
+class BudgetRefused(RuntimeError):
+    """A run's planned FLOPs do not fit the remaining budget."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One budgeted run as the ledger sees it."""
+
+    run_id: str
+    name: str
+    phase: str
+    status: str
+    start_time: int
+    planned: int
+    spent: int
+    refused: bool
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("RUNNING", "SCHEDULED")
+
+    @property
+    def charge(self) -> int:
+        """What this run holds of the budget now."""
+        if self.refused:
+            return 0
+        return max(self.planned, self.spent) if self.running else self.spent
+
+
+@dataclass
+class Ledger:
+    budget: int
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def spent(self) -> int:
+        return sum(e.charge for e in self.entries if not e.running)
+
+    @property
+    def reserved(self) -> int:
+        return sum(e.charge for e in self.entries if e.running)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.spent - self.reserved
+
+    def by_phase(self) -> dict[str, tuple[int, int]]:
+        """phase -> (runs, FLOPs charged), refused runs left out."""
+        out: dict[str, tuple[int, int]] = {}
+        for e in self.entries:
+            if e.refused:
+                continue
+            runs, flops = out.get(e.phase, (0, 0))
+            out[e.phase] = (runs + 1, flops + e.charge)
+        return out
+
+
+def _entry(run: Run) -> Entry:
+    tags = run.data.tags
+    return Entry(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id[:8],
+        phase=tags.get(TAG_PHASE, "?"),
+        status=run.info.status,
+        start_time=int(run.info.start_time or 0),
+        planned=int(float(tags.get(TAG_PLANNED, "0"))),
+        spent=int(run.data.metrics.get(METRIC_FLOPS, 0.0)),
+        refused=tags.get(TAG_REFUSED) == "true",
+    )
+
+
+def read_ledger(client: MlflowClient, experiment_id: str, budget: int) -> Ledger:
+    """Every budgeted run of the experiment (those with a planned-FLOPs tag)."""
+    entries: list[Entry] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_PLANNED}` != ''",
+            max_results=1000,
+            page_token=token,
+        )
+        entries += [_entry(r) for r in page]
+        token = page.token
+        if not token:
+            break
+    entries.sort(key=lambda e: (e.start_time, e.run_id))
+    return Ledger(budget=budget, entries=entries)
+
+
+@contextmanager
+def budget_lock(client: MlflowClient, experiment_id: str, timeout: float = 120.0) -> Iterator[None]:
+    """Hold the experiment's budget mutex (see the module docstring)."""
+    name = f"{LOCK_PREFIX}{experiment_id}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        try:
+            client.create_registered_model(
+                name,
+                tags={"owner": owner, "since": f"{time.time():.3f}"},
+                description="lv-forecast budget lock (transient)",
+            )
+            break
+        except MlflowException:
+            _break_if_stale(client, name)
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"could not take the budget lock {name} in {timeout:.0f} s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(name)
+
+
+def _break_if_stale(client: MlflowClient, name: str) -> None:
+    try:
+        held = client.get_registered_model(name)
+    except MlflowException:
+        return  # released meanwhile
+    since = float(held.tags.get("since", "0") or 0)
+    if time.time() - since > STALE_LOCK_S:
+        with suppress(MlflowException):
+            client.delete_registered_model(name)
+
+
+def reserve(client: MlflowClient, run: Run, planned: int, budget: int) -> Ledger:
+    """Reserve `planned` FLOPs for `run`, or mark it refused and raise BudgetRefused."""
+    with budget_lock(client, run.info.experiment_id):
+        ledger = read_ledger(client, run.info.experiment_id, budget)
+        used = ledger.spent + ledger.reserved
+        if used + planned > budget:
+            client.set_tag(run.info.run_id, TAG_REFUSED, "true")
+            raise BudgetRefused(
+                f"FLOPs budget refused this run before training: planned {planned:.3e}, "
+                f"spent {ledger.spent:.3e}, reserved by running runs {ledger.reserved:.3e}, "
+                f"remaining {budget - used:.3e} of {budget:.3e}. Lower steps, batch or context "
+                f"length, or raise the budget."
+            )
+        client.set_tag(run.info.run_id, TAG_PLANNED, str(int(planned)))
+        client.set_tag(run.info.run_id, TAG_BUDGET, str(int(budget)))
+        client.log_metric(run.info.run_id, METRIC_FLOPS, 0.0, step=0)
+    return read_ledger(client, run.info.experiment_id, budget)

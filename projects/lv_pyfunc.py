@@ -1,0 +1,179 @@
+"""The registered forecaster as an MLflow pyfunc "model from code" (`mlflow.models.set_model`).
+
+`projects.registry.log_forecaster` logs this file with four artifacts:
+
+- `adapter`: the LoRA adapter folder written by `lvmodel.lora.save_adapter`;
+- `codec`: the LLMTime codec as JSON (`LLMTimeCodec.to_dict`);
+- `base`: either a folder with the base model and tokenizer (safetensors; the tiny base and any
+  local base), or `base_ref.json` naming a base that is not bundled: `{"kind": "hub", "spec":
+  "Qwen/Qwen2.5-0.5B-Instruct"}` (must be in the loading machine's Hugging Face cache or
+  downloadable there) or `{"kind": "gguf", "spec": "/abs/path/model.gguf"}` (the file must exist
+  at that path on the loading machine);
+- `settings`: `settings.json` (context_length, decimals, lora_rank, lora_targets, lm_head_bias,
+  horizon, num_samples, batch_size, ...).
+
+`predict` takes a DataFrame with columns `prey` and `predator`, one history per row as lists of
+floats in original units, and params `horizon` and `num_samples`; it returns a DataFrame with the
+same two columns holding the forecast lists (length `horizon`, NaN where the model's output was
+invalid). Bad input raises `MlflowException(..., INVALID_PARAMETER_VALUE)`, which the scoring
+server answers with HTTP 400; every message names the row and the field.
+
+This file is executed by MLflow in a fresh process: it imports only lvdata/lvmodel (shipped with
+the model as `code_paths`), never `projects`. Heavy imports happen in `load_context`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+COLUMNS = ("prey", "predator")
+MIN_HISTORY_STEPS = 2
+MAX_HORIZON = 1000
+MAX_NUM_SAMPLES = 64
+
+
+def _bad(message: str) -> MlflowException:
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def check_count(value: Any, field: str, upper: int) -> int:
+    """A positive integer parameter (`horizon`, `num_samples`) in 1..upper, else a clear error."""
+    if isinstance(value, bool) or value is None:
+        raise _bad(f"parameter {field!r} must be an integer >= 1, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _bad(f"parameter {field!r} must be an integer >= 1, got {value!r}") from None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _bad(f"parameter {field!r} must be an integer >= 1, got {value!r}") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise _bad(f"parameter {field!r} must be an integer >= 1, got {value!r}")
+    if not 1 <= number <= upper:
+        raise _bad(f"parameter {field!r} must be between 1 and {upper}, got {int(number)}")
+    return int(number)
+
+
+def _series(cell: Any, row: Any, field: str) -> np.ndarray:
+    if cell is None or isinstance(cell, (str, bytes, dict)) or np.isscalar(cell):
+        raise _bad(f"row {row}, field {field!r}: expected a list of numbers, got {cell!r}")
+    try:
+        values = np.asarray(cell, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _bad(f"row {row}, field {field!r}: expected a list of numbers") from None
+    if values.ndim != 1:
+        raise _bad(f"row {row}, field {field!r}: expected a flat list, got shape {values.shape}")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise _bad(
+            f"row {row}, field {field!r}: value at step {bad[0]} is {values[bad[0]]} "
+            f"({bad.size} non-finite values); NaN and infinity are not allowed"
+        )
+    neg = np.flatnonzero(values < 0)
+    if neg.size:
+        raise _bad(
+            f"row {row}, field {field!r}: value at step {neg[0]} is {values[neg[0]]:g} "
+            f"({neg.size} negative values); populations must be >= 0"
+        )
+    return values
+
+
+def parse_histories(model_input: Any) -> list[np.ndarray]:
+    """Validate the input table and return one (T, 2) float64 array per row (prey, predator)."""
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame):
+        raise _bad(
+            f"input must be a table with columns {list(COLUMNS)}, got {type(model_input).__name__}"
+        )
+    missing = [c for c in COLUMNS if c not in model_input.columns]
+    if missing:
+        raise _bad(
+            f"input is missing column(s) {missing}: need {list(COLUMNS)}, one history per row "
+            f"(got columns {[str(c) for c in model_input.columns]})"
+        )
+    if len(model_input) == 0:
+        raise _bad(f"input is empty: give at least one row with {list(COLUMNS)} histories")
+    histories = []
+    for pos, (prey_cell, pred_cell) in enumerate(
+        zip(model_input["prey"], model_input["predator"], strict=True)
+    ):
+        prey = _series(prey_cell, pos, "prey")
+        predator = _series(pred_cell, pos, "predator")
+        if len(prey) != len(predator):
+            raise _bad(
+                f"row {pos}, fields 'prey' and 'predator': lengths differ "
+                f"({len(prey)} vs {len(predator)}); give both series over the same steps"
+            )
+        if len(prey) < MIN_HISTORY_STEPS:
+            raise _bad(
+                f"row {pos}, fields 'prey' and 'predator': history has {len(prey)} step(s); "
+                f"at least {MIN_HISTORY_STEPS} are needed"
+            )
+        histories.append(np.stack([prey, predator], axis=1))
+    return histories
+
+
+class LVForecaster(mlflow.pyfunc.PythonModel):
+    """A LoRA-adapted causal LM forecasting predator-prey series through LLMTime text."""
+
+    def load_context(self, context: Any) -> None:
+        from lvdata import LLMTimeCodec
+        from lvmodel.base import load_base
+        from lvmodel.lora import load_adapter
+
+        artifacts = context.artifacts
+        self.settings: dict[str, Any] = json.loads(Path(artifacts["settings"]).read_text())
+        self.codec = LLMTimeCodec.from_dict(json.loads(Path(artifacts["codec"]).read_text()))
+        base = Path(artifacts["base"])
+        spec = str(base) if base.is_dir() else json.loads(base.read_text())["spec"]
+        model, self.tokenizer = load_base(spec, device=self.settings.get("device"))
+        self.model = load_adapter(model, artifacts["adapter"])
+        self.model.eval()
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        from lvmodel.forecast import forecast
+
+        params = params or {}
+        horizon = check_count(
+            params.get("horizon", self.settings.get("horizon", 5)), "horizon", MAX_HORIZON
+        )
+        num_samples = check_count(
+            params.get("num_samples", self.settings.get("num_samples", 1)),
+            "num_samples",
+            MAX_NUM_SAMPLES,
+        )
+        histories = parse_histories(model_input)
+        result = forecast(
+            self.model,
+            self.tokenizer,
+            self.codec,
+            histories,
+            horizon,
+            context_length=self.settings.get("context_length"),
+            num_samples=num_samples,
+            batch_size=int(self.settings.get("batch_size", 16)),
+            lora_rank=self.settings.get("lora_rank"),
+            lora_targets=tuple(self.settings.get("lora_targets", ("q_proj", "v_proj"))),
+            lm_head_bias=bool(self.settings.get("lm_head_bias", False)),
+        )
+        values = np.asarray(result.values, dtype=np.float64)
+        return pd.DataFrame(
+            {name: [row[:, j].tolist() for row in values] for j, name in enumerate(COLUMNS)}
+        )
+
+
+mlflow.models.set_model(LVForecaster())

@@ -1,0 +1,111 @@
+"""Experiment presets: `tiny` (CPU-sized, the default) and `qwen` (the coursework scale).
+
+A preset fixes the base model, the step counts of each phase, the context lengths, the evaluation
+protocol and the FLOPs budget. Entry-point parameters override single fields; an empty string or
+-1 means "take the preset's value".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Settings of one experiment scale.
+
+    Attributes:
+        base_model: hub id, local directory, .gguf file, or "tiny".
+        budget: FLOPs for all budgeted runs of the experiment together.
+        lr, rank, batch_size, context_length: the coursework defaults (initial run).
+        initial_steps, sweep_steps, context_steps, final_steps: optimizer steps of each phase.
+        sweep_lrs, sweep_ranks: the lr x rank grid.
+        contexts: the context-length sweep (tokens); `baseline` evaluates at these too.
+        history_steps, horizon: the forecasting protocol (first K steps in, next H out).
+        eval_series: validation series for the end-of-run forecasting metric (0: all).
+        eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
+        schedule, warmup_steps: the LR schedule.
+    """
+
+    name: str
+    base_model: str
+    budget: float
+    lr: float = 1e-4
+    rank: int = 4
+    batch_size: int = 4
+    context_length: int = 512
+    initial_steps: int = 1000
+    sweep_steps: int = 500
+    context_steps: int = 500
+    final_steps: int = 3000
+    sweep_lrs: tuple[float, ...] = (1e-5, 5e-5, 1e-4)
+    sweep_ranks: tuple[int, ...] = (2, 4, 8)
+    contexts: tuple[int, ...] = (128, 512, 768)
+    history_steps: int = 50
+    horizon: int = 5
+    eval_series: int = 0
+    eval_every: int = 100
+    forecast_every: int = 500
+    forecast_series: int = 16
+    schedule: str = "cosine"
+    warmup_steps: int = 20
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    # Coursework scale: Qwen2.5-0.5B-Instruct, the reference study's steps, 1e17 FLOPs.
+    "qwen": Preset(name="qwen", base_model="Qwen/Qwen2.5-0.5B-Instruct", budget=1e17),
+    # CPU-sized: the tiny pretrained Qwen2-shaped base, same phases, far fewer steps and FLOPs.
+    "tiny": Preset(
+        name="tiny",
+        base_model="tiny",
+        budget=2e14,
+        lr=1e-3,
+        rank=4,
+        batch_size=8,
+        context_length=256,
+        initial_steps=150,
+        sweep_steps=60,
+        context_steps=60,
+        final_steps=300,
+        sweep_lrs=(3e-4, 1e-3, 3e-3),
+        sweep_ranks=(2, 4, 8),
+        contexts=(128, 256, 512),
+        eval_series=0,
+        eval_every=50,
+        forecast_every=100,
+        forecast_series=16,
+        warmup_steps=10,
+    ),
+    # Smoke-test scale: seconds per run on 2 cores, results meaningless. For tests and set-up checks.
+    "micro": Preset(
+        name="micro",
+        base_model="tiny",
+        budget=5e13,
+        lr=1e-3,
+        rank=2,
+        batch_size=4,
+        context_length=128,
+        initial_steps=4,
+        sweep_steps=2,
+        context_steps=2,
+        final_steps=6,
+        sweep_lrs=(1e-3, 3e-3),
+        sweep_ranks=(2, 4),
+        contexts=(64, 128),
+        eval_series=8,
+        eval_every=0,
+        forecast_every=-1,
+        forecast_series=4,
+        warmup_steps=0,
+    ),
+}
+
+
+def get_preset(name: str, **overrides: Any) -> Preset:
+    """The named preset with overrides applied; None, "" and -1 leave a field as it is."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    kept = {k: v for k, v in overrides.items() if v not in (None, "", -1, -1.0)}
+    return replace(PRESETS[name], **kept)

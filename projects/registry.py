@@ -1,0 +1,462 @@
+"""Log, register and promote the forecaster in the MLflow model registry.
+
+- :func:`log_forecaster` logs a LoRA adapter + codec + base model as the pyfunc of
+  `projects/lv_pyfunc.py` ("models from code") with an explicit signature, pinned pip requirements
+  and the sources of lvdata, lvflops and lvmodel as `code_paths`, so that
+  `mlflow.pyfunc.load_model("models:/lv-forecaster@champion")` works in a fresh process offline.
+- :func:`register` registers a logged model and puts its FLOPs and metrics on the version as tags.
+- :func:`promote` moves an alias (`champion`) to the version with the best validation forecasting
+  metric and records why on the version's tags; running it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.tracking import MlflowClient
+from mlflow.types import DataType
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+import lvdata
+import lvflops
+import lvmodel
+from lvdata import LLMTimeCodec
+
+REGISTERED_MODEL = "lv-forecaster"
+MODEL_FILE = Path(__file__).with_name("lv_pyfunc.py")
+BASE_REF_FILE = "base_ref.json"
+COLUMNS = ("prey", "predator")
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "context_length": None,
+    "horizon": 5,
+    "num_samples": 1,
+    "batch_size": 16,
+}
+# Third-party distributions the pyfunc needs, pinned to the versions installed when logging.
+# lvdata/lvflops/lvmodel are not on any package index: they travel with the model (code_paths).
+REQUIREMENTS = (
+    "mlflow",
+    "torch",
+    "transformers",
+    "peft",
+    "safetensors",
+    "tokenizers",
+    "numpy",
+    "pandas",
+    "scipy",
+    "h5py",
+    "click",
+    "tqdm",
+)
+# Files of a Hugging Face model folder worth bundling (weights in safetensors only).
+_BASE_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken", ".jinja")
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (no versions, no version with the metric, ...)."""
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+def forecaster_signature(horizon: int = 5, num_samples: int = 1) -> ModelSignature:
+    """Input and output: `prey`, `predator` as arrays of doubles; params `horizon`, `num_samples`."""
+    columns = [ColSpec(Array(DataType.double), name) for name in COLUMNS]
+    return ModelSignature(
+        inputs=Schema(columns),
+        outputs=Schema([ColSpec(Array(DataType.double), name) for name in COLUMNS]),
+        params=ParamSchema(
+            [
+                ParamSpec("horizon", DataType.long, int(horizon)),
+                ParamSpec("num_samples", DataType.long, int(num_samples)),
+            ]
+        ),
+    )
+
+
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
+    """`name==version` for each runtime dependency, as installed now (local labels like +cpu cut)."""
+    pins = []
+    for dist in (*REQUIREMENTS, *extra):
+        try:
+            pins.append(f"{dist}=={version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def code_paths() -> list[str]:
+    """The source folders of lvdata, lvflops and lvmodel (src layout: the package folder itself).
+
+    MLflow copies each into the model's `code/` folder and puts that folder first on `sys.path`
+    when loading, so a fresh process imports these copies even where the packages are not
+    installed (and prefers them over installed ones).
+    """
+    return [str(Path(pkg.__file__).parent) for pkg in (lvdata, lvflops, lvmodel)]
+
+
+def _is_hub_id(spec: str) -> bool:
+    return (
+        not spec.startswith(("/", ".", "~"))
+        and spec.count("/") == 1
+        and "\\" not in spec
+        and not Path(spec).exists()
+    )
+
+
+def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
+    """Save a base model (safetensors) and its tokenizer, without any LoRA layers or head bias.
+
+    `model` may already carry LoRA (`apply_lora` changes the base in place, and may add an
+    lm_head bias): the state dict is cleaned back to the plain architecture's tensors.
+    """
+    import torch
+    from peft import PeftModel
+
+    directory = Path(directory)
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    state = inner.state_dict()
+    if any("lora_" in k for k in state) or (
+        "lm_head.bias" in state and not getattr(inner.config, "lm_head_bias", False)
+    ):
+        with torch.device("meta"):
+            expected = set(type(inner)(inner.config).state_dict())
+        clean = {}
+        for key, value in state.items():
+            if "lora_" in key:
+                continue
+            key = key.replace(".base_layer.", ".")
+            if key in expected:
+                clean[key] = value
+        missing = expected - set(clean)
+        if missing:
+            raise ValueError(f"could not recover the base weights: missing {sorted(missing)[:3]}")
+        inner.save_pretrained(directory, state_dict=clean, safe_serialization=True)
+    else:
+        inner.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _copy_base_dir(src: Path, dst: Path) -> Path:
+    files = [p for p in src.iterdir() if p.is_file() and p.suffix in _BASE_FILE_SUFFIXES]
+    if not any(p.suffix == ".safetensors" for p in files):
+        from lvmodel.base import load_base
+
+        model, tok = load_base(str(src), device="cpu")
+        return save_base(model, tok, dst)
+    dst.mkdir(parents=True)
+    for p in files:
+        shutil.copy2(p, dst / p.name)
+    return dst
+
+
+def stage_base(
+    base_spec: str, base_model: Any, tokenizer: Any, workdir: Path
+) -> tuple[Path, dict[str, str]]:
+    """The `base` artifact for `base_spec`: a model folder, or a `base_ref.json` (hub id, GGUF).
+
+    Returns the artifact's path and `{"base_spec", "base_kind"}` for the settings and tags.
+    """
+    spec = str(base_spec)
+    info = {"base_spec": spec}
+    if base_model is not None:
+        if tokenizer is None:
+            raise ValueError("base_model needs its tokenizer")
+        return save_base(base_model, tokenizer, workdir / "base"), {**info, "base_kind": "bundled"}
+    if spec == "tiny":
+        from lvmodel.tiny import ensure_tiny_base
+
+        return _copy_base_dir(ensure_tiny_base(), workdir / "base"), {**info, "base_kind": "tiny"}
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF base not found: {path}")
+        ref = {"kind": "gguf", "spec": str(path.resolve())}
+        note = "the GGUF file must exist at this path on the machine that loads the model"
+    elif path.is_dir():
+        return _copy_base_dir(path, workdir / "base"), {**info, "base_kind": "local"}
+    elif _is_hub_id(spec):
+        ref = {"kind": "hub", "spec": spec}
+        note = "must be in the loading machine's Hugging Face cache, or downloadable there"
+    else:
+        raise FileNotFoundError(f"base model {spec!r}: no such folder or .gguf file")
+    out = workdir / BASE_REF_FILE
+    out.write_text(json.dumps({**ref, "note": note}, indent=2) + "\n")
+    return out, {**info, "base_kind": ref["kind"], "base_spec": ref["spec"]}
+
+
+def forecaster_settings(
+    settings: dict[str, Any] | None, adapter_dir: Path, codec: LLMTimeCodec
+) -> dict[str, Any]:
+    """Defaults, then `settings`, then what the adapter and codec fix (rank, targets, decimals)."""
+    from lvmodel.lora import adapter_settings
+
+    lora = adapter_settings(adapter_dir)
+    out = {**DEFAULT_SETTINGS, **(settings or {})}
+    if "decimals" in out and int(out["decimals"]) != codec.decimals:
+        raise ValueError(f"settings decimals {out['decimals']} != codec decimals {codec.decimals}")
+    if "lora_rank" in out and int(out["lora_rank"]) != lora.rank:
+        raise ValueError(f"settings lora_rank {out['lora_rank']} != adapter rank {lora.rank}")
+    out.update(
+        decimals=codec.decimals,
+        lora_rank=lora.rank,
+        lora_targets=list(lora.targets),
+        lm_head_bias=lora.lm_head_bias,
+    )
+    return out
+
+
+def example_input() -> tuple[pd.DataFrame, dict[str, int]]:
+    """A small valid request: one 4-step history, horizon 2."""
+    frame = pd.DataFrame({"prey": [[1.0, 0.95, 0.91, 0.88]], "predator": [[1.0, 1.03, 1.05, 1.06]]})
+    return frame, {"horizon": 2}
+
+
+def log_forecaster(
+    *,
+    name: str = "model",
+    adapter_dir: str | Path,
+    codec: LLMTimeCodec,
+    base_spec: str,
+    base_model: Any = None,
+    tokenizer: Any = None,
+    settings: dict[str, Any] | None = None,
+    registered_model_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    validate: bool = True,
+) -> ModelInfo:
+    """Log the forecaster as a pyfunc model (into the active run, if any).
+
+    Args:
+        name: the logged model's name.
+        adapter_dir: folder written by `lvmodel.lora.save_adapter`.
+        codec: the LLMTime codec the adapter was trained with.
+        base_spec: what `lvmodel.base.load_base` was given. `"tiny"` and local folders are
+            bundled (safetensors + tokenizer); a hub id or a `.gguf` path is recorded in
+            `base_ref.json` and must be resolvable where the model is loaded.
+        base_model, tokenizer: bundle this in-memory base instead (LoRA layers, if present,
+            are stripped); `base_spec` is then only recorded.
+        settings: context_length, horizon (default of the `horizon` param), num_samples,
+            batch_size, ...; LoRA rank/targets/lm_head_bias come from the adapter.
+        registered_model_name: also register the model (see :func:`register` for the tags).
+        tags: tags of the logged model, and of the registered version if any.
+        validate: log an input example, which MLflow checks by loading the model and predicting
+            (takes a model load: turn off for large bases).
+    """
+    adapter_dir = Path(adapter_dir)
+    with tempfile.TemporaryDirectory(prefix="lv-forecaster-") as tmp:
+        work = Path(tmp)
+        base_path, base_info = stage_base(base_spec, base_model, tokenizer, work)
+        full = {**forecaster_settings(settings, adapter_dir, codec), **base_info}
+        (work / "settings.json").write_text(json.dumps(full, indent=2) + "\n")
+        (work / "codec.json").write_text(json.dumps(codec.to_dict(), indent=2) + "\n")
+        model_tags = {
+            "base_spec": full["base_spec"],
+            "base_kind": full["base_kind"],
+            "lora_rank": full["lora_rank"],
+            "context_length": full["context_length"],
+            "codec_alpha": codec.alpha,
+            **(tags or {}),
+        }
+        extra = ("gguf",) if full["base_kind"] == "gguf" else ()
+        with warnings.catch_warnings():
+            # validate=False leaves the example out on purpose; MLflow would warn about it
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(MODEL_FILE),
+                artifacts={
+                    "adapter": str(adapter_dir),
+                    "codec": str(work / "codec.json"),
+                    "base": str(base_path),
+                    "settings": str(work / "settings.json"),
+                },
+                code_paths=code_paths(),
+                pip_requirements=pip_requirements(extra),
+                signature=forecaster_signature(full["horizon"], full["num_samples"]),
+                input_example=example_input() if validate else None,
+                registered_model_name=registered_model_name,
+                tags={k: str(v) for k, v in model_tags.items()},
+            )
+    if registered_model_name is not None:
+        _tag_version(
+            MlflowClient(), registered_model_name, str(info.registered_model_version), tags or {}
+        )
+    return info
+
+
+# -- registering ------------------------------------------------------------------------------
+
+
+def _tag_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return "null" if value is None else str(value)
+
+
+def _tag_version(client: MlflowClient, name: str, ver: str, tags: dict[str, Any]) -> ModelVersion:
+    """Set `tags`, then the source run's final metrics under their own names (unless tagged)."""
+    mv = client.get_model_version(name, ver)
+    merged = {k: _tag_value(v) for k, v in tags.items()}
+    if mv.run_id:
+        for key, value in client.get_run(mv.run_id).data.metrics.items():
+            merged.setdefault(key, _tag_value(value))
+    for key, value in merged.items():
+        if mv.tags.get(key) != value:
+            client.set_model_version_tag(name, ver, key, value)
+    return client.get_model_version(name, ver)
+
+
+def register(
+    model_uri: str, name: str = REGISTERED_MODEL, tags: dict[str, Any] | None = None
+) -> ModelVersion:
+    """Register `model_uri` as a new version of `name`; tag it with `tags` (FLOPs, metrics).
+
+    The source run's final metrics are added as tags too (explicit `tags` win), so that
+    :func:`promote` can compare versions from their tags alone.
+    """
+    mv = mlflow.register_model(model_uri, name)
+    return _tag_version(MlflowClient(), name, str(mv.version), tags or {})
+
+
+# -- promoting --------------------------------------------------------------------------------
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def version_metric(client: MlflowClient, mv: ModelVersion, metric: str) -> float | None:
+    """`metric` of a version: its tag, else its source run's metric; None when absent/non-finite."""
+    if metric in mv.tags:
+        return _as_float(mv.tags[metric])
+    if mv.run_id:
+        try:
+            return _as_float(client.get_run(mv.run_id).data.metrics.get(metric))
+        except MlflowException:
+            return None
+    return None
+
+
+def _prefix(alias: str) -> str:
+    return f"promotion.{alias}"
+
+
+def promote(
+    name: str = REGISTERED_MODEL,
+    metric: str = "val_mse_filled_h5",
+    alias: str = "champion",
+    higher_is_better: bool = False,
+    allow_loss: bool = False,
+) -> tuple[ModelVersion, str]:
+    """Point `alias` at the version of `name` with the best `metric`; return it and the reason.
+
+    The metric is read from each version's tags, else from its source run. Versions without it
+    are skipped. Ties keep the current holder of the alias, else the oldest version. The reason
+    (metric, value, previous holder and its value) is written to the chosen version's tags
+    `promotion.<alias>.*`; the replaced version gets `promotion.<alias>.replaced_by`. Calling
+    again with nothing new registered changes nothing.
+
+    A loss is a poor proxy for forecasting accuracy: a metric named like `*loss*` is refused
+    unless `allow_loss`.
+    """
+    if "loss" in metric.lower() and not allow_loss:
+        raise ValueError(
+            f"{metric!r} looks like a loss; promote on a validation forecasting metric such as "
+            "val_mse_h5 (or pass allow_loss=True)"
+        )
+    client = MlflowClient()
+    escaped = name.replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{escaped}'")
+    if not versions:
+        raise RegistryError(
+            f"registered model {name!r} has no versions at {mlflow.get_registry_uri()}: "
+            "log and register a forecaster first"
+        )
+    scored = [(mv, version_metric(client, mv, metric)) for mv in versions]
+    measured = [(mv, v) for mv, v in scored if v is not None]
+    if not measured:
+        raise RegistryError(
+            f"none of the {len(versions)} versions of {name!r} has a finite {metric!r} "
+            "(version tag or source-run metric)"
+        )
+    try:
+        current = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        current = None
+    current_value = (
+        next((v for mv, v in scored if mv.version == current.version), None) if current else None
+    )
+
+    sign = -1.0 if higher_is_better else 1.0
+
+    def rank(item: tuple[ModelVersion, float]) -> tuple[float, int, int]:
+        mv, value = item
+        is_current = current is not None and mv.version == current.version
+        return (sign * value, 0 if is_current else 1, int(mv.version))
+
+    best, value = min(measured, key=rank)
+    direction = "higher" if higher_is_better else "lower"
+    word = "highest" if higher_is_better else "lowest"
+    skipped = sorted(int(mv.version) for mv, v in scored if v is None)
+    among = f"of {len(measured)} version(s) with the metric" + (
+        f"; skipped without it: {skipped}" if skipped else ""
+    )
+    p = _prefix(alias)
+    if current is not None and current.version == best.version:
+        reason = (
+            f"version {best.version} stays @{alias}: {metric} = {value:.6g} is the {word} {among}"
+        )
+        if best.tags.get(f"{p}.metric") == metric:
+            return best, reason
+        previous, current_value = "none", None
+    else:
+        previous = str(current.version) if current is not None else "none"
+        before = (
+            "no previous holder"
+            if current is None
+            else f"previous: version {current.version} with {metric} = "
+            + ("n/a" if current_value is None else f"{current_value:.6g}")
+        )
+        reason = (
+            f"version {best.version} promoted to @{alias}: {metric} = {value:.6g} is the {word} "
+            f"({direction} is better) {among}; {before}"
+        )
+        client.set_registered_model_alias(name, alias, best.version)
+        if f"{p}.replaced_by" in best.tags:
+            client.delete_model_version_tag(name, best.version, f"{p}.replaced_by")
+        if current is not None:
+            client.set_model_version_tag(
+                name, current.version, f"{p}.replaced_by", str(best.version)
+            )
+    record = {
+        "metric": metric,
+        "value": repr(value),
+        "direction": direction,
+        "previous_version": previous,
+        "previous_value": "none" if current_value is None else repr(current_value),
+        "reason": reason,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    for key, text in record.items():
+        client.set_model_version_tag(name, best.version, f"{p}.{key}", text)
+    return client.get_model_version(name, best.version), reason

@@ -1,0 +1,70 @@
+"""Reading earlier runs of the experiment: the best settings of a phase, finished steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from projects.ledger import TAG_PHASE
+
+#: The validation forecasting metric that picks settings and the champion (lower is better):
+#: MSE over the 5-step horizon with invalid values replaced by persistence, so a model cannot
+#: look good by emitting unparsable text. Equal to `val_mse_h5` when every value is valid.
+SELECTION_METRIC = "val_mse_filled_h5"
+
+
+@dataclass(frozen=True)
+class Best:
+    run_id: str
+    lr: float
+    rank: int
+    context_length: int
+    value: float
+
+
+def experiment_id() -> str:
+    """The active experiment (set by `setup_tracking` or `mlflow run`)."""
+    exp = mlflow.tracking.fluent._get_experiment_id()
+    if exp is None:
+        raise RuntimeError("no active MLflow experiment")
+    return str(exp)
+
+
+def finished_runs(phase: str, preset: str, client: MlflowClient | None = None) -> list[Run]:
+    """FINISHED runs of a phase and preset in the active experiment, newest first."""
+    client = client or MlflowClient()
+    return list(
+        client.search_runs(
+            [experiment_id()],
+            filter_string=(
+                f"tags.`{TAG_PHASE}` = '{phase}' and tags.preset = '{preset}' "
+                "and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+        )
+    )
+
+
+def best_of(phase: str, preset: str, metric: str = SELECTION_METRIC) -> Best | None:
+    """The finished run of `phase` with the lowest `metric`, or None if there is none."""
+    scored = [
+        r
+        for r in finished_runs(phase, preset)
+        if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])
+    ]
+    if not scored:
+        return None
+    run = min(scored, key=lambda r: r.data.metrics[metric])
+    p = run.data.params
+    return Best(
+        run_id=run.info.run_id,
+        lr=float(p["lr"]),
+        rank=int(p["rank"]),
+        context_length=int(p["context_length"]),
+        value=run.data.metrics[metric],
+    )

@@ -1,0 +1,72 @@
+"""`sweep` entry point: lr x rank grid, one parent run with a child run per cell."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import mlflow
+
+from projects.experiment import TrainRequest, parent_run, train_run
+from projects.options import base_option, data_option, parse_list, preset_option, seed_option
+from projects.plots import plot_grid
+from projects.presets import get_preset
+from projects.selection import SELECTION_METRIC
+
+
+@click.command()
+@preset_option
+@base_option
+@data_option
+@seed_option
+@click.option("--lrs", default="", help="Comma-separated learning rates (default: preset's).")
+@click.option("--ranks", default="", help="Comma-separated LoRA ranks (default: preset's).")
+@click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset's sweep_steps).")
+def main(
+    preset: str, base_model: str, data_file: str, seed: int, lrs: str, ranks: str, steps: int
+) -> None:
+    """Train every (lr, rank) of the grid for a short run; children of one parent run."""
+    p = get_preset(preset, sweep_steps=steps)
+    grid_lrs = parse_list(lrs, float, "--lrs") or p.sweep_lrs
+    grid_ranks = parse_list(ranks, int, "--ranks") or p.sweep_ranks
+    scores: dict[tuple[float, int], float] = {}
+    with parent_run(
+        "sweep",
+        "sweep",
+        {
+            "preset": p.name,
+            "lrs": ",".join(map(str, grid_lrs)),
+            "ranks": ",".join(map(str, grid_ranks)),
+            "steps": p.sweep_steps,
+        },
+        p.name,
+    ):
+        for lr in grid_lrs:
+            for rank in grid_ranks:
+                req = TrainRequest(
+                    preset=p,
+                    phase="sweep",
+                    run_name=f"sweep lr={lr:g} r={rank}",
+                    lr=lr,
+                    rank=rank,
+                    context_length=p.context_length,
+                    steps=p.sweep_steps,
+                    batch_size=p.batch_size,
+                    seed=seed,
+                    schedule=p.schedule,
+                    warmup_steps=p.warmup_steps,
+                    data_file=data_file,
+                    base_model=base_model,
+                )
+                scores[(lr, rank)] = train_run(req, nested=True).get(SELECTION_METRIC, float("nan"))
+        (best_lr, best_rank), best = min(scores.items(), key=lambda kv: kv[1])
+        mlflow.log_params({"best_lr": best_lr, "best_rank": best_rank})
+        mlflow.log_metric(f"best_{SELECTION_METRIC}", best)
+        mlflow.log_figure(
+            plot_grid(scores, grid_lrs, grid_ranks, SELECTION_METRIC), "plots/sweep_grid.png"
+        )
+    click.echo(json.dumps({"best_lr": best_lr, "best_rank": best_rank, SELECTION_METRIC: best}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""`mlflow run . -e pipeline` end to end on the micro preset (a random tiny base: plumbing only)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PHASES = ("data", "reference", "baseline", "initial", "sweep", "context", "final", "promote")
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_and_reuses_finished_ones(
+    tracking_uri, random_tiny_dir, small_data_file, tmp_path
+):
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "OMP_NUM_THREADS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "db", "upgrade", tracking_uri],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "run",
+        str(REPO),
+        "-e",
+        "pipeline",
+        "--env-manager",
+        "local",
+        "-P",
+        "preset=micro",
+        "-P",
+        f"base_model={random_tiny_dir}",
+        "-P",
+        f"data_file={small_data_file}",
+    ]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    phases = {r.data.tags.get("phase") for r in runs}
+    assert set(PHASES) | {"report", "pipeline"} <= phases
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.info.status) for r in runs if r.info.status != "FINISHED"
+    ]
+    # The budget table's total is the sum of flops_total over the budgeted runs.
+    report = next(r for r in runs if r.info.run_name == "budget")
+    budgeted = [r for r in runs if "lv.flops_planned" in r.data.tags]
+    assert len(budgeted) == 2 + 1 + 4 + 2 + 1  # baseline, initial, sweep, context, final
+    assert report.data.metrics["flops_spent"] == sum(
+        r.data.metrics["flops_total"] for r in budgeted
+    )
+    final = next(r for r in budgeted if r.data.tags["phase"] == "final")
+    assert {"val_mse_h5", "test_mse_h5", "test_mae_h5"} <= set(final.data.metrics)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias("lv-forecaster", "champion")
+    assert champion.run_id == final.info.run_id
+
+    # A second pipeline reuses every finished step: no new training runs.
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (second.stdout + second.stderr).count("already finished") == 7
+    again = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len([r for r in again if "lv.flops_planned" in r.data.tags]) == len(budgeted)

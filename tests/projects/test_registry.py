@@ -1,0 +1,287 @@
+"""Registry: log the pyfunc forecaster, register versions, promote the best, load it back."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.exceptions import MlflowException
+from safetensors.torch import load_file
+
+from lvdata import LLMTimeCodec
+from lvmodel.lora import LoraSettings, apply_lora, save_adapter
+from lvmodel.tiny import random_tiny
+from projects import promote as promote_cli
+from projects import registry
+
+NAME = registry.REGISTERED_MODEL
+CODEC = LLMTimeCodec(alpha=0.6)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run much faster on one thread, above all on a busy 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def store(tracking_uri: str) -> Iterator[str]:
+    """The temporary tracking store, also set as MLflow's current URI and experiment (undone after).
+
+    `mlflow.set_tracking_uri` and `mlflow.set_experiment` are process-global: set both here so that
+    a store or experiment left behind by another test is never used, and unset the URI after.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment("registry-tests")
+    yield tracking_uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(base folder, adapter folder): random tiny base and an untrained rank-2 LoRA on it."""
+    root = tmp_path_factory.mktemp("tiny")
+    model, tok = random_tiny(0)
+    registry.save_base(model, tok, root / "base")
+    settings = LoraSettings(rank=2)
+    save_adapter(apply_lora(model, settings), root / "adapter", settings)
+    return root / "base", root / "adapter"
+
+
+def _log_version(
+    adapter: Path, base: Path, val_mse: float, validate: bool = False
+) -> mlflow.entities.model_registry.ModelVersion:
+    with mlflow.start_run():
+        mlflow.log_metric("val_mse_h5", val_mse)
+        info = registry.log_forecaster(
+            adapter_dir=adapter,
+            codec=CODEC,
+            base_spec=str(base),
+            settings={"context_length": 256},
+            validate=validate,
+        )
+    return registry.register(info.model_uri, NAME, tags={"flops_total": 1.5e12})
+
+
+def test_save_base_strips_lora_and_head_bias(tmp_path: Path) -> None:
+    model, tok = random_tiny(0)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    peft = apply_lora(model, LoraSettings(rank=2, lm_head_bias=True))
+    registry.save_base(peft, tok, tmp_path)
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k for k in saved)
+    assert "lm_head.bias" not in saved
+    for key, value in saved.items():
+        torch.testing.assert_close(value, original[key])
+    assert (tmp_path / "tokenizer.json").is_file()
+
+
+def test_stage_base_records_hub_id_without_download(tmp_path: Path) -> None:
+    path, info = registry.stage_base("Qwen/Qwen2.5-0.5B-Instruct", None, None, tmp_path)
+    assert path.name == registry.BASE_REF_FILE
+    assert json.loads(path.read_text())["spec"] == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert info["base_kind"] == "hub"
+    with pytest.raises(FileNotFoundError, match="GGUF"):
+        registry.stage_base(str(tmp_path / "missing.gguf"), None, None, tmp_path)
+
+
+def test_signature_and_requirements() -> None:
+    sig = registry.forecaster_signature()
+    assert sig.inputs.input_names() == ["prey", "predator"]
+    assert {p.name: p.default for p in sig.params.params} == {"horizon": 5, "num_samples": 1}
+    reqs = registry.pip_requirements()
+    for pin in ("mlflow==3.17.2", "torch==2.13.0", "transformers==5.24.0", "peft==0.21.2"):
+        assert pin in reqs
+    assert all(Path(p).name in {"lvdata", "lvflops", "lvmodel"} for p in registry.code_paths())
+
+
+def test_register_promote_and_load_in_fresh_process(
+    store: str, tiny_adapter: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, adapter = tiny_adapter
+    v1 = _log_version(adapter, base, 0.02, validate=True)  # validate: MLflow predicts the example
+    assert v1.tags["val_mse_h5"] == "0.02"  # copied from the run's metric
+    assert v1.tags["flops_total"] == "1500000000000.0"
+
+    mv, reason = registry.promote(NAME, "val_mse_h5")
+    assert mv.version == v1.version and "no previous holder" in reason
+
+    v2 = _log_version(adapter, base, 0.01)
+    mv, reason = registry.promote(NAME, "val_mse_h5")
+    assert mv.version == v2.version
+    assert "val_mse_h5 = 0.01" in reason and f"version {v1.version}" in reason and "0.02" in reason
+    client = mlflow.MlflowClient()
+    assert client.get_model_version_by_alias(NAME, "champion").version == v2.version
+    tags = client.get_model_version(NAME, v2.version).tags
+    assert tags["promotion.champion.reason"] == reason
+    assert tags["promotion.champion.previous_version"] == str(v1.version)
+    assert float(tags["promotion.champion.previous_value"]) == 0.02
+    replaced = client.get_model_version(NAME, v1.version).tags["promotion.champion.replaced_by"]
+    assert replaced == str(v2.version)
+
+    # idempotent: nothing new, nothing changes
+    again, why = registry.promote(NAME, "val_mse_h5")
+    assert again.version == v2.version and "stays" in why
+    assert client.get_model_version(NAME, v2.version).tags == tags
+
+    # a worse version does not take the alias; higher_is_better flips the choice
+    _log_version(adapter, base, 0.5)
+    assert registry.promote(NAME, "val_mse_h5")[0].version == v2.version
+    assert (
+        registry.promote(NAME, "val_mse_h5", alias="worst", higher_is_better=True)[0].version == 3
+    )
+
+    script = textwrap.dedent(
+        """
+        import json, mlflow, pandas as pd
+        model = mlflow.pyfunc.load_model("models:/lv-forecaster@champion")
+        df = pd.DataFrame({
+            "prey": [[1.0, 0.93, 0.87, 0.8], [2.5, 2.1, 1.8]],
+            "predator": [[0.5, 0.52, 0.56, 0.61], [1.2, 1.3, 1.35]],
+        })
+        out = model.predict(df, params={"horizon": 3})
+        import lvmodel
+        print(json.dumps({"columns": list(out.columns), "rows": out.to_dict("records"),
+                          "lvmodel": lvmodel.__file__}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(MLFLOW_TRACKING_URI=store, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["columns"] == ["prey", "predator"]
+    assert len(result["rows"]) == 2
+    for row in result["rows"]:
+        for col in ("prey", "predator"):
+            assert len(row[col]) == 3 and np.isfinite(row[col]).all()
+    # the model brings its own copy of the libraries (code_paths), ahead of installed ones
+    assert f"{os.sep}code{os.sep}lvmodel{os.sep}" in result["lvmodel"]
+
+
+def test_promote_refuses_a_loss() -> None:
+    with pytest.raises(ValueError, match="looks like a loss"):
+        registry.promote(NAME, "val_loss")
+
+
+def test_promote_cli(store: str, tiny_adapter: tuple[Path, Path]) -> None:
+    with pytest.raises(registry.RegistryError, match="no versions"):
+        registry.promote(NAME, "val_mse_h5")
+    runner = CliRunner()
+    empty = runner.invoke(promote_cli.main, ["--name", NAME, "--metric", "val_mse_h5"])
+    assert empty.exit_code == 1
+    assert "no versions" in empty.output
+
+    base, adapter = tiny_adapter
+    v1 = _log_version(adapter, base, 0.03)
+    ok = runner.invoke(promote_cli.main, ["--name", NAME, "--metric", "val_mse_h5"])
+    assert ok.exit_code == 0, ok.output
+    assert f"version {v1.version} promoted to @champion" in ok.output
+    run = mlflow.search_runs(filter_string="tags.phase = 'promote'", output_format="list")
+    done = next(r for r in run if r.info.status == "FINISHED")
+    assert done.data.params["metric"] == "val_mse_h5"
+    assert done.data.tags["promoted_version"] == str(v1.version)
+    assert done.data.tags["promotion_moved"] == "true"
+    assert done.data.metrics["champion_val_mse_h5"] == pytest.approx(0.03)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(
+    tmp_path_factory: pytest.TempPathFactory, tiny_adapter: tuple[Path, Path]
+) -> mlflow.pyfunc.PyFuncModel:
+    """The forecaster logged to a throwaway store and loaded in this process."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        try:
+            mlflow.set_experiment("registry-tests")
+            base, adapter = tiny_adapter
+            info = registry.log_forecaster(
+                adapter_dir=adapter, codec=CODEC, base_spec=str(base), validate=False
+            )
+            model = mlflow.pyfunc.load_model(info.model_uri)
+        finally:
+            mlflow.set_tracking_uri(None)
+    return model
+
+
+def _frame(prey: list, predator: list) -> pd.DataFrame:
+    return pd.DataFrame({"prey": prey, "predator": predator})
+
+
+GOOD = _frame([[1.0, 0.9, 0.8]], [[0.5, 0.6, 0.7]])
+
+
+@pytest.mark.parametrize(
+    ("frame", "params", "message"),
+    [
+        (pd.DataFrame({"prey": [[1.0, 0.9]]}), {}, "missing inputs ['predator']"),
+        (_frame([[1.0, 0.9, 0.8]], [[0.5, 0.6]]), {}, "row 0, fields 'prey' and 'predator'"),
+        (_frame([[1.0, 0.9], [1.0]], [[0.5, 0.6], [0.5]]), {}, "row 1, fields 'prey' and 'pred"),
+        (_frame([[1.0, float("nan")]], [[0.5, 0.6]]), {}, "row 0, field 'prey': value at step 1"),
+        (_frame([[1.0, 2.0]], [[0.5, float("inf")]]), {}, "row 0, field 'predator'"),
+        (_frame([[1.0, 0.5], [1.5, 2.5]], [[0.5, 0.4], [1.0, -2.0]]), {}, "row 1, field 'pred"),
+        (_frame([], []), {}, "input is empty"),
+        (GOOD, {"horizon": 0}, "parameter 'horizon' must be between 1"),
+        (GOOD, {"horizon": 2.5}, "horizon"),
+        (GOOD, {"horizon": "three"}, "horizon"),
+        (GOOD, {"num_samples": 0}, "parameter 'num_samples' must be between 1"),
+    ],
+    ids=[
+        "missing-column",
+        "unequal-lengths",
+        "too-short",
+        "nan",
+        "inf",
+        "negative",
+        "empty",
+        "horizon-0",
+        "horizon-float",
+        "horizon-str",
+        "num-samples-0",
+    ],
+)
+def test_bad_input_is_a_clear_invalid_parameter_error(
+    loaded: mlflow.pyfunc.PyFuncModel, frame: pd.DataFrame, params: dict, message: str
+) -> None:
+    with pytest.raises(MlflowException) as err:
+        loaded.predict(frame, params=params)
+    assert err.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert err.value.get_http_status_code() == 400
+    assert message in err.value.message
+
+
+def test_in_process_predict_shapes(loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    out = loaded.predict(
+        _frame([[1.0, 0.9, 0.8], [2.0, 1.9]], [[0.5, 0.6, 0.7], [1.0, 1.1]]), params={"horizon": 2}
+    )
+    assert list(out.columns) == ["prey", "predator"]
+    assert [len(v) for v in out["prey"]] == [2, 2]
+    default = loaded.predict(GOOD)  # horizon defaults to the signature's 5
+    assert len(default["predator"][0]) == 5
