@@ -124,3 +124,62 @@ def test_real_gguf_batched_generate(qwen_gguf) -> None:
     assert enc["attention_mask"][1, 0] == 0 and enc["input_ids"][1, 0] == 151643
     out = model.generate(**enc, max_new_tokens=3, do_sample=False)
     assert out.shape == (2, enc["input_ids"].shape[1] + 3)
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_real_gguf_zero_shot_forecasts_are_valid(qwen_gguf, coursework) -> None:
+    """Zero-shot, coursework validation series, 512-token context, horizon 5: >= 95% valid."""
+    import lvdata
+    from lvmodel.evaluate import evaluate_llm
+
+    model, tok = qwen_gguf
+    parts = lvdata.split(coursework.n_series, seed=0)
+    codec = lvdata.LLMTimeCodec.fit(coursework.values[parts.train])
+    val = coursework.values[parts.val[:8]]
+    ev = evaluate_llm(
+        model, tok, codec, val, history_steps=50, horizon=5, context_length=512, batch_size=8
+    )
+    assert ev.metrics["invalid_rate"] <= 0.05
+    assert ev.result is not None and ev.result.prompt_tokens <= 8 * 512
+    print(f"real GGUF zero-shot: {ev.metrics} in {ev.result.seconds:.1f} s")
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+def test_real_gguf_lora_steps_at_context_128(coursework) -> None:
+    """A few LoRA steps on the real model (a private copy: the module fixture stays untouched)."""
+    import lvdata
+    from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
+    from lvmodel.train import TrainConfig, fit
+
+    if not QWEN_GGUF or not Path(QWEN_GGUF).is_file():
+        pytest.skip("set LV_QWEN_GGUF to a Qwen2.5 GGUF file")
+    model, tok = load_base(QWEN_GGUF, dtype=torch.float32, device="cpu")
+    lora = LoraSettings(rank=4)
+    model = apply_lora(model, lora)
+    trainable, _ = parameter_counts(model)
+    assert trainable == 270_336 + 151_936  # LoRA r=4 on q/v (DESIGN) + the lm_head bias
+    parts = lvdata.split(coursework.n_series, seed=0)
+    codec = lvdata.LLMTimeCodec.fit(coursework.values[parts.train])
+    config = TrainConfig(
+        steps=3,
+        lr=1e-4,
+        batch_size=1,
+        context_length=128,
+        eval_every=0,
+        eval_windows=2,
+        forecast_every=-1,
+    )
+    result = fit(
+        model,
+        tok,
+        codec,
+        coursework.values[parts.train[:4]],
+        coursework.values[parts.val[:2]],
+        config,
+        lora,
+        progress=False,
+    )
+    assert result.steps == 3 and np.isfinite(result.final["train_loss"])
+    print(f"real GGUF LoRA: {result.history}")
