@@ -10,13 +10,13 @@
 - `random_tiny` (function): `(model, tokenizer)` with the tiny architecture (Qwen2, GQA, tied
   embeddings, vocab 128) and random weights (seed 0): instant, fresh per test, safe to mutate; for
   plumbing tests that do not need a model that can forecast.
-- `lv_data_path` (session): the coursework `lotka_volterra_data.h5` (`$LV_DATA`, `data/`, or
-  `../shared/data/`), or None when absent; tests needing it should skip on None.
+
+The coursework data come from the repository-wide fixtures in `tests/conftest.py` (`coursework`,
+`coursework_file`: skip when the file is absent).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lvmodel.base import load_base
 from lvmodel.tiny import ensure_tiny_base, random_tiny
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -42,16 +40,3 @@ def tiny_base(tiny_base_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenize
 @pytest.fixture(name="random_tiny")
 def random_tiny_fixture() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return random_tiny(seed=0)
-
-
-@pytest.fixture(scope="session")
-def lv_data_path() -> Path | None:
-    candidates = [
-        os.environ.get("LV_DATA"),
-        REPO / "data" / "lotka_volterra_data.h5",
-        REPO.parent / "shared" / "data" / "lotka_volterra_data.h5",
-    ]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None

@@ -20,7 +20,7 @@ import numpy as np
 FAMILIES = ("sine", "damped", "ar1", "ar2", "walk")
 # Smooth, deterministic shapes dominate (the series people forecast with LLMTime mostly are);
 # the noisy processes teach that not everything is predictable.
-FAMILY_WEIGHTS = (0.35, 0.3, 0.1, 0.15, 0.1)
+FAMILY_WEIGHTS = (0.35, 0.25, 0.1, 0.15, 0.15)
 
 
 def format_series(values: np.ndarray, decimals: int = 2) -> str:
@@ -118,14 +118,14 @@ def synthetic_series(
     family = family or FAMILIES[int(rng.choice(len(FAMILIES), p=FAMILY_WEIGHTS))]
     t = np.arange(n_steps, dtype=np.float64)
     x = _GENERATORS[family](rng, t)
-    if family in ("ar1", "ar2", "walk") and rng.random() < 0.8:  # smooth random curves
+    if family in ("ar1", "ar2", "walk") and rng.random() < 0.5:  # smooth random curves
         x = _smooth(x, rng.uniform(0.3, 0.8))
     if rng.random() < 0.3:  # a linear trend
         x = x + rng.normal(0, 1.5, size=2) * (t / n_steps)[:, None] * x.std(axis=0)
     if rng.random() < 0.5:  # monotone warp: spiky peaks, flat troughs
         z = (x - x.min(axis=0)) / np.maximum(np.ptp(x, axis=0), 1e-9)
         x = np.exp(rng.uniform(1.0, 4.0) * z)
-    if rng.random() < 0.1:  # observation noise
+    if rng.random() < 0.25:  # observation noise
         x = x + rng.normal(0, rng.uniform(0.002, 0.03), size=x.shape) * np.ptp(x, axis=0)
     out = np.stack([_to_range(x[:, j], rng) for j in range(2)], axis=1)
     return np.clip(out, 0.0, None)
