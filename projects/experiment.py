@@ -164,7 +164,7 @@ def train_run(
         model, tok = load_base(req.base)
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
-    lora = LoraSettings(rank=req.rank)
+    lora = LoraSettings(rank=req.rank, targets=preset.lora_targets)
     model = apply_lora(model, lora)
     trainable, total = parameter_counts(model)
     config = req.train_config()

@@ -26,6 +26,7 @@ class Preset:
         eval_series: validation series for the end-of-run forecasting metric (0: all).
         eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
         schedule, warmup_steps: the LR schedule.
+        lora_targets: modules LoRA wraps (the coursework: q_proj and v_proj).
     """
 
     name: str
@@ -50,6 +51,7 @@ class Preset:
     forecast_series: int = 16
     schedule: str = "cosine"
     warmup_steps: int = 20
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,26 +59,30 @@ PRESETS: dict[str, Preset] = {
     # Coursework scale: Qwen2.5-0.5B-Instruct, the reference study's steps, 1e17 FLOPs.
     "qwen": Preset(name="qwen", base_model="Qwen/Qwen2.5-0.5B-Instruct", budget=1e17),
     # CPU-sized: the tiny pretrained Qwen2-shaped base, same phases, far fewer steps and FLOPs.
+    # LoRA wraps every linear layer here: the 0.8M-parameter tiny base barely moves with q/v alone
+    # (val MSE 0.31 -> 0.30 in 1200 steps), while all seven at rank 16 reach 0.25 in 300 steps at
+    # context 256 and 0.18 in 600 steps at context 512 (validation, K=50, H=5).
     "tiny": Preset(
         name="tiny",
         base_model="tiny",
         budget=2e14,
-        lr=1e-3,
-        rank=4,
+        lr=3e-3,
+        rank=16,
         batch_size=8,
         context_length=256,
         initial_steps=150,
         sweep_steps=60,
         context_steps=60,
         final_steps=300,
-        sweep_lrs=(3e-4, 1e-3, 3e-3),
-        sweep_ranks=(2, 4, 8),
+        sweep_lrs=(1e-3, 3e-3, 1e-2),
+        sweep_ranks=(4, 16, 32),
         contexts=(128, 256, 512),
         eval_series=0,
         eval_every=50,
         forecast_every=100,
         forecast_series=16,
         warmup_steps=10,
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
     ),
     # Smoke-test scale: seconds per run on 2 cores, results meaningless. For tests and set-up checks.
     "micro": Preset(
