@@ -43,18 +43,15 @@ def main(
             }
         )
         for ctx in sizes:
-            req = TrainRequest(
-                preset=p,
-                phase="context",
-                run_name=f"context {ctx}",
+            req = TrainRequest.from_preset(
+                p,
+                "context",
+                f"context {ctx}",
+                p.context_steps,
                 lr=lr,
                 rank=rank,
                 context_length=ctx,
-                steps=p.context_steps,
-                batch_size=p.batch_size,
                 seed=seed,
-                schedule=p.schedule,
-                warmup_steps=p.warmup_steps,
                 data_file=data_file,
                 base_model=base_model,
             )

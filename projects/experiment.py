@@ -56,6 +56,23 @@ class TrainRequest:
     register: bool = False
     base_model: str = ""
 
+    @classmethod
+    def from_preset(
+        cls, preset: Preset, phase: str, run_name: str, steps: int, **overrides: Any
+    ) -> TrainRequest:
+        """A request with the preset's lr, rank, context, batch and schedule unless overridden."""
+        fields: dict[str, Any] = {
+            "lr": preset.lr,
+            "rank": preset.rank,
+            "context_length": preset.context_length,
+            "batch_size": preset.batch_size,
+            "schedule": preset.schedule,
+            "warmup_steps": preset.warmup_steps,
+        }
+        return cls(
+            preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
+        )
+
     @property
     def base(self) -> str:
         return self.base_model or self.preset.base_model

@@ -31,18 +31,15 @@ def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) ->
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"
     elif best := best_of("sweep", p.name):
         lr, rank, source = best.lr, best.rank, f"sweep:{best.run_id}"
-    req = TrainRequest(
-        preset=p,
-        phase="final",
-        run_name="final",
+    req = TrainRequest.from_preset(
+        p,
+        "final",
+        "final",
+        p.final_steps,
         lr=lr,
         rank=rank,
         context_length=ctx,
-        steps=p.final_steps,
-        batch_size=p.batch_size,
         seed=seed,
-        schedule=p.schedule,
-        warmup_steps=p.warmup_steps,
         data_file=data_file,
         evaluate_test=True,
         register=True,

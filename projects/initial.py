@@ -19,18 +19,12 @@ from projects.presets import get_preset
 def main(preset: str, base_model: str, data_file: str, seed: int) -> None:
     """Train with the coursework defaults (rank, lr, batch, context of the preset)."""
     p = get_preset(preset)
-    req = TrainRequest(
-        preset=p,
-        phase="initial",
-        run_name="initial",
-        lr=p.lr,
-        rank=p.rank,
-        context_length=p.context_length,
-        steps=p.initial_steps,
-        batch_size=p.batch_size,
+    req = TrainRequest.from_preset(
+        p,
+        "initial",
+        "initial",
+        p.initial_steps,
         seed=seed,
-        schedule=p.schedule,
-        warmup_steps=p.warmup_steps,
         data_file=data_file,
         base_model=base_model,
     )

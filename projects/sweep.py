@@ -43,18 +43,14 @@ def main(
     ):
         for lr in grid_lrs:
             for rank in grid_ranks:
-                req = TrainRequest(
-                    preset=p,
-                    phase="sweep",
-                    run_name=f"sweep lr={lr:g} r={rank}",
+                req = TrainRequest.from_preset(
+                    p,
+                    "sweep",
+                    f"sweep lr={lr:g} r={rank}",
+                    p.sweep_steps,
                     lr=lr,
                     rank=rank,
-                    context_length=p.context_length,
-                    steps=p.sweep_steps,
-                    batch_size=p.batch_size,
                     seed=seed,
-                    schedule=p.schedule,
-                    warmup_steps=p.warmup_steps,
                     data_file=data_file,
                     base_model=base_model,
                 )

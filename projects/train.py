@@ -77,18 +77,12 @@ def main(
         warmup_steps=warmup_steps,
         budget=budget,
     )
-    req = TrainRequest(
-        preset=p,
-        phase="train",
-        run_name=run_name,
-        lr=p.lr,
-        rank=p.rank,
-        context_length=p.context_length,
-        steps=p.initial_steps,
-        batch_size=p.batch_size,
+    req = TrainRequest.from_preset(
+        p,
+        "train",
+        run_name,
+        p.initial_steps,
         seed=seed,
-        schedule=p.schedule,
-        warmup_steps=p.warmup_steps,
         data_file=data_file,
         evaluate_test=evaluate_test,
         base_model=base_model,
