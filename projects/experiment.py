@@ -1,23 +1,31 @@
 """What every training entry point does, in plain stages: data -> base -> plan -> reserve -> fit ->
 evaluate -> log. The click commands in this folder only parse parameters and call `train_run`.
+
+A run that dies can be resumed (`train_run(..., resume=...)`, see `projects.resume`): the same
+MLflow run is reopened and `fit` continues from its newest checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import click
 import mlflow
 import numpy as np
+import torch
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import lvdata
 from lvflops import train_step_flops
@@ -29,11 +37,27 @@ from lvmodel.train import FitResult, TrainConfig, fit, planned_fit_flops
 from projects.data import ensure_data
 from projects.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
 from projects.plots import plot_curves, plot_forecasts
-from projects.presets import Preset
+from projects.presets import Preset, get_preset
 from projects.registry import REGISTERED_MODEL, log_forecaster
-from projects.tracking import log_dataset, setup_tracking
+from projects.resume import (
+    METRIC_REWORK,
+    TAG_ATTEMPT,
+    TAG_CHECKPOINTS,
+    TAG_HOST,
+    TAG_PID,
+    TAG_RESUMES,
+    TAG_WORK_RUN,
+    Resume,
+    attempt_record,
+    checkpoint_root,
+    reserve_resumed,
+    resume_hint,
+)
+from projects.tracking import array_digest, log_dataset, setup_tracking
 
-CHECKPOINT_ROOT = Path("checkpoints")
+# Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
+# resumed run rebuilds exactly the run that died from its parameters.
+PRESET_PARAMS = ("eval_series", "eval_every", "forecast_every", "forecast_series")
 
 
 @dataclass
@@ -55,6 +79,7 @@ class TrainRequest:
     evaluate_test: bool = False
     register: bool = False
     base_model: str = ""
+    checkpoint_every: int = 0
 
     @classmethod
     def from_preset(
@@ -68,9 +93,45 @@ class TrainRequest:
             "batch_size": preset.batch_size,
             "schedule": preset.schedule,
             "warmup_steps": preset.warmup_steps,
+            "checkpoint_every": preset.checkpoint_every,
         }
         return cls(
             preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
+        )
+
+    @classmethod
+    def from_params(cls, params: dict[str, str], budget: float = -1) -> TrainRequest:
+        """The request a run was started with, rebuilt from its logged parameters (for resuming).
+
+        `budget` (-1: the logged one) may differ: it is the experiment's limit, not the run's.
+        """
+        preset = get_preset(params["preset"])
+        integer = {k: int(params[k]) for k in PRESET_PARAMS if k in params}
+        preset = replace(
+            preset,
+            budget=float(budget) if budget not in (-1, -1.0) else float(params["budget"]),
+            history_steps=int(params["history_steps"]),
+            horizon=int(params["horizon"]),
+            lora_targets=tuple(params["lora_targets"].split(",")),
+            **integer,  # type: ignore[arg-type]
+        )
+        return cls(
+            preset=preset,
+            phase=params["phase"],
+            run_name=params["run_name"],
+            lr=float(params["lr"]),
+            rank=int(params["rank"]),
+            context_length=int(params["context_length"]),
+            steps=int(params["steps"]),
+            batch_size=int(params["batch_size"]),
+            seed=int(params["seed"]),
+            schedule=params["schedule"],
+            warmup_steps=int(params["warmup_steps"]),
+            data_file=params["data_file"],
+            evaluate_test=params["evaluate_test"] == "True",
+            register=params["register"] == "True",
+            base_model=params["base_model"],
+            checkpoint_every=int(params.get("checkpoint_every", 0)),
         )
 
     @property
@@ -92,6 +153,7 @@ class TrainRequest:
             forecast_series=p.forecast_series,
             forecast_history=p.history_steps,
             forecast_horizon=p.horizon,
+            checkpoint_every=max(self.checkpoint_every, 0),
         )
 
 
@@ -155,36 +217,83 @@ def log_evaluation(ev: Evaluation, split: str, horizon: int, time: np.ndarray) -
     return clean
 
 
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 @contextmanager
 def killed_as_failure() -> Iterator[None]:
-    """SIGTERM (e.g. `kill`, a scheduler) ends the run like Ctrl-C: KILLED, FLOPs logged."""
-    previous = signal.getsignal(signal.SIGTERM)
+    """SIGTERM (`kill`, a scheduler) and SIGHUP (a closed terminal) end the run like Ctrl-C:
+    KILLED, FLOPs logged. Only in the main thread (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
 
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, handler)
+    for s in STOP_SIGNALS:
+        if previous[s] != signal.SIG_IGN:
+            signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ignore Ctrl-C and the stop signals while a dying run is closed (a second Ctrl-C must not
+    leave it RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {s: signal.getsignal(s) for s in kinds}
+    for s in kinds:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def train_run(
-    req: TrainRequest, nested: bool = False, settings_source: str = ""
+    req: TrainRequest,
+    nested: bool = False,
+    settings_source: str = "",
+    resume: Resume | None = None,
 ) -> dict[str, float]:
-    """Run one budgeted LoRA training run end to end; returns its final metrics."""
+    """Run one budgeted LoRA training run end to end; returns its final metrics.
+
+    With `resume` (see `projects.resume.find_resumable`), reopen that run instead of starting one
+    and continue from its newest checkpoint; `req` must be its request (`TrainRequest.from_params`).
+    """
     preset = req.preset
     setup_tracking()
+    if resume:
+        follow_experiment(resume)
     prep = prepare_data(req.data_file)
+    if resume and resume.data_digest and resume.data_digest != array_digest(prep.traj.values):
+        raise click.ClickException(
+            f"run {resume.run_id} trained on other data than {req.data_file} now holds (digest "
+            f"{resume.data_digest}, now {array_digest(prep.traj.values)}); cannot resume it"
+        )
     try:
-        model, tok = load_base(req.base)
+        base, tok = load_base(req.base)
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
     lora = LoraSettings(rank=req.rank, targets=preset.lora_targets)
-    model = apply_lora(model, lora)
+    torch.manual_seed(req.seed)  # the LoRA init draws from it: the same seed, the same run
+    model: Any = apply_lora(base, lora)
     trainable, total = parameter_counts(model)
     config = req.train_config()
+    if resume:
+        check_resumable_config(resume, asdict(config))
     val = eval_series(prep, "val", preset)
     test = eval_series(prep, "test", preset)
     n_val_windows = config.eval_windows
@@ -210,21 +319,47 @@ def train_run(
         lm_head_bias=lora.lm_head_bias,
         trainable_params=trainable,
         total_params=total,
+        **{k: getattr(preset, k) for k in PRESET_PARAMS},
         **{f"base_{k}": v for k, v in describe_base(model.get_base_model()).items()},
     )
     tags = {
         "base_model": req.base,
         **({"settings_from": settings_source} if settings_source else {}),
     }
+    parent_tags = {TAG_RESUMES: resume.run_id} if resume else {}
     with (
-        entry_parent(req.phase, preset.name, req.run_name) as under_entry,
+        entry_parent(req.phase, preset.name, req.run_name, parent_tags) as parent,
         budgeted_run(
-            req.run_name, req.phase, preset, planned, params, prep, nested or under_entry, tags
+            req.run_name,
+            req.phase,
+            preset,
+            planned,
+            params,
+            prep,
+            nested or parent is not None,
+            tags,
+            resume=resume,
         ) as (run, meter),
     ):
+        run_id = run.info.run_id
+        click.echo(
+            f"training run {run_id} (attempt {meter.attempt}); if it dies, resume it with: "
+            f"{resume_hint(run_id, run.info.experiment_id)}",
+            err=True,
+        )
+        ckpt_dir = resume.checkpoint_dir if resume else checkpoint_root() / run_id
+        mlflow.set_tag(TAG_CHECKPOINTS, str(ckpt_dir.resolve()))
+        if parent is not None:
+            MlflowClient().set_tag(parent.info.run_id, TAG_WORK_RUN, run_id)
+        if resume:
+            click.echo(
+                f"resuming run {run_id} (attempt {meter.attempt}) from {resume.checkpoint}: "
+                f"{resume.rework:.3e} FLOPs spent after that checkpoint are redone and counted",
+                err=True,
+            )
 
         def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            meter.log(metrics["flops_cumulative"], step, metrics)
+            meter.log(metrics["flops_cumulative"], step, {**metrics, "attempt": meter.attempt})
 
         result = fit(
             model,
@@ -235,21 +370,66 @@ def train_run(
             config,
             lora,
             on_metrics=on_metrics,
-            checkpoint_dir=CHECKPOINT_ROOT / run.info.run_id,
+            checkpoint_dir=ckpt_dir,
+            resume_from=resume.checkpoint if resume else None,
             progress=sys.stderr.isatty(),
         )
-        return finish_run(req, prep, model, tok, lora, result, val, test)
+        return finish_run(req, prep, model, tok, lora, result, val, test, meter)
+
+
+def follow_experiment(resume: Resume) -> None:
+    """Work in the resumed run's experiment (its ledger); under `mlflow run`, insist on it."""
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID")
+    if chosen is None:
+        mlflow.set_experiment(experiment_id=resume.experiment_id)
+    elif chosen != resume.experiment_id:
+        name = MlflowClient().get_experiment(resume.experiment_id).name
+        raise click.ClickException(
+            f"run {resume.run_id} belongs to experiment {name!r} (id {resume.experiment_id}), "
+            f"not to the one `mlflow run` chose (id {chosen}): add --experiment-id "
+            f"{resume.experiment_id}"
+        )
+
+
+def check_resumable_config(resume: Resume, config: dict[str, Any]) -> None:
+    """The config rebuilt from the run's parameters must be the one its checkpoint was saved with
+    (a preset changed in the code since would otherwise silently train another run)."""
+    saved = resume.checkpoint_config
+    differ = {k: (saved.get(k), v) for k, v in config.items() if k in saved and saved[k] != v}
+    if differ:
+        listed = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise click.ClickException(
+            f"run {resume.run_id}'s checkpoint was written with other training settings than its "
+            f"parameters give now ({listed}); cannot resume it exactly"
+        )
 
 
 class FlopsMeter:
-    """Logs `flops_total` as a run goes, so a killed run's spending still counts."""
+    """Logs `flops_total` as a run goes, so a killed run's spending still counts.
 
-    def __init__(self) -> None:
-        self.spent = 0.0
+    `counted` is what the run's own work has cost so far (the FLOPs of an uninterrupted run up to
+    here); `offset` is what earlier attempts spent beyond the checkpoint a resumed run continues
+    from (rework). `flops_total` = offset + counted.
+    """
 
-    def log(self, spent: float, step: int, metrics: dict[str, float] | None = None) -> None:
-        self.spent = float(spent)
+    def __init__(self, offset: float = 0.0, counted: float = 0.0, step: int = 0, attempt: int = 1):
+        self.offset = float(offset)
+        self.counted = float(counted)
+        self.step = step  # the highest step logged: the closing value goes there, so it is latest
+        self.attempt = attempt
+
+    @property
+    def spent(self) -> float:
+        return self.offset + self.counted
+
+    def log(self, counted: float, step: int, metrics: dict[str, float] | None = None) -> None:
+        self.counted = float(counted)
+        self.step = max(self.step, step)
         mlflow.log_metrics({**(metrics or {}), METRIC_FLOPS: self.spent}, step=step)
+
+    def close(self) -> None:
+        """Log what was spent at the highest step seen (a dying run's last word)."""
+        mlflow.log_metric(METRIC_FLOPS, self.spent, step=self.step)
 
 
 @contextmanager
@@ -262,30 +442,114 @@ def budgeted_run(
     prep: Prepared,
     nested: bool = False,
     tags: dict[str, str] | None = None,
+    resume: Resume | None = None,
 ) -> Iterator[tuple[mlflow.ActiveRun, FlopsMeter]]:
     """A run that reserves `planned` FLOPs first (or is refused: FAILED, exit 1, nothing run).
 
-    Ctrl-C or SIGTERM ends it KILLED and any other failure FAILED, with the FLOPs metered so far
-    logged: no run is left RUNNING.
+    Ctrl-C, SIGTERM or SIGHUP end it KILLED and any other failure FAILED, with the FLOPs metered
+    so far logged: no run is left RUNNING. With `resume`, the dead run is reopened instead and
+    re-reserves what it may still spend (`projects.resume.reserve_resumed`).
     """
-    with mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=True) as run:
+    with killed_as_failure():
+        if resume is None:
+            run, meter = _start(run_name, phase, preset, planned, params, prep, nested, tags)
+        else:
+            run, meter = _reopen(resume, preset, planned, nested)
+        try:
+            yield run, meter
+        except KeyboardInterrupt:
+            _close(run, meter, "KILLED")
+            raise
+        except BaseException:
+            _close(run, meter, "FAILED")
+            raise
+        _close(run, None, "FINISHED")
+
+
+def _attempt_tags(attempt: int) -> dict[str, str]:
+    return {TAG_ATTEMPT: str(attempt), TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def _start(
+    run_name: str,
+    phase: str,
+    preset: Preset,
+    planned: int,
+    params: dict[str, Any],
+    prep: Prepared,
+    nested: bool,
+    tags: dict[str, str] | None,
+) -> tuple[mlflow.ActiveRun, FlopsMeter]:
+    run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=True)
+    meter = FlopsMeter()
+    try:
         mlflow.set_tags(
-            {TAG_PHASE: phase, "preset": preset.name, "mlflow.runName": run_name, **(tags or {})}
+            {
+                TAG_PHASE: phase,
+                "preset": preset.name,
+                "mlflow.runName": run_name,
+                **_attempt_tags(1),
+                **(tags or {}),
+            }
         )
         log_common(prep, params)
         try:
             reserve(MlflowClient(), run, planned, int(preset.budget))
         except BudgetRefused as err:
-            mlflow.end_run("FAILED")
             raise click.ClickException(str(err)) from None
-        meter = FlopsMeter()
-        try:
-            with killed_as_failure():
-                yield run, meter
-        except KeyboardInterrupt:
-            mlflow.log_metric(METRIC_FLOPS, meter.spent)
-            mlflow.end_run("KILLED")
-            raise
+    except KeyboardInterrupt:
+        _close(run, meter, "KILLED")
+        raise
+    except BaseException:
+        _close(run, meter, "FAILED")
+        raise
+    return run, meter
+
+
+def _reopen(
+    resume: Resume, preset: Preset, planned: int, nested: bool
+) -> tuple[mlflow.ActiveRun, FlopsMeter]:
+    """Re-reserve, then reopen the dead run, nested under the `mlflow run` parent if any."""
+    client = MlflowClient()
+    try:
+        reserve_resumed(client, resume, planned, int(preset.budget))
+    except BudgetRefused as err:
+        raise click.ClickException(str(err)) from None
+    parent = mlflow.active_run()
+    parent_id = parent.info.run_id if parent is not None and nested else None
+    tags = {
+        **_attempt_tags(resume.attempt),
+        f"{TAG_ATTEMPT}.{resume.attempt}": json.dumps(attempt_record(resume, planned, parent_id)),
+        **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
+    }
+    try:
+        run = mlflow.start_run(
+            run_id=resume.run_id, nested=parent is not None, log_system_metrics=True, tags=tags
+        )
+    except BaseException:
+        with signals_deferred(), suppress(Exception):
+            client.set_terminated(resume.run_id, "FAILED")
+        raise
+    meter = FlopsMeter(
+        offset=resume.rework,
+        counted=resume.checkpoint_flops,
+        step=resume.last_step,
+        attempt=resume.attempt,
+    )
+    return run, meter
+
+
+def _close(run: mlflow.ActiveRun, meter: FlopsMeter | None, status: str) -> None:
+    """End `run` with `status`, logging the FLOPs spent first when it dies."""
+    with signals_deferred():
+        if meter is not None:
+            with suppress(Exception):
+                meter.close()
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run.info.run_id:
+            mlflow.end_run(status)
+        else:
+            MlflowClient().set_terminated(run.info.run_id, status)
 
 
 def finish_run(
@@ -297,8 +561,13 @@ def finish_run(
     result: FitResult,
     val: np.ndarray,
     test: np.ndarray,
+    meter: FlopsMeter | None = None,
 ) -> dict[str, float]:
-    """Evaluate on validation (and test), log metrics, plots, the FLOPs breakdown and adapter."""
+    """Evaluate on validation (and test), log metrics, plots, the FLOPs breakdown and adapter.
+
+    `flops_total` is what the run spent: the counted work plus the rework of a resumed run.
+    """
+    meter = meter or FlopsMeter(counted=result.total_flops)
     preset = req.preset
     final: dict[str, float] = {}
     evals = [("val", val)] + ([("test", test)] if req.evaluate_test else [])
@@ -316,14 +585,16 @@ def finish_run(
             batch_size=32,
         )
         eval_flops += ev.flops
+        meter.log(result.total_flops + eval_flops, result.steps)  # a failure later still counts it
         final.update(log_evaluation(ev, split, preset.horizon, prep.traj.time))
     total = result.total_flops + eval_flops
     final.update(
         {
-            METRIC_FLOPS: float(total),
+            METRIC_FLOPS: meter.spent,
             "flops_train": float(result.train_flops),
             "flops_eval": float(result.eval_flops + eval_flops),
-            "budget_share": total / preset.budget,
+            METRIC_REWORK: meter.offset,
+            "budget_share": meter.spent / preset.budget,
             "steps_run": float(result.steps),
         }
     )
@@ -345,7 +616,9 @@ def finish_run(
             "train": result.train_flops,
             "eval_in_training": result.eval_flops,
             "eval_final": eval_flops,
-            "total": total,
+            "counted": total,
+            "rework": meter.offset,
+            "total": meter.spent,
             "budget": preset.budget,
         },
         "flops.json",
@@ -384,15 +657,20 @@ def parent_run(name: str, phase: str, params: dict[str, Any], preset: str) -> ml
 
 
 @contextmanager
-def entry_parent(phase: str, preset: str, name: str) -> Iterator[bool]:
-    """Under `mlflow run`, make its run the parent of the work run; yields whether it did.
+def entry_parent(
+    phase: str, preset: str, name: str, tags: dict[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun | None]:
+    """Under `mlflow run`, make its run the parent of the work run; yields it (else None).
 
     `mlflow run` logs the entry point's raw parameters (`-1` and empty strings meaning "the
     preset's value"), and MLflow forbids changing a logged parameter; so the budgeted run that
-    logs the resolved values is a child of it.
+    logs the resolved values is a child of it. A resumed work run is moved under the new parent
+    (its attempt tag records the old one, which stays FAILED).
     """
     if "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None:
-        with parent_run(name, phase, {}, preset):
-            yield True
+        with parent_run(name, phase, {}, preset) as run:
+            if tags:
+                mlflow.set_tags(tags)
+            yield run
     else:
-        yield False
+        yield None

@@ -26,6 +26,8 @@ class Preset:
         eval_series: validation series for the end-of-run forecasting metric (0: all).
         eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
         schedule, warmup_steps: the LR schedule.
+        checkpoint_every: training checkpoints every N steps (0: only at the end), for resuming a
+            run that died (`--resume-run-id`); the newest two are kept.
         lora_targets: modules LoRA wraps (the coursework: q_proj and v_proj).
     """
 
@@ -51,6 +53,7 @@ class Preset:
     forecast_series: int = 16
     schedule: str = "cosine"
     warmup_steps: int = 20
+    checkpoint_every: int = 50
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -105,6 +108,7 @@ PRESETS: dict[str, Preset] = {
         forecast_every=-1,
         forecast_series=4,
         warmup_steps=0,
+        checkpoint_every=2,
     ),
 }
 

@@ -1,14 +1,29 @@
-"""`train` entry point: one budgeted LoRA run with any settings (preset values by default)."""
+"""`train` entry point: one budgeted LoRA run with any settings (preset values by default).
+
+`--resume-run-id ID` continues the training run ID that died (killed, interrupted or failed) from
+its newest checkpoint, in the same MLflow run, with the settings it was started with.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import click
+from mlflow.tracking import MlflowClient
 
 from projects.experiment import TrainRequest, train_run
-from projects.options import base_option, data_option, preset_option, seed_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    preset_option,
+    seed_option,
+)
 from projects.presets import get_preset
+from projects.resume import ResumeError, find_resumable
+from projects.tracking import setup_tracking
 
 
 @click.command()
@@ -37,6 +52,18 @@ from projects.presets import get_preset
     type=bool,
     help="Also score the test split (report it once, for the final model).",
 )
+@click.option(
+    "--checkpoint-every",
+    default=-1,
+    type=int,
+    help="Checkpoint every N steps, for resuming (-1: preset; 0: only at the end).",
+)
+@click.option(
+    "--resume-run-id",
+    default="",
+    help="Continue this training run (killed, interrupted or failed) from its newest "
+    "checkpoint, with its own settings; other settings may be left out (--budget may differ).",
+)
 def main(
     preset: str,
     base_model: str,
@@ -52,20 +79,39 @@ def main(
     budget: float,
     run_name: str,
     evaluate_test: bool,
+    checkpoint_every: int,
+    resume_run_id: str,
 ) -> None:
     """Train one LoRA run under the experiment's FLOPs budget and log it to MLflow."""
-    for name, value in (
-        ("lr", lr),
-        ("rank", rank),
-        ("context-length", context_length),
-        ("steps", steps),
-        ("batch-size", batch_size),
-        ("budget", budget),
-    ):
-        if value != -1 and value <= 0:
-            raise click.BadParameter(
-                f"must be positive (or -1 for the preset), got {value}", param_hint=f"--{name}"
-            )
+    check_train_values(
+        lr=lr,
+        rank=rank,
+        context_length=context_length,
+        steps=steps,
+        batch_size=batch_size,
+        warmup_steps=warmup_steps,
+        budget=budget,
+        checkpoint_every=checkpoint_every,
+    )
+    if resume_run_id.strip():
+        given = {
+            "preset": preset,
+            "base_model": base_model,
+            "data_file": data_file,
+            "seed": seed,
+            "lr": lr,
+            "rank": rank,
+            "context_length": context_length,
+            "steps": steps,
+            "batch_size": batch_size,
+            "schedule": schedule,
+            "warmup_steps": warmup_steps,
+            "run_name": run_name,
+            "evaluate_test": evaluate_test,
+            "checkpoint_every": checkpoint_every,
+        }
+        resume_main(resume_run_id, budget, given)
+        return
     p = get_preset(
         preset,
         lr=lr,
@@ -76,6 +122,7 @@ def main(
         schedule=schedule,
         warmup_steps=warmup_steps,
         budget=budget,
+        checkpoint_every=checkpoint_every,
     )
     req = TrainRequest.from_preset(
         p,
@@ -88,6 +135,57 @@ def main(
         base_model=base_model,
     )
     click.echo(json.dumps(train_run(req)))
+
+
+def resume_main(run_id: str, budget: float, given: dict[str, Any]) -> None:
+    """Resume `run_id` with its logged settings; settings given here must agree with them."""
+    setup_tracking()
+    try:
+        resume = find_resumable(MlflowClient(), run_id)
+    except ResumeError as err:
+        raise click.ClickException(str(err)) from None
+    for note in resume.notes:
+        click.echo(f"note: {note}", err=True)
+    req = TrainRequest.from_params(resume.params, budget=budget)
+    if conflicts := settings_conflicts(req, given):
+        raise click.ClickException(
+            f"run {resume.run_id} resumes with the settings it was started with; these differ: "
+            f"{'; '.join(conflicts)}. Leave them out (--budget may change)."
+        )
+    click.echo(json.dumps(train_run(req, resume=resume)))
+
+
+def settings_conflicts(req: TrainRequest, given: dict[str, Any]) -> list[str]:
+    """Settings given on the command line (anything but the option's default) that differ from
+    the resumed run's. Defaults count as "not given": `mlflow run` passes every parameter."""
+    defaults = {p.name: p.default for p in main.params if p.name}
+    logged = {
+        "preset": req.preset.name,
+        "base_model": req.base,
+        "data_file": req.data_file,
+        "seed": req.seed,
+        "lr": req.lr,
+        "rank": req.rank,
+        "context_length": req.context_length,
+        "steps": req.steps,
+        "batch_size": req.batch_size,
+        "schedule": req.schedule,
+        "warmup_steps": req.warmup_steps,
+        "run_name": req.run_name,
+        "evaluate_test": req.evaluate_test,
+        "checkpoint_every": req.checkpoint_every,
+    }
+    out = []
+    for name, value in given.items():
+        if value == defaults.get(name) or value == logged[name]:
+            continue
+        if (
+            name in ("base_model", "data_file")
+            and Path(value).resolve() == Path(str(logged[name])).resolve()
+        ):
+            continue
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {logged[name]})")
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,238 @@
+"""Resuming a training run that died (`--resume-run-id`): find it, check it, re-reserve its budget.
+
+A run that dies leaves its MLflow run RUNNING (kill -9, power loss), KILLED (Ctrl-C, SIGTERM) or
+FAILED (an exception), its `flops_total` logged up to its last metered step, and checkpoints under
+`checkpoints/<run id>/step-*`. Resuming reopens *the same* MLflow run, takes every setting from its
+logged parameters, and continues `fit` from the newest checkpoint.
+
+FLOPs: the dead attempt spent S (the largest `flops_total` the run ever logged); the checkpoint it
+resumes from holds C <= S (FLOPs counted up to that step). The steps between the checkpoint and the
+death are computed again, and they really were spent, so the resumed attempt logs
+`flops_total = S + (counted - C)`: nothing before the checkpoint is counted twice, nothing spent is
+lost, and `flops_rework = S - C` (all attempts together) says how much went into redoing steps. The
+run's counted work (`flops_train + flops_eval`) is that of an uninterrupted run, so at the end
+`flops_total = flops_train + flops_eval + flops_rework`.
+
+Budget: before it trains again, the run re-reserves under the ledger's lock what it may hold at
+most, S + (its plan - C), against what the other runs hold; if that no longer fits, the resume is
+refused and the run keeps what it spent (it is not marked `lv.refused`, which would zero its
+charge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from lvmodel.checkpoint import latest_checkpoint
+from projects.ledger import (
+    METRIC_FLOPS,
+    TAG_BUDGET,
+    TAG_PLANNED,
+    TAG_REFUSED,
+    BudgetRefused,
+    budget_lock,
+    read_ledger,
+)
+
+CHECKPOINT_ENV = "LV_CHECKPOINT_DIR"
+TAG_ATTEMPT = "lv.attempt"
+TAG_CHECKPOINTS = "lv.checkpoint_dir"
+TAG_HOST = "lv.host"
+TAG_PID = "lv.pid"
+TAG_WORK_RUN = "lv.work_run"
+TAG_RESUMES = "lv.resumes"
+METRIC_REWORK = "flops_rework"
+
+
+class ResumeError(RuntimeError):
+    """The run cannot be resumed (the message says why and what to do instead)."""
+
+
+def checkpoint_root() -> Path:
+    """Where training checkpoints go: $LV_CHECKPOINT_DIR, else `checkpoints/` here."""
+    return Path(os.environ.get(CHECKPOINT_ENV) or "checkpoints")
+
+
+def resume_hint(run_id: str, experiment_id: str) -> str:
+    """The two commands that resume run `run_id`."""
+    return (
+        f"python -m projects.train --resume-run-id {run_id}  (or: mlflow run . -e train "
+        f"--env-manager local --experiment-id {experiment_id} -P resume_run_id={run_id})"
+    )
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A dead training run and the checkpoint it continues from.
+
+    Attributes:
+        run_id, experiment_id, status: the run as the store has it now.
+        params, tags: its logged parameters and tags.
+        checkpoint_dir: its checkpoint folder; `checkpoint` the newest complete checkpoint in it.
+        checkpoint_step, checkpoint_flops, checkpoint_config: step, FLOPs counted so far (C) and
+            the training config saved with that checkpoint.
+        spent: the largest `flops_total` the run ever logged (S).
+        last_step: the highest step at which it logged `flops_total`.
+        attempt: the number of the attempt about to start (2 for the first resume).
+        data_digest: the digest of the data set the run logged, if any.
+    """
+
+    run_id: str
+    experiment_id: str
+    status: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    checkpoint_dir: Path
+    checkpoint: Path
+    checkpoint_step: int
+    checkpoint_flops: int
+    checkpoint_config: dict[str, Any]
+    spent: float
+    last_step: int
+    attempt: int
+    data_digest: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rework(self) -> float:
+        """FLOPs spent beyond the checkpoint by the dead attempts (redone by this one)."""
+        return max(self.spent - self.checkpoint_flops, 0.0)
+
+    def need(self, planned: int) -> int:
+        """What the resumed run may hold of the budget: spent so far + the rest of its plan."""
+        return int(self.spent + max(planned - self.checkpoint_flops, 0))
+
+
+def _alive_here(tags: dict[str, str]) -> int | None:
+    """The pid of the run's last attempt if it ran on this host and still runs, else None."""
+    if tags.get(TAG_HOST) != socket.gethostname() or not tags.get(TAG_PID, "").isdigit():
+        return None
+    pid = int(tags[TAG_PID])
+    if pid == os.getpid():
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return None
+    return pid if "projects." in cmdline or "mlflow" in cmdline else None
+
+
+def find_resumable(client: MlflowClient, run_id: str) -> Resume:
+    """The run `run_id` with its newest checkpoint, or ResumeError saying why it cannot resume."""
+    run_id = run_id.strip()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ResumeError(
+            f"no run {run_id!r} in the tracking store {client.tracking_uri}; pass the id of the "
+            f"training run printed when it started (tag {TAG_WORK_RUN} on the `mlflow run` parent)"
+        ) from None
+    tags, params, status = run.data.tags, run.data.params, run.info.status
+    if run.info.lifecycle_stage == "deleted":
+        raise ResumeError(f"run {run_id} is deleted; restore it first (mlflow runs restore)")
+    if tags.get(TAG_WORK_RUN):
+        raise ResumeError(
+            f"run {run_id} is the `mlflow run` parent of training run {tags[TAG_WORK_RUN]}: "
+            f"resume that one"
+        )
+    if tags.get(TAG_REFUSED) == "true":
+        raise ResumeError(
+            f"run {run_id} was refused by the FLOPs budget before it trained: there is nothing to "
+            f"resume; start a new run"
+        )
+    if TAG_PLANNED not in tags or "steps" not in params or "lr" not in params:
+        raise ResumeError(f"run {run_id} is not a budgeted training run; nothing to resume")
+    if status == "FINISHED":
+        raise ResumeError(f"run {run_id} already FINISHED; nothing to resume")
+    if status == "RUNNING" and (pid := _alive_here(tags)):
+        raise ResumeError(f"run {run_id} is still running (pid {pid} on this host)")
+    notes = []
+    if status == "RUNNING" and tags.get(TAG_HOST, "") != socket.gethostname():
+        notes.append(
+            f"run {run_id} is RUNNING and its last attempt ran on {tags.get(TAG_HOST, '?')}: "
+            f"make sure it is dead, or two processes train it"
+        )
+    directory = Path(tags.get(TAG_CHECKPOINTS) or checkpoint_root() / run_id)
+    ckpt = latest_checkpoint(directory)
+    if ckpt is None:
+        every = params.get("checkpoint_every", "?")
+        raise ResumeError(
+            f"run {run_id} has no checkpoint in {directory}: it stopped before its first "
+            f"checkpoint (every {every} steps); start a new run"
+        )
+    state = json.loads((ckpt / "state.json").read_text())
+    history = client.get_metric_history(run_id, METRIC_FLOPS)
+    return Resume(
+        run_id=run_id,
+        experiment_id=run.info.experiment_id,
+        status=status,
+        params=dict(params),
+        tags=dict(tags),
+        checkpoint_dir=directory,
+        checkpoint=ckpt,
+        checkpoint_step=int(state["step"]),
+        checkpoint_flops=int(state["train_flops"]) + int(state["eval_flops"]),
+        checkpoint_config=dict(state.get("config") or {}),
+        spent=max((m.value for m in history), default=0.0),
+        last_step=max((m.step for m in history), default=0),
+        attempt=int(tags.get(TAG_ATTEMPT, "1") or 1) + 1,
+        data_digest=_data_digest(run),
+        notes=notes,
+    )
+
+
+def _data_digest(run: Run) -> str | None:
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    return inputs[0].dataset.digest if inputs else None
+
+
+def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: int) -> int:
+    """Under the budget lock: re-reserve what the resumed run may hold and mark it RUNNING.
+
+    Returns the reservation. Raises BudgetRefused when it no longer fits: the run keeps its status
+    and its spending, except that a RUNNING run (dead, or this would not be reached) is closed
+    FAILED so that it stops holding its old reservation.
+    """
+    need = resume.need(planned)
+    with budget_lock(client, resume.experiment_id):
+        ledger = read_ledger(client, resume.experiment_id, budget)
+        others = sum(e.charge for e in ledger.entries if e.run_id != resume.run_id)
+        if others + need > budget:
+            if resume.status in ("RUNNING", "SCHEDULED"):
+                client.log_metric(resume.run_id, METRIC_FLOPS, resume.spent, step=resume.last_step)
+                client.set_terminated(resume.run_id, "FAILED")
+            raise BudgetRefused(
+                f"FLOPs budget refused resuming run {resume.run_id}: it has spent "
+                f"{resume.spent:.3e} and may still spend {need - resume.spent:.3e} (the rest of "
+                f"its plan), other runs hold {others:.3e}, remaining "
+                f"{budget - others - resume.spent:.3e} of {budget:.3e}. Raise the budget "
+                f"(--budget) to resume it."
+            )
+        client.set_tag(resume.run_id, TAG_PLANNED, str(need))
+        client.set_tag(resume.run_id, TAG_BUDGET, str(int(budget)))
+        client.update_run(resume.run_id, status="RUNNING")
+    return need
+
+
+def attempt_record(resume: Resume, planned: int, parent: str | None) -> dict[str, Any]:
+    """What the tag `lv.attempt.<N>` records about an attempt that resumes the run."""
+    return {
+        "resumed_from_step": resume.checkpoint_step,
+        "checkpoint": resume.checkpoint.name,
+        "previous_status": resume.status,
+        "previous_parent": resume.tags.get("mlflow.parentRunId", ""),
+        "parent": parent or "",
+        "spent_before": resume.spent,
+        "checkpoint_flops": resume.checkpoint_flops,
+        "rework": resume.rework,
+        "reserved": resume.need(planned),
+    }
