@@ -8,7 +8,14 @@ import click
 import mlflow
 
 from projects.experiment import TrainRequest, parent_run, train_run
-from projects.options import base_option, data_option, parse_list, preset_option, seed_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    parse_list,
+    preset_option,
+    seed_option,
+)
 from projects.presets import get_preset
 from projects.selection import SELECTION_METRIC, best_of
 
@@ -24,6 +31,7 @@ def main(
     preset: str, base_model: str, data_file: str, seed: int, contexts: str, steps: int
 ) -> None:
     """Train at each context length with the best (lr, rank) of the finished sweep."""
+    check_train_values(steps=steps)
     p = get_preset(preset, context_steps=steps)
     sizes = parse_list(contexts, int, "--contexts") or p.contexts
     scores: dict[int, float] = {}

@@ -12,20 +12,68 @@ import numpy as np
 
 import lvdata
 from projects.plots import plot_series_grid
+from projects.presets import PRESETS
 from projects.tracking import log_dataset, setup_tracking
+
+# The fewest series for which the 80/10/10 split leaves no part empty (7 give 6/0/1).
+MIN_SERIES = 8
+
+
+def protocol_steps() -> int:
+    """Time steps every preset's forecasting protocol needs: history plus horizon."""
+    return max(p.history_steps + p.horizon for p in PRESETS.values())
+
+
+def check_usable(traj: lvdata.Trajectories, source: str) -> None:
+    """Refuse data the experiment cannot use: too few series for the split, too few steps."""
+    sizes = [len(part) for part in lvdata.split(traj.n_series)]
+    if min(sizes) == 0:
+        raise click.ClickException(
+            f"{source}: {traj.n_series} series give an empty part in the train/validation/test "
+            f"split (80/10/10: {sizes[0]}/{sizes[1]}/{sizes[2]}); at least {MIN_SERIES} series "
+            "are needed. Use a bigger file, or generate one (`lvdata simulate --out FILE`)."
+        )
+    need = protocol_steps()
+    if traj.n_steps < need:
+        raise click.ClickException(
+            f"{source}: series have {traj.n_steps} time steps; the forecasting protocol needs at "
+            f"least {need} (history plus horizon). Use a file with longer series, or generate one "
+            "(`lvdata simulate --out FILE`)."
+        )
 
 
 def ensure_data(
     data_file: Path, n_systems: int = 1000, seed: int = 0
 ) -> tuple[lvdata.Trajectories, str]:
-    """Load and validate `data_file`, or simulate and save it when missing; (data, source)."""
-    if data_file.exists():
-        return lvdata.load_trajectories(data_file), "file"
-    click.echo(f"{data_file} not found: generating {n_systems} series (seed {seed})", err=True)
-    traj = lvdata.simulate(n_systems=n_systems, seed=seed)
-    data_file.parent.mkdir(parents=True, exist_ok=True)
-    traj.save(data_file)
-    return traj, "generated"
+    """Load and validate `data_file`, or simulate and save it when missing; (data, source).
+
+    Raises `click.ClickException` (a clean exit 1 with the message, no traceback) when the file
+    cannot be used: unreadable, malformed, invalid values, too few series or steps.
+    """
+    data_file = Path(data_file)
+    try:
+        if data_file.exists():
+            traj, source = lvdata.load_trajectories(data_file), "file"
+        else:
+            folder = data_file.parent
+            if folder.exists() and not folder.is_dir():
+                raise click.ClickException(
+                    f"{data_file}: cannot create the data file, {folder} is a file, not a folder. "
+                    "Pass a --data-file path inside a folder."
+                )
+            click.echo(
+                f"{data_file} not found: generating {n_systems} series (seed {seed})", err=True
+            )
+            traj = lvdata.simulate(n_systems=n_systems, seed=seed)
+            folder.mkdir(parents=True, exist_ok=True)
+            traj.save(data_file)
+            source = "generated"
+    except lvdata.DataError as err:
+        raise click.ClickException(str(err)) from None
+    except OSError as err:
+        raise click.ClickException(f"{data_file}: cannot write the data file ({err})") from None
+    check_usable(traj, str(data_file))
+    return traj, source
 
 
 @click.command()
@@ -40,7 +88,7 @@ def ensure_data(
     "--n-systems",
     default=1000,
     show_default=True,
-    type=click.IntRange(min=3),
+    type=click.IntRange(min=MIN_SERIES),
     help="Series to generate when the file does not exist.",
 )
 @click.option(
@@ -59,10 +107,7 @@ def ensure_data(
 )
 def main(data_file: Path, n_systems: int, seed: int, decimals: int) -> None:
     """Make sure the data file exists and is valid, then log it, its split and its codec."""
-    try:
-        traj, source = ensure_data(data_file, n_systems, seed)
-    except lvdata.DataError as err:
-        raise click.ClickException(str(err)) from None
+    traj, source = ensure_data(data_file, n_systems, seed)
 
     parts = lvdata.split(traj.n_series, seed=seed)
     codec = lvdata.LLMTimeCodec.fit(traj.values[parts.train], decimals=decimals)

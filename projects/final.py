@@ -7,7 +7,13 @@ import json
 import click
 
 from projects.experiment import TrainRequest, train_run
-from projects.options import base_option, data_option, preset_option, seed_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    preset_option,
+    seed_option,
+)
 from projects.presets import get_preset
 from projects.selection import best_of
 from projects.tracking import setup_tracking
@@ -24,6 +30,7 @@ def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) ->
     (lr, rank) at the preset's context, else the preset's defaults. Trains for the preset's
     final steps, scores the validation and the test split, and registers the model as
     `lv-forecaster` (promote it with the `promote` entry point)."""
+    check_train_values(steps=steps)
     p = get_preset(preset, final_steps=steps)
     setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"

@@ -25,6 +25,48 @@ data_option = click.option(
 seed_option = click.option("--seed", default=0, show_default=True, type=int)
 
 
+# The shortest useful training/forecasting context: two time steps of two 2-decimal values
+# ("12.34,5.67;" is up to 12 tokens). Shorter windows cannot hold one step and the next.
+MIN_CONTEXT_TOKENS = 24
+# Lower bounds of numeric entry-point parameters (-1 always means "the preset's value").
+MINIMUMS: dict[str, float] = {
+    "--lr": 0.0,
+    "--rank": 1,
+    "--context-length": MIN_CONTEXT_TOKENS,
+    "--contexts": MIN_CONTEXT_TOKENS,
+    "--steps": 1,
+    "--batch-size": 1,
+    "--warmup-steps": 0,
+    "--checkpoint-every": 0,
+    "--budget": 0.0,
+}
+# Bounds that are exclusive (the value must be strictly above them).
+_EXCLUSIVE = {"--lr", "--budget"}
+
+
+def check_value(value: float, param: str) -> None:
+    """Raise `click.BadParameter` naming `param` when `value` is below its minimum (not -1)."""
+    if value == -1 or param not in MINIMUMS:
+        return
+    low = MINIMUMS[param]
+    if param in _EXCLUSIVE and not value > low:
+        raise click.BadParameter(
+            f"must be positive (or -1 for the preset), got {value:g}", param_hint=param
+        )
+    if value < low:
+        unit = " tokens (two time steps)" if "context" in param else ""
+        raise click.BadParameter(
+            f"must be at least {low:g}{unit} (or -1 for the preset), got {value:g}",
+            param_hint=param,
+        )
+
+
+def check_train_values(**values: float) -> None:
+    """Check numeric entry-point parameters given as python names (`context_length=...`)."""
+    for name, value in values.items():
+        check_value(value, "--" + name.replace("_", "-"))
+
+
 def parse_list(text: str, kind: type, param: str) -> tuple:
     """A comma-separated parameter (`"1e-4,5e-5"`) as a tuple; empty means "the preset's"."""
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -36,4 +78,11 @@ def parse_list(text: str, kind: type, param: str) -> tuple:
         ) from None
     if any(v <= 0 for v in values):
         raise click.BadParameter(f"values must be positive, got {text!r}", param_hint=param)
+    low = MINIMUMS.get(param)
+    if low is not None and any(v < low for v in values):
+        raise click.BadParameter(
+            f"values must be at least {low:g}, got {text!r}"
+            + (" (a context must hold two time steps)" if "context" in param else ""),
+            param_hint=param,
+        )
     return values

@@ -382,7 +382,7 @@ def promote(
     if "loss" in metric.lower() and not allow_loss:
         raise ValueError(
             f"{metric!r} looks like a loss; promote on a validation forecasting metric such as "
-            "val_mse_h5 (or pass allow_loss=True)"
+            "val_mse_h5 (or allow it: --allow-loss on the command line, allow_loss=True in Python)"
         )
     client = MlflowClient()
     escaped = name.replace("'", "\\'")

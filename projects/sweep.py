@@ -8,7 +8,14 @@ import click
 import mlflow
 
 from projects.experiment import TrainRequest, parent_run, train_run
-from projects.options import base_option, data_option, parse_list, preset_option, seed_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    parse_list,
+    preset_option,
+    seed_option,
+)
 from projects.plots import plot_grid
 from projects.presets import get_preset
 from projects.selection import SELECTION_METRIC
@@ -26,6 +33,7 @@ def main(
     preset: str, base_model: str, data_file: str, seed: int, lrs: str, ranks: str, steps: int
 ) -> None:
     """Train every (lr, rank) of the grid for a short run; children of one parent run."""
+    check_train_values(steps=steps)
     p = get_preset(preset, sweep_steps=steps)
     grid_lrs = parse_list(lrs, float, "--lrs") or p.sweep_lrs
     grid_ranks = parse_list(ranks, int, "--ranks") or p.sweep_ranks

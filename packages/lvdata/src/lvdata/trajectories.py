@@ -172,10 +172,14 @@ def load_trajectories(path: str | os.PathLike[str]) -> Trajectories:
             "equivalent file with `lvdata simulate --out FILE`."
         )
     if p.is_dir():
-        raise DataError(f"{src}: is a directory; expected an HDF5 file.")
+        raise DataError(
+            f"{src}: is a directory; expected an HDF5 file. Pass the path of the file itself "
+            "(such as lotka_volterra_data.h5), or generate one with `lvdata simulate --out FILE`."
+        )
     if not h5py.is_hdf5(p):
         raise DataError(
-            f"{src}: not an HDF5 file. Expected datasets 'trajectories' (N, T, 2) and 'time' (T,)."
+            f"{src}: not an HDF5 file. Expected datasets 'trajectories' (N, T, 2) and 'time' (T,); "
+            "convert the data to that layout, or generate a file with `lvdata simulate --out FILE`."
         )
     try:
         with h5py.File(p, "r") as f:

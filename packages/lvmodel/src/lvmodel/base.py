@@ -91,6 +91,22 @@ def _probe_hub(repo_id: str) -> None:
         ) from err
 
 
+def _check_model_folder(path: Path) -> None:
+    """A local folder must look like a saved Hugging Face model before transformers gets it."""
+    names = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") if names else "nothing"
+    if "config.json" not in names:
+        raise BaseModelError(
+            f"folder {path} is not a Hugging Face model folder: no config.json (it holds "
+            f"{shown}). {_ALTERNATIVES}"
+        )
+    if not any(n.endswith((".safetensors", ".bin", ".safetensors.index.json")) for n in names):
+        raise BaseModelError(
+            f"folder {path} has a config.json but no weights (*.safetensors) (it holds "
+            f"{shown}). {_ALTERNATIVES}"
+        )
+
+
 def _finish_tokenizer(tok: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
     tok.padding_side = "left"  # batched generation continues every row from its last real token
     if tok.eos_token is None:
@@ -161,12 +177,19 @@ def load_base(
         try:
             model, tok = _from_pretrained(path.parent, model_kwargs, gguf_file=path.name)
         except (OSError, ValueError, KeyError) as err:
-            raise BaseModelError(f"could not load GGUF file {path}: {err}") from err
+            raise BaseModelError(
+                f"could not load GGUF file {path}: {str(err).rstrip('.')}. Check that the file is "
+                f"a complete GGUF model (a partial download or another format fails here). "
+                f"{_ALTERNATIVES}"
+            ) from err
     elif path.is_dir():
+        _check_model_folder(path)
         try:
             model, tok = _from_pretrained(path, model_kwargs)
         except (OSError, ValueError) as err:
-            raise BaseModelError(f"could not load a model from folder {path}: {err}") from err
+            raise BaseModelError(
+                f"could not load a model from folder {path}: {err}. {_ALTERNATIVES}"
+            ) from err
     elif _looks_like_path(spec) or path.exists():
         raise BaseModelError(f"no model folder or file at {path}. {_ALTERNATIVES}")
     else:
