@@ -13,7 +13,8 @@ MFU = executed FLOPs per second / the machine's matmul peak measured in this pro
 gradients of the adapters and the bias only, since frozen weights get no weight gradients. The
 budget, by contrast, charges the coursework's 3 x forward.
 
-Usage: python benchmarks/bench.py [--gguf FILE] [--series 64] [--skip-full] [--json OUT]
+Usage: python benchmarks/bench.py [--gguf FILE] [--series 64] [--context 256 --context 512]
+       [--skip-full] [--json OUT]
 """
 
 from __future__ import annotations
@@ -141,7 +142,15 @@ def full_size_random(device: torch.device, dtype: torch.dtype) -> torch.nn.Modul
 @click.option("--series", default=64, show_default=True, help="Series per forecasting batch.")
 @click.option("--gguf-series", default=8, show_default=True, help="Series for the GGUF model.")
 @click.option("--horizon", default=5, show_default=True)
-@click.option("--context", default=512, show_default=True, help="Prompt token limit.")
+@click.option(
+    "--context",
+    "contexts",
+    multiple=True,
+    type=int,
+    default=(256, 512),
+    show_default=True,
+    help="Prompt token limit(s) for tiny (repeat the option); the GGUF model uses the largest.",
+)
 @click.option("--train-steps", default=3, show_default=True)
 @click.option("--full-batch", default=1, show_default=True, help="Batch of the full-size run.")
 @click.option("--full-seq", default=512, show_default=True, help="Tokens of the full-size run.")
@@ -152,7 +161,7 @@ def main(
     series,
     gguf_series,
     horizon,
-    context,
+    contexts,
     train_steps,
     full_batch,
     full_seq,
@@ -180,14 +189,15 @@ def main(
     histories = traj.values[20:, :50]
 
     model, tok = load_base("tiny", device=device)
-    report["tiny_forecast"] = r = bench_forecast(
-        model, tok, histories[:series], codec, horizon, context
-    )
-    click.echo(
-        f"tiny forecast: batched {r['batched_forecasts_per_s']:.1f}/s, naive "
-        f"{r['naive_forecasts_per_s']:.1f}/s, speedup {r['speedup']:.1f}x "
-        f"(invalid {r['batched_invalid_rate']:.1%} vs {r['naive_invalid_rate']:.1%})"
-    )
+    for context in contexts:
+        report[f"tiny_forecast_ctx{context}"] = r = bench_forecast(
+            model, tok, histories[:series], codec, horizon, context
+        )
+        click.echo(
+            f"tiny forecast (context {context}): batched {r['batched_forecasts_per_s']:.1f}/s, "
+            f"naive {r['naive_forecasts_per_s']:.1f}/s, speedup {r['speedup']:.1f}x "
+            f"(invalid {r['batched_invalid_rate']:.1%} vs {r['naive_invalid_rate']:.1%})"
+        )
     tiny_lora = apply_lora(model, LORA)
     report["tiny_train"] = r = bench_train(tiny_lora, 8, 256, max(train_steps, 5), peak)
     click.echo(f"tiny train (8x256): {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.1%}")
@@ -196,7 +206,7 @@ def main(
     if gguf:
         model, tok = load_base(gguf, device=device, dtype=dtype)
         report["gguf_forecast"] = r = bench_forecast(
-            model, tok, histories[:gguf_series], codec, horizon, context
+            model, tok, histories[:gguf_series], codec, horizon, max(contexts)
         )
         click.echo(
             f"qwen gguf forecast: batched {r['batched_forecasts_per_s']:.2f}/s, naive "

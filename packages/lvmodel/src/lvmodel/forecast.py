@@ -290,7 +290,8 @@ def forecast(
         num_samples: 1 = greedy; more = sampling at ``temperature`` with that many sequences per
             series; the forecast is the per-value median over samples ignoring invalid ones.
         temperature: sampling temperature (used only when ``num_samples > 1``).
-        batch_size: series per ``generate`` call (rows = ``batch_size * num_samples``).
+        batch_size: series per ``generate`` call (rows = ``batch_size * num_samples``); series
+            are batched in order of prompt length, so that a batch carries little padding.
         seed: sampling seed; batch ``i`` runs under ``torch.manual_seed(seed + i)`` in a forked
             RNG, so the same call gives the same result (on CPU) and the global RNG is untouched.
         lora_rank, lora_targets, lm_head_bias: what the FLOPs count should include. The model
@@ -329,8 +330,10 @@ def forecast(
         gen_kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
 
     n = len(prompts)
+    # Batches of similar prompt lengths waste less compute on padding (kept order: stable sort).
+    order = sorted(range(n), key=lambda j: len(prompts[j]))
     samples = np.full((n, num_samples, horizon, n_vars), np.nan)
-    texts: list[list[str]] = []
+    texts: list[list[str]] = [[] for _ in range(n)]
     flops = prompt_tokens = generated_tokens = 0
     batches = range(0, n, batch_size)
     if progress:
@@ -339,7 +342,8 @@ def forecast(
         batches = tqdm(batches, desc="forecast", unit="batch")
     with _ModelMode(model), torch.inference_mode():
         for i, lo in enumerate(batches):
-            chunk = prompts[lo : lo + batch_size]
+            members = order[lo : lo + batch_size]
+            chunk = [prompts[j] for j in members]
             ids, mask = _left_pad(chunk, pad_id)
             processor = LLMTimeLogitsProcessor(grammar, horizon)
             stop = StepsStoppingCriteria(grammar.time_sep_id, horizon, ids.shape[1])
@@ -364,11 +368,10 @@ def forecast(
             decoded = tokenizer.batch_decode(
                 [gen[r, : int(lengths[r])].tolist() for r in range(rows)], skip_special_tokens=True
             )
-            for b in range(len(chunk)):
-                row_texts = decoded[b * num_samples : (b + 1) * num_samples]
-                texts.append(row_texts)
-                for s, text in enumerate(row_texts):
-                    samples[lo + b, s] = codec.decode(text, steps=horizon)
+            for b, j in enumerate(members):
+                texts[j] = decoded[b * num_samples : (b + 1) * num_samples]
+                for s, text in enumerate(texts[j]):
+                    samples[j, s] = codec.decode(text, steps=horizon)
     if sampling:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
