@@ -23,7 +23,14 @@ def _install_project(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (no GPU, no model hub). Extra args go to pytest, e.g. `-- -k codec`."""
     _install_project(session)
-    session.run("pytest", *(session.posargs or ["-q"]), env=ENV)
+    session.run("pytest", *(session.posargs or ["-q", "--ignore=tests/reliability"]), env=ENV)
+
+
+@nox.session(python=PYTHON)
+def reliability(session: nox.Session) -> None:
+    """Crash safety, the budget under concurrency (SQLite and PostgreSQL), bad inputs, security."""
+    _install_project(session)
+    session.run("pytest", *(session.posargs or ["-q", "tests/reliability"]), env=ENV)
 
 
 @nox.session(python=PYTHON)

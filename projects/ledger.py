@@ -10,22 +10,33 @@ counts). The ledger of an experiment is then:
 
 Admission is serialized across processes and machines sharing one tracking store by a lock
 that the store itself provides: creating a registered model whose name is taken fails atomically
-(a unique key in SQLite and PostgreSQL alike), so `_lv_budget_lock_<experiment id>` is a mutex.
-Under it a run reads the ledger, checks that its plan fits, and writes its reservation; the lock
-is then dropped. A lock older than `STALE_LOCK_S` (its holder died inside a sub-second critical
-section) is broken.
+(a unique key in SQLite and PostgreSQL alike, also behind `mlflow server`), so
+`_lv_budget_lock_<experiment id>` is a mutex. Under it a run reads the ledger, checks that its
+plan fits, and writes its reservation; the lock is then dropped (by its owner only).
+
+A lock older than `STALE_LOCK_S` by its `since` tag (its holder died inside a sub-second critical
+section) is broken, in one atomic step: renamed to a name derived from its owner, which only one
+waiter can do, so that several waiters breaking the same dead lock at once never delete the fresh
+lock one of them took meanwhile. A lock whose tags cannot be read is never judged stale: the store
+reads a model and its tags in two queries, and a lock released between them shows no tags.
+Broken locks stay in the registry as `<lock>.stale.<digest>` (one per holder that died).
+The `since` tag is the taker's clock read by the waiter's: machines must agree on the time to well
+within `STALE_LOCK_S`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from mlflow.entities import Run
+from mlflow.entities.model_registry import RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -36,6 +47,7 @@ TAG_PHASE = "phase"
 METRIC_FLOPS = "flops_total"
 LOCK_PREFIX = "_lv_budget_lock_"
 STALE_LOCK_S = 60.0
+STALE_SUFFIX = ".stale."  # a broken lock is renamed `<lock>.stale.<digest of its owner>`
 
 
 class BudgetRefused(RuntimeError):
@@ -143,7 +155,11 @@ def budget_lock(client: MlflowClient, experiment_id: str, timeout: float = 120.0
                 description="lv-forecast budget lock (transient)",
             )
             break
-        except MlflowException:
+        except MlflowException as err:
+            # Taken (or released while the store reported the clash): anything else is a real
+            # error of the store, not contention.
+            if err.error_code not in (_TAKEN, _GONE):
+                raise
             _break_if_stale(client, name)
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -154,18 +170,59 @@ def budget_lock(client: MlflowClient, experiment_id: str, timeout: float = 120.0
     try:
         yield
     finally:
+        _release(client, name, owner)
+
+
+_TAKEN = "RESOURCE_ALREADY_EXISTS"
+_GONE = "RESOURCE_DOES_NOT_EXIST"
+
+
+def _held(client: MlflowClient, name: str) -> RegisteredModel | None:
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == _GONE:
+            return None
+        raise
+
+
+def _release(client: MlflowClient, name: str, owner: str) -> None:
+    """Drop the lock if it is still ours (it is not if a waiter broke it as stale)."""
+    held = _held(client, name)
+    if held is None or held.tags.get("owner") != owner:
+        warnings.warn(
+            f"the budget lock {name} was broken while held (held over {STALE_LOCK_S:.0f} s)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return
+    try:
         client.delete_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != _GONE:
+            raise
 
 
 def _break_if_stale(client: MlflowClient, name: str) -> None:
-    try:
-        held = client.get_registered_model(name)
-    except MlflowException:
+    held = _held(client, name)
+    if held is None:
         return  # released meanwhile
-    since = float(held.tags.get("since", "0") or 0)
-    if time.time() - since > STALE_LOCK_S:
-        with suppress(MlflowException):
-            client.delete_registered_model(name)
+    owner, since = held.tags.get("owner"), held.tags.get("since")
+    if not owner or not since:
+        return  # tags unreadable: being taken or released right now, not stale
+    try:
+        age = time.time() - float(since)
+    except ValueError:
+        return
+    if age <= STALE_LOCK_S:
+        return
+    # Renaming is atomic and its target is unique to this dead owner: of several waiters
+    # breaking this lock, one succeeds and the others fail (the name is gone, or a fresh lock
+    # cannot take the same target). The parked model is kept: deleting it would free the target
+    # for a waiter that judged the dead lock stale a moment ago and would now park a fresh lock.
+    parked = f"{name}{STALE_SUFFIX}{hashlib.sha256(owner.encode()).hexdigest()[:16]}"
+    with suppress(MlflowException):
+        client.rename_registered_model(name, parked)
 
 
 def reserve(client: MlflowClient, run: Run, planned: int, budget: int) -> Ledger:

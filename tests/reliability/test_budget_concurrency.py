@@ -1,0 +1,286 @@
+"""The FLOPs budget under concurrency: runs started together against one tracking store.
+
+Eight `python -m projects.train` processes start at once against one store, with a budget that
+holds exactly three runs' plans. The ledger's admission lock (a registered model the store
+creates atomically, see projects/ledger.py) must let exactly three train and refuse the other
+five cleanly. Two stores: a SQLite file, and an `mlflow server` on PostgreSQL reached over REST
+(the set-up a team shares, docs/team.md). A second test checks the lock alone: processes taking
+it in turn never overlap inside it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from projects import train as train_entry
+from projects.ledger import (
+    LOCK_PREFIX,
+    METRIC_FLOPS,
+    STALE_LOCK_S,
+    STALE_SUFFIX,
+    TAG_PLANNED,
+    TAG_REFUSED,
+    budget_lock,
+    read_ledger,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+N_PROCS = 8
+ADMITTED = 3
+STEPS = 2
+RACE_TIMEOUT_S = 600
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Store:
+    kind: str
+    uri: str
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """One tracking store shared by every process of a test: a SQLite file or a REST server."""
+    if request.param == "postgres":
+        return Store("postgres", request.getfixturevalue("mlflow_server").url)
+    return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+@pytest.fixture
+def base_args(random_tiny_dir: Path, small_data_file: Path) -> list[str]:
+    return [
+        "--preset",
+        "micro",
+        "--base-model",
+        str(random_tiny_dir),
+        "--data-file",
+        str(small_data_file),
+        "--steps",
+        str(STEPS),
+    ]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    planned: int  # one run's planned FLOPs (its reservation)
+    spent: int  # what one such run actually spends
+
+
+@pytest.fixture(scope="module")
+def calibration(
+    random_tiny_dir: Path, small_data_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Calibration]:
+    """One run of the same command, in process, in a store of its own: its plan and its cost."""
+    root = tmp_path_factory.mktemp("calibration")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)  # checkpoints/ and mlruns/ of the run go there
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "calibration")
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            mp.delenv(var, raising=False)
+        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+        args = ["--preset", "micro", "--base-model", str(random_tiny_dir)]
+        args += ["--data-file", str(small_data_file), "--steps", str(STEPS)]
+        result = CliRunner().invoke(train_entry.main, [*args, "--run-name", "calibration"])
+        assert result.exit_code == 0, result.output
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name("calibration")
+        assert experiment is not None
+        (run,) = client.search_runs([experiment.experiment_id])
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to the default
+    yield Calibration(
+        planned=int(run.data.tags[TAG_PLANNED]), spent=int(run.data.metrics[METRIC_FLOPS])
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    returncode: int
+    output: str
+
+
+def _race(cmds: dict[str, list[str]], env: dict[str, str], cwd: Path) -> dict[str, Outcome]:
+    """Start every command back to back, wait for all; output (stdout and stderr) per name."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    try:
+        for name, cmd in cmds.items():
+            log = cwd / f"{name}.log"
+            with open(log, "wb") as out:
+                procs[name] = (
+                    subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd),
+                    log,
+                )
+        deadline = time.monotonic() + RACE_TIMEOUT_S
+        for proc, _ in procs.values():
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return {
+        name: Outcome(name, proc.returncode, log.read_text(errors="replace"))
+        for name, (proc, log) in procs.items()
+    }
+
+
+def test_eight_runs_at_once_only_three_fit(
+    store: Store,
+    base_args: list[str],
+    calibration: Calibration,
+    subprocess_env: Callable[..., dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    planned, spent = calibration.planned, calibration.spent
+    budget = int(3.5 * planned)
+    # Exactly three is deterministic, not a matter of timing: while runs hold reservations a
+    # fourth plan does not fit (4 x planned > budget), and once the three have finished their
+    # spending still leaves less than one plan (3 x spent + planned > budget).
+    assert ADMITTED * planned <= budget < ADMITTED * spent + planned
+    assert (ADMITTED + 1) * planned > budget
+
+    client = MlflowClient(store.uri)
+    experiment = f"race-{store.kind}-{tmp_path.name}"
+    # Created once here: several processes creating it (or a new SQLite schema) at once collide.
+    exp_id = client.create_experiment(experiment, artifact_location=_artifacts(store, tmp_path))
+    env = subprocess_env(
+        MLFLOW_TRACKING_URI=store.uri, MLFLOW_EXPERIMENT_NAME=experiment, PYTHONPATH=str(REPO)
+    )
+    cmd = [sys.executable, "-m", "projects.train", *base_args, "--budget", str(budget)]
+    names = [f"race-{i}" for i in range(N_PROCS)]
+    t0 = time.monotonic()
+    outcomes = _race({n: [*cmd, "--run-name", n] for n in names}, env, tmp_path)
+    print(f"{store.kind}: {N_PROCS} processes in {time.monotonic() - t0:.1f} s")
+
+    for o in outcomes.values():
+        assert o.returncode in (0, 1), f"{o.name} exited {o.returncode}:\n{o.output[-3000:]}"
+        assert "Traceback" not in o.output, f"{o.name}:\n{o.output[-3000:]}"
+    trained = sorted(n for n, o in outcomes.items() if o.returncode == 0)
+    refused = sorted(n for n, o in outcomes.items() if o.returncode == 1)
+    assert len(trained) == ADMITTED, {n: o.output[-600:] for n, o in outcomes.items()}
+    for name in refused:
+        assert "refused" in outcomes[name].output, outcomes[name].output[-3000:]
+
+    runs = {r.info.run_name: r for r in client.search_runs([exp_id], max_results=100)}
+    assert set(runs) == set(names)  # one run per process, none lost or doubled
+    for name in trained:
+        run = runs[name]
+        assert run.info.status == "FINISHED"
+        assert TAG_REFUSED not in run.data.tags
+        assert int(run.data.tags[TAG_PLANNED]) == planned
+        losses = client.get_metric_history(run.info.run_id, "train_loss")
+        assert sorted(m.step for m in losses) == list(range(1, STEPS + 1))
+        assert 0 < run.data.metrics[METRIC_FLOPS] <= planned
+    for name in refused:
+        run = runs[name]
+        assert run.info.status == "FAILED"
+        assert run.data.tags[TAG_REFUSED] == "true"
+        assert TAG_PLANNED not in run.data.tags  # never reserved anything
+        assert "train_loss" not in run.data.metrics
+        assert client.get_metric_history(run.info.run_id, "train_loss") == []
+
+    ledger = read_ledger(client, exp_id, budget)
+    assert sorted(e.name for e in ledger.entries) == trained
+    assert ledger.reserved == 0  # nothing left RUNNING
+    assert ledger.spent == sum(int(runs[n].data.metrics[METRIC_FLOPS]) for n in trained)
+    assert ledger.spent <= budget and ledger.remaining < planned
+    # The admission lock was released by its last holder.
+    assert client.search_registered_models(f"name = '{LOCK_PREFIX}{exp_id}'") == []
+
+
+LOCK_WORKER = """
+import os, sys, time
+from pathlib import Path
+from mlflow.tracking import MlflowClient
+from projects.ledger import budget_lock
+
+exp_id, journal, rounds, procs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+client = MlflowClient()
+# A barrier: start only once every worker has imported, so that all of them contend.
+(journal.parent / f"ready-{os.getpid()}").touch()
+deadline = time.monotonic() + 300
+while len(list(journal.parent.glob("ready-*"))) < procs and time.monotonic() < deadline:
+    time.sleep(0.05)
+for i in range(rounds):
+    with budget_lock(client, exp_id):
+        with open(journal, "a") as f:
+            f.write(f"enter {os.getpid()}\\n")
+        time.sleep(0.2)
+        with open(journal, "a") as f:
+            f.write(f"leave {os.getpid()}\\n")
+print("done")
+"""
+
+
+def test_budget_lock_excludes_across_processes(
+    store: Store, subprocess_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """Processes taking the lock in turn never overlap inside it (every `enter` is followed by
+    the same pid's `leave`), and a dead holder's lock is broken once, by one of the waiters."""
+    client = MlflowClient(store.uri)
+    exp_id = client.create_experiment(
+        f"lock-{store.kind}-{tmp_path.name}", artifact_location=_artifacts(store, tmp_path)
+    )
+    lock = f"{LOCK_PREFIX}{exp_id}"
+    # A holder that died inside the critical section: its lock is older than STALE_LOCK_S.
+    dead = "deadhost:1:0"
+    client.create_registered_model(
+        lock, tags={"owner": dead, "since": f"{time.time() - STALE_LOCK_S - 5:.3f}"}
+    )
+    (tmp_path / "sync").mkdir()
+    journal = tmp_path / "sync" / "journal.txt"
+    env = subprocess_env(MLFLOW_TRACKING_URI=store.uri, PYTHONPATH=str(REPO))
+    procs, rounds = 6, 3
+    cmd = [sys.executable, "-c", LOCK_WORKER, exp_id, str(journal), str(rounds), str(procs)]
+    outcomes = _race({f"lock-{i}": cmd for i in range(procs)}, env, tmp_path)
+    for o in outcomes.values():
+        assert o.returncode == 0 and "done" in o.output, o.output[-3000:]
+        assert "was broken while held" not in o.output
+    lines = journal.read_text().split()
+    events = list(zip(lines[0::2], lines[1::2], strict=True))
+    assert len(events) == 2 * procs * rounds
+    for (kind_in, pid_in), (kind_out, pid_out) in zip(events[0::2], events[1::2], strict=True):
+        assert (kind_in, kind_out) == ("enter", "leave") and pid_in == pid_out, events
+    assert len({pid for _, pid in events}) == procs
+    # The lock is released; the dead one was parked exactly once, nothing else was.
+    left = client.search_registered_models(f"name LIKE '{lock}%'")
+    assert [m.tags.get("owner") for m in left] == [dead]
+    assert left[0].name.startswith(lock + STALE_SUFFIX)
+
+
+def test_a_broken_holder_does_not_release_the_next_holders_lock(tmp_path: Path) -> None:
+    """A holder whose lock was broken as stale (it held it too long) leaves the lock that a
+    waiter took meanwhile alone, and says so."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("slow", artifact_location=(tmp_path / "a").as_uri())
+    lock = f"{LOCK_PREFIX}{exp_id}"
+    with pytest.warns(RuntimeWarning, match="broken while held"), budget_lock(client, exp_id):
+        # Meanwhile a waiter broke it and took it.
+        client.rename_registered_model(lock, lock + STALE_SUFFIX + "test")
+        client.create_registered_model(
+            lock, tags={"owner": "waiter:2:0", "since": f"{time.time():.3f}"}
+        )
+    (held,) = client.search_registered_models(f"name = '{lock}'")
+    assert held.tags["owner"] == "waiter:2:0"
+    # It stays taken: a fresh lock is not stale, so the next taker waits (here: gives up).
+    with pytest.raises(TimeoutError), budget_lock(client, exp_id, timeout=0.5):
+        pass
+
+
+def _artifacts(store: Store, tmp_path: Path) -> str | None:
+    """SQLite: artifacts in the test's folder; the server: its proxied default."""
+    return (tmp_path / "mlruns").as_uri() if store.kind == "sqlite" else None
