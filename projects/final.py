@@ -15,7 +15,8 @@ from projects.options import (
     seed_option,
 )
 from projects.presets import get_preset
-from projects.selection import best_of
+from projects.registry import REGISTERED_MODEL, RegistryError, promote
+from projects.selection import SELECTION_METRIC, best_of
 from projects.tracking import setup_tracking
 
 
@@ -29,7 +30,8 @@ def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) ->
     """Settings: the best finished `context` run (lr, rank, context), else the best `sweep` run
     (lr, rank) at the preset's context, else the preset's defaults. Trains for the preset's
     final steps, scores the validation and the test split, and registers the model as
-    `lv-forecaster` (promote it with the `promote` entry point)."""
+    `lv-forecaster`; then points the alias `champion` at the registered version with the best
+    validation metric (what the `promote` entry point does)."""
     check_train_values(steps=steps)
     p = get_preset(preset, final_steps=steps)
     setup_tracking()
@@ -55,6 +57,14 @@ def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) ->
     click.echo(f"final: lr={lr:g} rank={rank} context={ctx} (from {source})", err=True)
     final = train_run(req, settings_source=source)
     click.echo(json.dumps(final))
+    # The alias goes to the best version by the validation metric (this one or an earlier one),
+    # so that a first `final` leaves a champion to load; `promote` does the same on its own.
+    try:
+        _, reason = promote(REGISTERED_MODEL, metric=SELECTION_METRIC)
+    except RegistryError as err:
+        click.echo(f"final: no champion set: {err}", err=True)
+    else:
+        click.echo(f"final: {reason}", err=True)
 
 
 if __name__ == "__main__":
