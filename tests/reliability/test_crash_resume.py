@@ -268,7 +268,13 @@ def test_signal_mid_training_ends_the_run_killed_with_its_flops(
             time.sleep(30)  # the signal interrupts this
 
     monkeypatch.setattr(experiment.FlopsMeter, "log", signalled)
-    result = _train([*base_args, "--run-name", sig.name])
+    # A shell starts background jobs with SIGINT ignored (`cmd &`, as some CI runners do): give
+    # this process Python's own Ctrl-C handler, as in a terminal.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = _train([*base_args, "--run-name", sig.name])
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
     assert result.exit_code == 1 and "Aborted!" in result.output  # click's Ctrl-C exit
     run = _run(_run_id(result.output))
     assert run.info.status == "KILLED"
