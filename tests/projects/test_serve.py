@@ -17,10 +17,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from lvdata import LLMTimeCodec
-from lvmodel.lora import LoraSettings, apply_lora, save_adapter
-from lvmodel.tiny import random_tiny
-from projects import registry
+from tests.reliability._registry_fixture import register_tiny_champion
 
 STARTUP_TIMEOUT_S = 90.0
 
@@ -29,21 +26,7 @@ STARTUP_TIMEOUT_S = 90.0
 def champion(tracking_uri: str, tmp_path: Path) -> Iterator[str]:
     """A random tiny forecaster registered and promoted to @champion in the temporary store."""
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("serve-tests")
-    model, tok = random_tiny(0)
-    registry.save_base(model, tok, tmp_path / "base")
-    settings = LoraSettings(rank=2)
-    save_adapter(apply_lora(model, settings), tmp_path / "adapter", settings)
-    with mlflow.start_run():
-        mlflow.log_metric("val_mse_h5", 0.01)
-        info = registry.log_forecaster(
-            adapter_dir=tmp_path / "adapter",
-            codec=LLMTimeCodec(alpha=0.6),
-            base_spec=str(tmp_path / "base"),
-            validate=False,
-        )
-    registry.register(info.model_uri, registry.REGISTERED_MODEL)
-    registry.promote(registry.REGISTERED_MODEL, "val_mse_h5")
+    register_tiny_champion(tmp_path, "serve-tests")
     yield tracking_uri
     mlflow.set_tracking_uri(None)
 
