@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -47,5 +48,28 @@ def log_dataset(values: np.ndarray, path: Path, name: str, context: str) -> str:
         dataset = mlflow.data.from_numpy(
             values, source=str(path.resolve()), name=name, digest=digest
         )
-    mlflow.log_input(dataset, context=context)
+    _log_input_retrying(dataset, context)
     return digest
+
+
+def _log_input_retrying(dataset: mlflow.data.Dataset, context: str, attempts: int = 4) -> None:
+    """`mlflow.log_input`, retried when a concurrent run inserted the same dataset first.
+
+    MLflow 3.17's SQL store looks the dataset up and inserts it when missing, in two steps: two runs
+    logging the same data at once on PostgreSQL can both miss it, and the later insert fails on the
+    `dataset_pk` unique key (seen with 8 concurrent runs on one tracking server). The failed call
+    links nothing; on retry the lookup finds the row and the run is linked to it.
+    """
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts - 1 or not _is_duplicate_key(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _is_duplicate_key(exc: Exception) -> bool:
+    text = str(exc)
+    return "UniqueViolation" in text or "duplicate key" in text or "UNIQUE constraint" in text

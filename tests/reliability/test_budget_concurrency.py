@@ -281,6 +281,48 @@ def test_a_broken_holder_does_not_release_the_next_holders_lock(tmp_path: Path) 
         pass
 
 
+DATASET_WORKER = """
+import os, sys, time
+from pathlib import Path
+import mlflow
+import numpy as np
+from projects.tracking import log_dataset
+
+exp_id, sync, procs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+values = np.arange(24, dtype=np.float32).reshape(3, 4, 2)
+with mlflow.start_run(experiment_id=exp_id) as run:
+    (sync / f"ready-{os.getpid()}").touch()
+    deadline = time.monotonic() + 300
+    while len(list(sync.glob("ready-*"))) < procs and time.monotonic() < deadline:
+        time.sleep(0.01)
+    log_dataset(values, sync / "lv.h5", name="lotka_volterra", context="training")
+print("done", run.info.run_id)
+"""
+
+
+def test_runs_logging_the_same_dataset_at_once_all_link_it(
+    store: Store, subprocess_env: Callable[..., dict[str, str]], tmp_path: Path
+) -> None:
+    """MLflow's SQL store inserts a dataset it did not find: runs logging the same data at the same
+    moment collide on its unique key (seen on PostgreSQL in CI). Every run must still end up
+    linked to the one dataset row, with no traceback."""
+    client = MlflowClient(store.uri)
+    exp_id = client.create_experiment(
+        f"dataset-{store.kind}-{tmp_path.name}", artifact_location=_artifacts(store, tmp_path)
+    )
+    (tmp_path / "sync").mkdir()
+    env = subprocess_env(MLFLOW_TRACKING_URI=store.uri, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-c", DATASET_WORKER, exp_id, str(tmp_path / "sync"), str(N_PROCS)]
+    outcomes = _race({f"dataset-{i}": cmd for i in range(N_PROCS)}, env, tmp_path)
+    for o in outcomes.values():
+        assert o.returncode == 0 and "Traceback" not in o.output, o.output[-3000:]
+    runs = client.search_runs([exp_id], max_results=100)
+    assert len(runs) == N_PROCS
+    digests = {(d.dataset.name, d.dataset.digest) for r in runs for d in r.inputs.dataset_inputs}
+    assert len(digests) == 1
+    assert all(len(r.inputs.dataset_inputs) == 1 for r in runs)
+
+
 def _artifacts(store: Store, tmp_path: Path) -> str | None:
     """SQLite: artifacts in the test's folder; the server: its proxied default."""
     return (tmp_path / "mlruns").as_uri() if store.kind == "sqlite" else None
