@@ -9,9 +9,10 @@ import mlflow
 
 from lvmodel.base import BaseModelError, describe_base, load_base
 from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
-from projects.experiment import budgeted_run, eval_series, log_evaluation, parent_run, prepare_data
+from projects.experiment import eval_series, log_common, log_evaluation, prepare_data
 from projects.options import base_option, data_option, parse_list, preset_option
 from projects.presets import get_preset
+from projects.runs import budgeted_run, parent_run
 from projects.selection import SELECTION_METRIC
 
 
@@ -57,8 +58,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str) -> None:
                 "baseline",
                 p,
                 planned,
-                params,
-                prep,
+                lambda params=params: log_common(prep, params),
                 nested=True,
                 tags={"base_model": base},
             ) as (_, meter):

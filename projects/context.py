@@ -7,7 +7,7 @@ import json
 import click
 import mlflow
 
-from projects.experiment import TrainRequest, parent_run, train_run
+from projects.experiment import TrainRequest, train_run
 from projects.options import (
     base_option,
     check_train_values,
@@ -17,6 +17,7 @@ from projects.options import (
     seed_option,
 )
 from projects.presets import get_preset
+from projects.runs import parent_run
 from projects.selection import SELECTION_METRIC, best_of
 
 

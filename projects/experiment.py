@@ -7,15 +7,9 @@ MLflow run is reopened and `fit` continues from its newest checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +19,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 import lvdata
 from lvflops import train_step_flops
@@ -35,24 +28,20 @@ from lvmodel.forecast import model_shape
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
 from lvmodel.train import FitResult, TrainConfig, fit, planned_fit_flops
 from projects.data import ensure_data
-from projects.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
+from projects.ledger import METRIC_FLOPS
 from projects.plots import plot_curves, plot_forecasts
 from projects.presets import Preset, get_preset
 from projects.registry import REGISTERED_MODEL, log_forecaster
 from projects.resume import (
     METRIC_REWORK,
-    TAG_ATTEMPT,
     TAG_CHECKPOINTS,
-    TAG_HOST,
-    TAG_PID,
     TAG_RESUMES,
     TAG_WORK_RUN,
     Resume,
-    attempt_record,
     checkpoint_root,
-    reserve_resumed,
     resume_hint,
 )
+from projects.runs import FlopsMeter, budgeted_run, entry_parent
 from projects.tracking import array_digest, log_dataset, setup_tracking
 
 # Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
@@ -217,51 +206,6 @@ def log_evaluation(ev: Evaluation, split: str, horizon: int, time: np.ndarray) -
     return clean
 
 
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-
-
-@contextmanager
-def killed_as_failure() -> Iterator[None]:
-    """SIGTERM (`kill`, a scheduler) and SIGHUP (a closed terminal) end the run like Ctrl-C:
-    KILLED, FLOPs logged. Only in the main thread (where Python delivers signals)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for s in STOP_SIGNALS:
-        if previous[s] != signal.SIG_IGN:
-            signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Ignore Ctrl-C and the stop signals while a dying run is closed (a second Ctrl-C must not
-    leave it RUNNING)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    kinds = (signal.SIGINT, *STOP_SIGNALS)
-    previous = {s: signal.getsignal(s) for s in kinds}
-    for s in kinds:
-        signal.signal(s, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def train_run(
     req: TrainRequest,
     nested: bool = False,
@@ -334,8 +278,7 @@ def train_run(
             req.phase,
             preset,
             planned,
-            params,
-            prep,
+            lambda: log_common(prep, params),
             nested or parent is not None,
             tags,
             resume=resume,
@@ -402,154 +345,6 @@ def check_resumable_config(resume: Resume, config: dict[str, Any]) -> None:
             f"run {resume.run_id}'s checkpoint was written with other training settings than its "
             f"parameters give now ({listed}); cannot resume it exactly"
         )
-
-
-class FlopsMeter:
-    """Logs `flops_total` as a run goes, so a killed run's spending still counts.
-
-    `counted` is what the run's own work has cost so far (the FLOPs of an uninterrupted run up to
-    here); `offset` is what earlier attempts spent beyond the checkpoint a resumed run continues
-    from (rework). `flops_total` = offset + counted.
-    """
-
-    def __init__(self, offset: float = 0.0, counted: float = 0.0, step: int = 0, attempt: int = 1):
-        self.offset = float(offset)
-        self.counted = float(counted)
-        self.step = step  # the highest step logged: the closing value goes there, so it is latest
-        self.attempt = attempt
-
-    @property
-    def spent(self) -> float:
-        return self.offset + self.counted
-
-    def log(self, counted: float, step: int, metrics: dict[str, float] | None = None) -> None:
-        self.counted = float(counted)
-        self.step = max(self.step, step)
-        mlflow.log_metrics({**(metrics or {}), METRIC_FLOPS: self.spent}, step=step)
-
-    def close(self) -> None:
-        """Log what was spent at the highest step seen (a dying run's last word)."""
-        mlflow.log_metric(METRIC_FLOPS, self.spent, step=self.step)
-
-
-@contextmanager
-def budgeted_run(
-    run_name: str,
-    phase: str,
-    preset: Preset,
-    planned: int,
-    params: dict[str, Any],
-    prep: Prepared,
-    nested: bool = False,
-    tags: dict[str, str] | None = None,
-    resume: Resume | None = None,
-) -> Iterator[tuple[mlflow.ActiveRun, FlopsMeter]]:
-    """A run that reserves `planned` FLOPs first (or is refused: FAILED, exit 1, nothing run).
-
-    Ctrl-C, SIGTERM or SIGHUP end it KILLED and any other failure FAILED, with the FLOPs metered
-    so far logged: no run is left RUNNING. With `resume`, the dead run is reopened instead and
-    re-reserves what it may still spend (`projects.resume.reserve_resumed`).
-    """
-    with killed_as_failure():
-        if resume is None:
-            run, meter = _start(run_name, phase, preset, planned, params, prep, nested, tags)
-        else:
-            run, meter = _reopen(resume, preset, planned, nested)
-        try:
-            yield run, meter
-        except KeyboardInterrupt:
-            _close(run, meter, "KILLED")
-            raise
-        except BaseException:
-            _close(run, meter, "FAILED")
-            raise
-        _close(run, None, "FINISHED")
-
-
-def _attempt_tags(attempt: int) -> dict[str, str]:
-    return {TAG_ATTEMPT: str(attempt), TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
-
-
-def _start(
-    run_name: str,
-    phase: str,
-    preset: Preset,
-    planned: int,
-    params: dict[str, Any],
-    prep: Prepared,
-    nested: bool,
-    tags: dict[str, str] | None,
-) -> tuple[mlflow.ActiveRun, FlopsMeter]:
-    run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=True)
-    meter = FlopsMeter()
-    try:
-        mlflow.set_tags(
-            {
-                TAG_PHASE: phase,
-                "preset": preset.name,
-                "mlflow.runName": run_name,
-                **_attempt_tags(1),
-                **(tags or {}),
-            }
-        )
-        log_common(prep, params)
-        try:
-            reserve(MlflowClient(), run, planned, int(preset.budget))
-        except BudgetRefused as err:
-            raise click.ClickException(str(err)) from None
-    except KeyboardInterrupt:
-        _close(run, meter, "KILLED")
-        raise
-    except BaseException:
-        _close(run, meter, "FAILED")
-        raise
-    return run, meter
-
-
-def _reopen(
-    resume: Resume, preset: Preset, planned: int, nested: bool
-) -> tuple[mlflow.ActiveRun, FlopsMeter]:
-    """Re-reserve, then reopen the dead run, nested under the `mlflow run` parent if any."""
-    client = MlflowClient()
-    try:
-        reserve_resumed(client, resume, planned, int(preset.budget))
-    except BudgetRefused as err:
-        raise click.ClickException(str(err)) from None
-    parent = mlflow.active_run()
-    parent_id = parent.info.run_id if parent is not None and nested else None
-    tags = {
-        **_attempt_tags(resume.attempt),
-        f"{TAG_ATTEMPT}.{resume.attempt}": json.dumps(attempt_record(resume, planned, parent_id)),
-        **({MLFLOW_PARENT_RUN_ID: parent_id} if parent_id else {}),
-    }
-    try:
-        run = mlflow.start_run(
-            run_id=resume.run_id, nested=parent is not None, log_system_metrics=True, tags=tags
-        )
-    except BaseException:
-        with signals_deferred(), suppress(Exception):
-            client.set_terminated(resume.run_id, "FAILED")
-        raise
-    meter = FlopsMeter(
-        offset=resume.rework,
-        counted=resume.checkpoint_flops,
-        step=resume.last_step,
-        attempt=resume.attempt,
-    )
-    return run, meter
-
-
-def _close(run: mlflow.ActiveRun, meter: FlopsMeter | None, status: str) -> None:
-    """End `run` with `status`, logging the FLOPs spent first when it dies."""
-    with signals_deferred():
-        if meter is not None:
-            with suppress(Exception):
-                meter.close()
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run.info.run_id:
-            mlflow.end_run(status)
-        else:
-            MlflowClient().set_terminated(run.info.run_id, status)
 
 
 def finish_run(
@@ -639,38 +434,3 @@ def finish_run(
             )
             mlflow.set_tag("registered_version", str(info.registered_model_version))
     return final
-
-
-def parent_run(name: str, phase: str, params: dict[str, Any], preset: str) -> mlflow.ActiveRun:
-    """A parent run for a sweep (children are nested; the parent itself spends nothing).
-
-    Under `mlflow run` this is the run it created, which already holds the entry point's raw
-    parameters (`-1`, empty strings): the resolved values go in as `resolved_*`.
-    """
-    setup_tracking()
-    run = mlflow.start_run(run_name=name)
-    mlflow.set_tags(
-        {TAG_PHASE: phase, "preset": preset, "mlflow.runName": name, "lv.parent": "true"}
-    )
-    mlflow.log_params({f"resolved_{k}": v for k, v in params.items()})
-    return run
-
-
-@contextmanager
-def entry_parent(
-    phase: str, preset: str, name: str, tags: dict[str, str] | None = None
-) -> Iterator[mlflow.ActiveRun | None]:
-    """Under `mlflow run`, make its run the parent of the work run; yields it (else None).
-
-    `mlflow run` logs the entry point's raw parameters (`-1` and empty strings meaning "the
-    preset's value"), and MLflow forbids changing a logged parameter; so the budgeted run that
-    logs the resolved values is a child of it. A resumed work run is moved under the new parent
-    (its attempt tag records the old one, which stays FAILED).
-    """
-    if "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None:
-        with parent_run(name, phase, {}, preset) as run:
-            if tags:
-                mlflow.set_tags(tags)
-            yield run
-    else:
-        yield None

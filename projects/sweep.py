@@ -7,7 +7,7 @@ import json
 import click
 import mlflow
 
-from projects.experiment import TrainRequest, parent_run, train_run
+from projects.experiment import TrainRequest, train_run
 from projects.options import (
     base_option,
     check_train_values,
@@ -18,6 +18,7 @@ from projects.options import (
 )
 from projects.plots import plot_grid
 from projects.presets import get_preset
+from projects.runs import parent_run
 from projects.selection import SELECTION_METRIC
 
 

@@ -28,7 +28,7 @@ from mlflow.entities import Run
 from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
-from projects import experiment
+from projects import experiment, runs
 from projects import train as train_entry
 from projects.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 
@@ -42,14 +42,14 @@ RUN_ID = re.compile(r"training run ([0-9a-f]{32})")
 # `python -m projects.train ARGS`, stalled (sleeping) once step STALL's metrics are logged.
 STALLED_TRAIN = """
 import sys, time
-import projects.experiment as ex
+import projects.runs as runs
 stall = int(sys.argv.pop(1))
-log = ex.FlopsMeter.log
+log = runs.FlopsMeter.log
 def stalling(self, counted, step, metrics=None):
     log(self, counted, step, metrics)
     if step == stall and metrics and "train_loss" in metrics:
         time.sleep(600)  # killed here by the test
-ex.FlopsMeter.log = stalling
+runs.FlopsMeter.log = stalling
 from projects.train import main
 main(prog_name="projects.train")
 """
@@ -259,7 +259,7 @@ def test_kill_9_then_resume_under_mlflow_run_reproduces_the_uninterrupted_run(
 def test_signal_mid_training_ends_the_run_killed_with_its_flops(
     store, base_args, full, monkeypatch, sig
 ):
-    log = experiment.FlopsMeter.log
+    log = runs.FlopsMeter.log
 
     def signalled(self, counted, step, metrics=None):
         log(self, counted, step, metrics)
@@ -267,7 +267,7 @@ def test_signal_mid_training_ends_the_run_killed_with_its_flops(
             os.kill(os.getpid(), sig)
             time.sleep(30)  # the signal interrupts this
 
-    monkeypatch.setattr(experiment.FlopsMeter, "log", signalled)
+    monkeypatch.setattr(runs.FlopsMeter, "log", signalled)
     # A shell starts background jobs with SIGINT ignored (`cmd &`, as some CI runners do): give
     # this process Python's own Ctrl-C handler, as in a terminal.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -341,14 +341,14 @@ def test_resume_errors_are_clear(store, base_args, full, monkeypatch):
     assert "refused by the FLOPs budget before it trained" in fails(1, "--resume-run-id", refused)
 
     # An exception in training, before the first checkpoint: FAILED, FLOPs logged, no checkpoint.
-    log = experiment.FlopsMeter.log
+    log = runs.FlopsMeter.log
 
     def breaks_at_step_2(self, counted, step, metrics=None):
         log(self, counted, step, metrics)
         if step == 2:
             raise RuntimeError("step 2 broke")
 
-    monkeypatch.setattr(experiment.FlopsMeter, "log", breaks_at_step_2)
+    monkeypatch.setattr(runs.FlopsMeter, "log", breaks_at_step_2)
     result = _train([*base_args, "--run-name", "early"])
     monkeypatch.undo()
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
