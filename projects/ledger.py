@@ -112,7 +112,7 @@ def _entry(run: Run) -> Entry:
     return Entry(
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id[:8],
-        phase=tags.get(TAG_PHASE, "?"),
+        phase=tags.get(TAG_PHASE) or "untagged",
         status=run.info.status,
         start_time=int(run.info.start_time or 0),
         planned=int(float(tags.get(TAG_PLANNED, "0"))),

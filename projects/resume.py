@@ -17,6 +17,10 @@ Budget: before it trains again, the run re-reserves under the ledger's lock what
 most, S + (its plan - C), against what the other runs hold; if that no longer fits, the resume is
 refused and the run keeps what it spent (it is not marked `lv.refused`, which would zero its
 charge).
+
+A dead run that will not be resumed keeps holding its reservation (RUNNING counts as its plan):
+`release_dead_run` (`python -m projects.budget --release RUN_ID`) closes it FAILED so that it holds
+only what it spent. It can still be resumed afterwards.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ TAG_HOST = "lv.host"
 TAG_PID = "lv.pid"
 TAG_WORK_RUN = "lv.work_run"
 TAG_RESUMES = "lv.resumes"
+TAG_RELEASED = "lv.released"
 METRIC_REWORK = "flops_rework"
 
 
@@ -124,6 +129,64 @@ def _alive_here(tags: dict[str, str]) -> int | None:
     except OSError:
         return None
     return pid if "projects." in cmdline or "mlflow" in cmdline else None
+
+
+def gone_here(tags: dict[str, str]) -> bool:
+    """The run's last attempt ran on this host and its process no longer runs."""
+    pid = tags.get(TAG_PID, "")
+    return (
+        tags.get(TAG_HOST) == socket.gethostname()
+        and pid.isdigit()
+        and int(pid) != os.getpid()
+        and _alive_here(tags) is None
+    )
+
+
+class ReleaseError(RuntimeError):
+    """The run cannot be released (the message says why)."""
+
+
+def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> float:
+    """Close a dead RUNNING budgeted run FAILED, so that it holds what it spent, not its plan.
+
+    Returns what it spent (its largest `flops_total`). Refused (ReleaseError) for a run that is
+    not budgeted or not RUNNING, a run whose process still runs on this host, and, unless `force`,
+    a run whose last attempt ran on another host (this one cannot tell whether it is dead; a live
+    process would go on spending against a budget that no longer holds its plan).
+    """
+    run_id = run_id.strip()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ReleaseError(
+            f"no run {run_id!r} in the tracking store {client.tracking_uri}"
+        ) from None
+    tags, status = run.data.tags, run.info.status
+    if TAG_PLANNED not in tags:
+        raise ReleaseError(f"run {run_id} is not a budgeted run: it holds no reservation")
+    if status not in ("RUNNING", "SCHEDULED"):
+        raise ReleaseError(
+            f"run {run_id} is {status}: it holds only what it spent; nothing to release"
+        )
+    if pid := _alive_here(tags):
+        raise ReleaseError(f"run {run_id} is still running (pid {pid} on this host); stop it first")
+    host = tags.get(TAG_HOST, "?")
+    if host != socket.gethostname() and not force:
+        raise ReleaseError(
+            f"run {run_id}'s last attempt ran on host {host!r}, not here: make sure its process "
+            f"is dead there, then release it with --force"
+        )
+    history = client.get_metric_history(run_id, METRIC_FLOPS)
+    spent = max((m.value for m in history), default=0.0)
+    with budget_lock(client, run.info.experiment_id):
+        if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+            raise ReleaseError(f"run {run_id} was closed meanwhile; nothing to release")
+        client.log_metric(
+            run_id, METRIC_FLOPS, spent, step=max((m.step for m in history), default=0)
+        )
+        client.set_tag(run_id, TAG_RELEASED, f"{socket.gethostname()}:{os.getpid()}")
+        client.set_terminated(run_id, "FAILED")
+    return spent
 
 
 def find_resumable(client: MlflowClient, run_id: str) -> Resume:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
 from projects import budget as budget_entry
 from projects import train as train_entry
@@ -83,6 +84,26 @@ def test_budget_refuses_once_spent_and_table_adds_up(tracking_uri, base_args):
     assert report.data.metrics["flops_spent"] == sum(
         r.data.metrics.get("flops_total", 0.0) for r in finished
     )
+
+
+def test_budget_table_takes_runs_of_any_phase_tag(tracking_uri):
+    """Phase tags are free text (a user's own runs, or none): the table still prints and logs."""
+    client = MlflowClient()
+    mlflow.set_experiment("phases")
+    exp = mlflow.tracking.fluent._get_experiment_id()
+    for phase, flops in (("my phase?", 300.0), (None, 200.0)):
+        tags = {TAG_PLANNED: "100", **({"phase": phase} if phase else {})}
+        run = client.create_run(exp, tags=tags)
+        client.log_metric(run.info.run_id, "flops_total", flops)
+        client.set_terminated(run.info.run_id)
+    table = CliRunner().invoke(budget_entry.main, ["--preset", "micro"])
+    assert table.exit_code == 0, table.output
+    assert "| my phase? | 1 | 3.000e+02 |" in table.output
+    assert "| untagged | 1 | 2.000e+02 |" in table.output
+    report = next(r for r in client.search_runs([exp]) if r.info.run_name == "budget")
+    assert report.data.metrics["flops_my phase_"] == 300.0
+    assert report.data.metrics["flops_untagged"] == 200.0
+    assert report.data.metrics["flops_spent"] == 500.0
 
 
 def test_bad_parameters_fail_cleanly(tracking_uri, base_args):

@@ -28,6 +28,7 @@ from mlflow.entities import Run
 from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
+from projects import budget as budget_entry
 from projects import experiment, runs
 from projects import train as train_entry
 from projects.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
@@ -253,6 +254,76 @@ def test_kill_9_then_resume_under_mlflow_run_reproduces_the_uninterrupted_run(
     ledger = read_ledger(MlflowClient(), run.info.experiment_id, int(5e13))
     (entry,) = [e for e in ledger.entries if e.run_id == run_id]
     assert entry.charge == int(m["flops_total"]) <= int(tags[TAG_PLANNED])
+
+
+def _budget(args: list[str]) -> Result:
+    return CliRunner().invoke(budget_entry.main, ["--preset", "micro", *args])
+
+
+def test_a_dead_run_left_running_is_released_then_still_resumes(
+    store, base_args, full, tmp_path, processes
+):
+    """kill -9 leaves a run RUNNING, holding its whole plan. `budget` says so and names the two
+    ways out; `budget --release` closes it FAILED holding what it spent; it still resumes."""
+    proc, run_id = _start_stalled(
+        store, [*base_args, "--run-name", "released"], 5, tmp_path / "r.log", processes
+    )
+    alive = _budget(["--release", run_id])
+    assert alive.exit_code == 1 and f"still running (pid {proc.pid} on this host)" in alive.output
+    proc.kill()
+    proc.wait(timeout=30)
+    exp_id = _run(run_id).info.experiment_id
+    before = {e.run_id: e for e in read_ledger(MlflowClient(), exp_id, int(5e13)).entries}
+    planned = int(_run(run_id).data.tags[TAG_PLANNED])
+    spent = _by_step(full.info.run_id, "flops_total")[5]
+    assert before[run_id].running and before[run_id].charge == planned > spent
+
+    table = _budget([])
+    assert table.exit_code == 0, table.output
+    assert f"({run_id}) holds {planned:.3e} FLOPs" in table.output
+    assert "process on this host is gone" in table.output
+    assert f"--resume-run-id {run_id}" in table.output
+    assert f"--release {run_id}" in table.output
+
+    released = _budget(["--release", run_id])
+    assert released.exit_code == 0, released.output
+    assert f"released run {run_id}" in released.output
+    run = _run(run_id)
+    assert run.info.status == "FAILED" and "lv.released" in run.data.tags
+    after = {e.run_id: e for e in read_ledger(MlflowClient(), exp_id, int(5e13)).entries}
+    assert not after[run_id].running and after[run_id].charge == spent
+    assert f"({run_id}) holds" not in released.output  # the table printed after it
+    again = _budget(["--release", run_id])
+    assert again.exit_code == 1 and "is FAILED" in again.output and "Traceback" not in again.output
+
+    resumed = _train(["--resume-run-id", run_id])
+    assert resumed.exit_code == 0, resumed.output
+    m = _run(run_id).data.metrics
+    assert m["train_loss"] == full.data.metrics["train_loss"]
+    assert m["flops_total"] == full.data.metrics["flops_total"] + m["flops_rework"]
+
+
+def test_release_refuses_other_hosts_runs_without_force_and_unbudgeted_runs(store):
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    assert exp is not None
+    other = client.create_run(
+        exp.experiment_id, tags={TAG_PLANNED: "1000", "lv.host": "gpu-7", "lv.pid": "1"}
+    )
+    client.log_metric(other.info.run_id, "flops_total", 400.0, step=3)
+    refused = _budget(["--release", other.info.run_id])
+    assert refused.exit_code == 1 and "host 'gpu-7'" in refused.output
+    assert "--force" in refused.output and _run(other.info.run_id).info.status == "RUNNING"
+    forced = _budget(["--release", other.info.run_id, "--force", "true"])
+    assert forced.exit_code == 0, forced.output
+    assert _run(other.info.run_id).info.status == "FAILED"
+    assert _by_step(other.info.run_id, "flops_total") == {3: 400.0}
+    plain = client.create_run(exp.experiment_id)
+    not_budgeted = _budget(["--release", plain.info.run_id])
+    assert not_budgeted.exit_code == 1 and "not a budgeted run" in not_budgeted.output
+    client.set_terminated(plain.info.run_id)
+    missing = _budget(["--release", "0" * 32])
+    assert missing.exit_code == 1 and "no run" in missing.output
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
