@@ -256,6 +256,45 @@ def test_kill_9_then_resume_under_mlflow_run_reproduces_the_uninterrupted_run(
     assert entry.charge == int(m["flops_total"]) <= int(tags[TAG_PLANNED])
 
 
+def test_killed_twice_resumed_twice_counts_each_rework_once(
+    store, base_args, full, tmp_path, processes
+):
+    """Killed after step 5 (checkpoint 3), resumed and killed again after step 7 (checkpoint 6),
+    resumed again: the uninterrupted run's results, and both stretches of redone steps counted."""
+    first, run_id = _start_stalled(
+        store, [*base_args, "--run-name", "twice"], 5, tmp_path / "1.log", processes
+    )
+    first.kill()
+    first.wait(timeout=30)
+    second, again = _start_stalled(
+        store, ["--resume-run-id", run_id], 7, tmp_path / "2.log", processes
+    )
+    assert again == run_id
+    second.kill()
+    second.wait(timeout=30)
+    assert _run(run_id).info.status == "RUNNING"
+    resumed = _train(["--resume-run-id", run_id])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"training run {run_id} (attempt 3)" in resumed.output
+
+    m, ref = _run(run_id).data.metrics, full.data.metrics
+    val = {k: v for k, v in ref.items() if k.startswith("val_")}
+    assert {k: m[k] for k in val} == val and m["train_loss"] == ref["train_loss"]
+    f = _by_step(full.info.run_id, "flops_total")
+    assert m["flops_rework"] == (f[5] - f[3]) + (f[7] - f[6]) > 0
+    assert m["flops_total"] == ref["flops_total"] + m["flops_rework"]
+    losses = _history(run_id, "train_loss")
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 4, 5, 6, 7, 7, 8]
+    assert _history(run_id, "attempt") == (
+        [(s, 1.0) for s in range(1, 6)]
+        + [(s, 2.0) for s in range(4, 8)]
+        + [(s, 3.0) for s in (7, 8)]
+    )
+    tags = _run(run_id).data.tags
+    assert '"resumed_from_step": 3' in tags["lv.attempt.2"]
+    assert '"resumed_from_step": 6' in tags["lv.attempt.3"]
+
+
 def _budget(args: list[str]) -> Result:
     return CliRunner().invoke(budget_entry.main, ["--preset", "micro", *args])
 
