@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,8 @@ from projects import baseline, final, promote, reference, sweep, train
 from projects import data as data_entry
 from projects.ledger import METRIC_FLOPS, TAG_PLANNED, read_ledger
 from projects.tracking import DEFAULT_EXPERIMENT
-from tests.projects.test_serve import _free_port, _post, _stop, _wait_until_up
 from tests.reliability._registry_fixture import register_tiny_champion
+from tests.serving import post, serving
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDED_FLOPS = 123_456_789
@@ -595,32 +594,9 @@ def test_predict_refuses_bad_input(
 def served(champion: str, store: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`mlflow models serve` of the champion, started without --host (its default must be local)."""
     workdir = tmp_path_factory.mktemp("serve")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MLFLOW_HOST")}
-    env.update(
-        MLFLOW_TRACKING_URI=store,
-        OMP_NUM_THREADS="1",
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", champion]
-    command += ["--env-manager", "local", "--port", str(port)]
-    log = workdir / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        _wait_until_up(url, proc, log)
-        assert f"--host 127.0.0.1 --port {port}" in log.read_text()  # bound to loopback only
+    with serving(champion, store, workdir) as (url, log):
+        assert "--host 127.0.0.1 --port" in log.read_text()  # bound to loopback only
         yield url
-    finally:
-        _stop(proc)
 
 
 def _split(data: list, columns: tuple[str, ...] = ("prey", "predator"), **params: Any) -> dict:
@@ -628,17 +604,6 @@ def _split(data: list, columns: tuple[str, ...] = ("prey", "predator"), **params
     if params:
         body["params"] = params
     return body
-
-
-def _post_raw(url: str, raw: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=raw, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 OK_ROW = [[1.0, 0.9, 0.8], [0.5, 0.6, 0.7]]
@@ -686,10 +651,7 @@ REST_CASES = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("payload", "fragments"), REST_CASES)
 def test_server_answers_400(served: str, payload: dict | bytes, fragments: list[str]) -> None:
-    if isinstance(payload, bytes):
-        status, body = _post_raw(f"{served}/invocations", payload)
-    else:
-        status, body = _post(f"{served}/invocations", payload)
+    status, body = post(f"{served}/invocations", payload)
     assert status == 400, body
     assert "Traceback" not in json.dumps(body) and "stack_trace" not in body
     for fragment in fragments:
@@ -698,7 +660,7 @@ def test_server_answers_400(served: str, payload: dict | bytes, fragments: list[
 
 @pytest.mark.slow
 def test_server_still_answers_after_bad_requests(served: str) -> None:
-    status, body = _post(f"{served}/invocations", _split([OK_ROW], horizon=2))
+    status, body = post(f"{served}/invocations", _split([OK_ROW], horizon=2))
     assert status == 200, body
     (row,) = body["predictions"]
     assert len(row["prey"]) == 2 and len(row["predator"]) == 2
