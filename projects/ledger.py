@@ -47,6 +47,7 @@ TAG_PHASE = "phase"
 METRIC_FLOPS = "flops_total"
 LOCK_PREFIX = "_lv_budget_lock_"
 STALE_LOCK_S = 60.0
+OPEN_STATUSES = ("RUNNING", "SCHEDULED")  # a run in these holds its reservation
 STALE_SUFFIX = ".stale."  # a broken lock is renamed `<lock>.stale.<digest of its owner>`
 
 
@@ -69,7 +70,7 @@ class Entry:
 
     @property
     def running(self) -> bool:
-        return self.status in ("RUNNING", "SCHEDULED")
+        return self.status in OPEN_STATUSES
 
     @property
     def charge(self) -> int:

@@ -39,6 +39,7 @@ from mlflow.tracking import MlflowClient
 from lvmodel.checkpoint import latest_checkpoint
 from projects.ledger import (
     METRIC_FLOPS,
+    OPEN_STATUSES,
     TAG_BUDGET,
     TAG_PLANNED,
     TAG_REFUSED,
@@ -117,29 +118,55 @@ class Resume:
         return int(self.spent + max(planned - self.checkpoint_flops, 0))
 
 
-def _alive_here(tags: dict[str, str]) -> int | None:
-    """The pid of the run's last attempt if it ran on this host and still runs, else None."""
-    if tags.get(TAG_HOST) != socket.gethostname() or not tags.get(TAG_PID, "").isdigit():
+def _pid_here(tags: dict[str, str]) -> int | None:
+    """The pid of the run's last attempt if it ran on this host (and is not this process)."""
+    pid = tags.get(TAG_PID, "")
+    if tags.get(TAG_HOST) != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return None
-    pid = int(tags[TAG_PID])
-    if pid == os.getpid():
-        return None
+    return int(pid)
+
+
+def _runs_project(pid: int) -> bool:
+    """Process `pid` exists and runs this project (or `mlflow run`): a reused pid does not count."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
-        return None
-    return pid if "projects." in cmdline or "mlflow" in cmdline else None
+        return False
+    return "projects." in cmdline or "mlflow" in cmdline
+
+
+def _alive_here(tags: dict[str, str]) -> int | None:
+    """The pid of the run's last attempt if it ran on this host and still runs, else None."""
+    pid = _pid_here(tags)
+    return pid if pid is not None and _runs_project(pid) else None
 
 
 def gone_here(tags: dict[str, str]) -> bool:
     """The run's last attempt ran on this host and its process no longer runs."""
-    pid = tags.get(TAG_PID, "")
-    return (
-        tags.get(TAG_HOST) == socket.gethostname()
-        and pid.isdigit()
-        and int(pid) != os.getpid()
-        and _alive_here(tags) is None
-    )
+    pid = _pid_here(tags)
+    return pid is not None and not _runs_project(pid)
+
+
+def _get_run(client: MlflowClient, run_id: str, error: type[Exception], hint: str = "") -> Run:
+    """The run, or `error` saying that the store has no such run (and `hint`)."""
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise error(
+            f"no run {run_id!r} in the tracking store {client.tracking_uri}{hint}"
+        ) from None
+
+
+def _flops_logged(client: MlflowClient, run_id: str) -> tuple[float, int]:
+    """The largest `flops_total` the run logged (what it spent) and the highest step it used."""
+    history = client.get_metric_history(run_id, METRIC_FLOPS)
+    return max((m.value for m in history), default=0.0), max((m.step for m in history), default=0)
+
+
+def _close_dead(client: MlflowClient, run_id: str, spent: float, step: int) -> None:
+    """End a dead run FAILED with what it spent as its latest `flops_total` (it is charged that)."""
+    client.log_metric(run_id, METRIC_FLOPS, spent, step=step)
+    client.set_terminated(run_id, "FAILED")
 
 
 class ReleaseError(RuntimeError):
@@ -155,16 +182,11 @@ def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> 
     process would go on spending against a budget that no longer holds its plan).
     """
     run_id = run_id.strip()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ReleaseError(
-            f"no run {run_id!r} in the tracking store {client.tracking_uri}"
-        ) from None
+    run = _get_run(client, run_id, ReleaseError)
     tags, status = run.data.tags, run.info.status
     if TAG_PLANNED not in tags:
         raise ReleaseError(f"run {run_id} is not a budgeted run: it holds no reservation")
-    if status not in ("RUNNING", "SCHEDULED"):
+    if status not in OPEN_STATUSES:
         raise ReleaseError(
             f"run {run_id} is {status}: it holds only what it spent; nothing to release"
         )
@@ -176,29 +198,25 @@ def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> 
             f"run {run_id}'s last attempt ran on host {host!r}, not here: make sure its process "
             f"is dead there, then release it with --force"
         )
-    history = client.get_metric_history(run_id, METRIC_FLOPS)
-    spent = max((m.value for m in history), default=0.0)
+    spent, step = _flops_logged(client, run_id)
     with budget_lock(client, run.info.experiment_id):
-        if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED"):
+        if client.get_run(run_id).info.status not in OPEN_STATUSES:
             raise ReleaseError(f"run {run_id} was closed meanwhile; nothing to release")
-        client.log_metric(
-            run_id, METRIC_FLOPS, spent, step=max((m.step for m in history), default=0)
-        )
         client.set_tag(run_id, TAG_RELEASED, f"{socket.gethostname()}:{os.getpid()}")
-        client.set_terminated(run_id, "FAILED")
+        _close_dead(client, run_id, spent, step)
     return spent
 
 
 def find_resumable(client: MlflowClient, run_id: str) -> Resume:
     """The run `run_id` with its newest checkpoint, or ResumeError saying why it cannot resume."""
     run_id = run_id.strip()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ResumeError(
-            f"no run {run_id!r} in the tracking store {client.tracking_uri}; pass the id of the "
-            f"training run printed when it started (tag {TAG_WORK_RUN} on the `mlflow run` parent)"
-        ) from None
+    run = _get_run(
+        client,
+        run_id,
+        ResumeError,
+        f"; pass the id of the training run printed when it started (tag {TAG_WORK_RUN} on the "
+        f"`mlflow run` parent)",
+    )
     tags, params, status = run.data.tags, run.data.params, run.info.status
     if run.info.lifecycle_stage == "deleted":
         raise ResumeError(f"run {run_id} is deleted; restore it first (mlflow runs restore)")
@@ -233,7 +251,7 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
             f"checkpoint (every {every} steps); start a new run"
         )
     state = json.loads((ckpt / "state.json").read_text())
-    history = client.get_metric_history(run_id, METRIC_FLOPS)
+    spent, last_step = _flops_logged(client, run_id)
     return Resume(
         run_id=run_id,
         experiment_id=run.info.experiment_id,
@@ -245,8 +263,8 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
         checkpoint_step=int(state["step"]),
         checkpoint_flops=int(state["train_flops"]) + int(state["eval_flops"]),
         checkpoint_config=dict(state.get("config") or {}),
-        spent=max((m.value for m in history), default=0.0),
-        last_step=max((m.step for m in history), default=0),
+        spent=spent,
+        last_step=last_step,
         attempt=int(tags.get(TAG_ATTEMPT, "1") or 1) + 1,
         data_digest=_data_digest(run),
         notes=notes,
@@ -270,9 +288,8 @@ def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: 
         ledger = read_ledger(client, resume.experiment_id, budget)
         others = sum(e.charge for e in ledger.entries if e.run_id != resume.run_id)
         if others + need > budget:
-            if resume.status in ("RUNNING", "SCHEDULED"):
-                client.log_metric(resume.run_id, METRIC_FLOPS, resume.spent, step=resume.last_step)
-                client.set_terminated(resume.run_id, "FAILED")
+            if resume.status in OPEN_STATUSES:
+                _close_dead(client, resume.run_id, resume.spent, resume.last_step)
             raise BudgetRefused(
                 f"FLOPs budget refused resuming run {resume.run_id}: it has spent "
                 f"{resume.spent:.3e} and may still spend {need - resume.spent:.3e} (the rest of "
