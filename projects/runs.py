@@ -12,7 +12,7 @@ import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import click
@@ -38,19 +38,20 @@ STOP_SIGNALS = tuple(
 
 
 @contextmanager
-def killed_as_failure() -> Iterator[None]:
-    """SIGTERM (`kill`, a scheduler) and SIGHUP (a closed terminal) end the run like Ctrl-C:
-    KILLED, FLOPs logged. Only in the main thread (where Python delivers signals)."""
+def _signals_set(
+    kinds: tuple[int, ...], handler: Any, keep_ignored: bool = False
+) -> Iterator[None]:
+    """Install `handler` for the signals `kinds` for a block, then restore the previous ones.
+
+    Only in the main thread (where Python delivers signals; elsewhere it is a no-op). With
+    `keep_ignored`, a signal ignored on entry stays ignored (SIGHUP under nohup).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    for s in STOP_SIGNALS:
-        if previous[s] != signal.SIG_IGN:
+    previous = {s: signal.getsignal(s) for s in kinds}
+    for s in kinds:
+        if not (keep_ignored and previous[s] == signal.SIG_IGN):
             signal.signal(s, handler)
     try:
         yield
@@ -59,22 +60,20 @@ def killed_as_failure() -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextmanager
-def signals_deferred() -> Iterator[None]:
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def killed_as_failure() -> AbstractContextManager[None]:
+    """SIGTERM (`kill`, a scheduler) and SIGHUP (a closed terminal) end the run like Ctrl-C:
+    KILLED, FLOPs logged."""
+    return _signals_set(STOP_SIGNALS, _raise_interrupt, keep_ignored=True)
+
+
+def signals_deferred() -> AbstractContextManager[None]:
     """Ignore Ctrl-C and the stop signals while a dying run is closed (a second Ctrl-C must not
     leave it RUNNING)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    kinds = (signal.SIGINT, *STOP_SIGNALS)
-    previous = {s: signal.getsignal(s) for s in kinds}
-    for s in kinds:
-        signal.signal(s, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return _signals_set((signal.SIGINT, *STOP_SIGNALS), signal.SIG_IGN)
 
 
 class FlopsMeter:
