@@ -94,22 +94,9 @@ def main(
         checkpoint_every=checkpoint_every,
     )
     if resume_run_id.strip():
-        given = {
-            "preset": preset,
-            "base_model": base_model,
-            "data_file": data_file,
-            "seed": seed,
-            "lr": lr,
-            "rank": rank,
-            "context_length": context_length,
-            "steps": steps,
-            "batch_size": batch_size,
-            "schedule": schedule,
-            "warmup_steps": warmup_steps,
-            "run_name": run_name,
-            "evaluate_test": evaluate_test,
-            "checkpoint_every": checkpoint_every,
-        }
+        # Every setting but the two that a resume takes on its own terms.
+        params = click.get_current_context().params
+        given = {k: v for k, v in params.items() if k not in ("budget", "resume_run_id")}
         resume_main(resume_run_id, budget, given)
         return
     p = get_preset(
@@ -159,22 +146,10 @@ def settings_conflicts(req: TrainRequest, given: dict[str, Any]) -> list[str]:
     """Settings given on the command line (anything but the option's default) that differ from
     the resumed run's. Defaults count as "not given": `mlflow run` passes every parameter."""
     defaults = {p.name: p.default for p in main.params if p.name}
-    logged = {
-        "preset": req.preset.name,
-        "base_model": req.base,
-        "data_file": req.data_file,
-        "seed": req.seed,
-        "lr": req.lr,
-        "rank": req.rank,
-        "context_length": req.context_length,
-        "steps": req.steps,
-        "batch_size": req.batch_size,
-        "schedule": req.schedule,
-        "warmup_steps": req.warmup_steps,
-        "run_name": req.run_name,
-        "evaluate_test": req.evaluate_test,
-        "checkpoint_every": req.checkpoint_every,
-    }
+    # The run's value of each setting: the request's field of the same name, but the preset's
+    # name and the base model it resolves to.
+    logged = {name: getattr(req, name) for name in given}
+    logged.update(preset=req.preset.name, base_model=req.base)
     out = []
     for name, value in given.items():
         if value == defaults.get(name) or value == logged[name]:
