@@ -38,20 +38,11 @@ def coursework(coursework_file: Path) -> lvdata.Trajectories:
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh SQLite MLflow tracking store for one test, set as $MLFLOW_TRACKING_URI."""
-    import mlflow
+    from tests.stores import using_store  # imports mlflow: only for tests that use a store
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("LV_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))  # not the repo's
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    # MLflow keeps the URI and the active experiment in process state: reset both around a test.
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    with using_store(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}") as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +63,17 @@ def small_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "lv.h5"
     lvdata.simulate(60, seed=5).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_args(random_tiny_dir: Path, small_data_file: Path) -> list[str]:
+    """Entry-point arguments for runs of seconds: the micro preset, the random tiny base and the
+    small data file (add --steps and the rest; copy before changing it)."""
+    return [
+        "--preset",
+        "micro",
+        "--base-model",
+        str(random_tiny_dir),
+        "--data-file",
+        str(small_data_file),
+    ]

@@ -8,9 +8,8 @@ from click.testing import CliRunner
 from projects import final as final_entry
 
 
-def test_final_registers_and_leaves_a_champion(tracking_uri, random_tiny_dir, small_data_file):
-    args = ["--preset", "micro", "--base-model", str(random_tiny_dir)]
-    result = CliRunner().invoke(final_entry.main, [*args, "--data-file", str(small_data_file)])
+def test_final_registers_and_leaves_a_champion(tracking_uri, micro_args):
+    result = CliRunner().invoke(final_entry.main, micro_args)
     assert result.exit_code == 0, result.output
     assert "from preset defaults" in result.output  # no sweep or context runs yet
     (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")

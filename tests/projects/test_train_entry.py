@@ -17,15 +17,8 @@ def _train(args: list[str]):
 
 
 @pytest.fixture
-def base_args(random_tiny_dir, small_data_file) -> list[str]:
-    return [
-        "--preset",
-        "micro",
-        "--base-model",
-        str(random_tiny_dir),
-        "--data-file",
-        str(small_data_file),
-    ]
+def base_args(micro_args) -> list[str]:
+    return list(micro_args)
 
 
 def _runs():

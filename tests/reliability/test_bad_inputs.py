@@ -38,6 +38,7 @@ from projects.ledger import METRIC_FLOPS, TAG_PLANNED, read_ledger
 from projects.tracking import DEFAULT_EXPERIMENT
 from tests.reliability._registry_fixture import register_tiny_champion
 from tests.serving import post, serving
+from tests.stores import using_store
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDED_FLOPS = 123_456_789
@@ -74,16 +75,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def in_store(store: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The module's store as $MLFLOW_TRACKING_URI and MLflow's current URI for one test."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no machine here reaches the hub: never wait on it
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(store)
-    yield store
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    with using_store(monkeypatch, store):
+        yield store
 
 
 @dataclass(frozen=True)

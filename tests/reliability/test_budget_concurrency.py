@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
@@ -33,6 +32,7 @@ from projects.ledger import (
     budget_lock,
     read_ledger,
 )
+from tests.stores import using_store
 
 REPO = Path(__file__).resolve().parents[2]
 N_PROCS = 8
@@ -57,18 +57,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-@pytest.fixture
-def base_args(random_tiny_dir: Path, small_data_file: Path) -> list[str]:
-    return [
-        "--preset",
-        "micro",
-        "--base-model",
-        str(random_tiny_dir),
-        "--data-file",
-        str(small_data_file),
-        "--steps",
-        str(STEPS),
-    ]
+@pytest.fixture(scope="module")
+def base_args(micro_args: list[str]) -> list[str]:
+    return [*micro_args, "--steps", str(STEPS)]
 
 
 @dataclass(frozen=True)
@@ -79,27 +70,20 @@ class Calibration:
 
 @pytest.fixture(scope="module")
 def calibration(
-    random_tiny_dir: Path, small_data_file: Path, tmp_path_factory: pytest.TempPathFactory
+    base_args: list[str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Calibration]:
     """One run of the same command, in process, in a store of its own: its plan and its cost."""
     root = tmp_path_factory.mktemp("calibration")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, using_store(mp, uri):
         mp.chdir(root)  # checkpoints/ and mlruns/ of the run go there
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("MLFLOW_EXPERIMENT_NAME", "calibration")
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-            mp.delenv(var, raising=False)
-        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        args = ["--preset", "micro", "--base-model", str(random_tiny_dir)]
-        args += ["--data-file", str(small_data_file), "--steps", str(STEPS)]
-        result = CliRunner().invoke(train_entry.main, [*args, "--run-name", "calibration"])
+        result = CliRunner().invoke(train_entry.main, [*base_args, "--run-name", "calibration"])
         assert result.exit_code == 0, result.output
         client = MlflowClient(uri)
         experiment = client.get_experiment_by_name("calibration")
         assert experiment is not None
         (run,) = client.search_runs([experiment.experiment_id])
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to the default
     yield Calibration(
         planned=int(run.data.tags[TAG_PLANNED]), spent=int(run.data.metrics[METRIC_FLOPS])
     )

@@ -32,6 +32,7 @@ from projects import budget as budget_entry
 from projects import experiment, runs
 from projects import train as train_entry
 from projects.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
+from tests.stores import using_store
 
 pytestmark = pytest.mark.slow  # a few training processes, about a minute in all
 
@@ -72,14 +73,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "OMP_NUM_THREADS": "1",
     }
     threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, using_store(mp, uri):
         for key, value in env.items():
             mp.setenv(key, value)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(var, raising=False)
-        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
         torch.set_num_threads(1)
-        mlflow.set_tracking_uri(uri)
         # Create the store (schema migration) and the experiment once, before any subprocess.
         MlflowClient(uri).create_experiment(EXPERIMENT, artifact_location=str(root / "artifacts"))
         yield {
@@ -89,26 +86,12 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
             # `mlflow run` runs `python -m ...` from PATH: this interpreter's.
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
         }
-        while mlflow.active_run():
-            mlflow.end_run()
-        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]
         torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def base_args(random_tiny_dir: Path, small_data_file: Path) -> list[str]:
-    return [
-        "--preset",
-        "micro",
-        "--base-model",
-        str(random_tiny_dir),
-        "--data-file",
-        str(small_data_file),
-        "--steps",
-        str(STEPS),
-        "--checkpoint-every",
-        str(EVERY),
-    ]
+def base_args(micro_args: list[str]) -> list[str]:
+    return [*micro_args, "--steps", str(STEPS), "--checkpoint-every", str(EVERY)]
 
 
 def _train(args: list[str]) -> Result:

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from projects import train as train_entry
 from tests.reliability._registry_fixture import register_tiny_champion
+from tests.stores import using_store
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_ROOTS = ("packages", "projects")
@@ -173,35 +174,24 @@ class MicroRun:
 
 
 @pytest.fixture(scope="module")
-def micro_run(
-    tmp_path_factory: pytest.TempPathFactory, random_tiny_dir: Path, small_data_file: Path
-) -> MicroRun:
+def micro_run(tmp_path_factory: pytest.TempPathFactory, micro_args: list[str]) -> MicroRun:
     """One `train` run (micro preset, 2 steps) with secrets in its environment, in a temp folder."""
     workdir = tmp_path_factory.mktemp("micro-run")
     threads = torch.get_num_threads()
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, using_store(mp, uri):
         mp.chdir(workdir)  # checkpoints/ and mlruns/ land here
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("LV_CHECKPOINT_DIR", str(workdir / "ckpt"))
         mp.setenv("HF_HUB_OFFLINE", "1")
         for key, value in SECRETS.items():
             mp.setenv(key, value)
-        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            mp.delenv(var, raising=False)
-        mp.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-        mlflow.set_tracking_uri(uri)
         torch.set_num_threads(1)  # a tiny model runs faster on one thread, above all on 2 cores
         try:
-            args = ["--preset", "micro", "--base-model", str(random_tiny_dir)]
-            args += ["--data-file", str(small_data_file), "--steps", "2", "--run-name", "secret"]
+            args = [*micro_args, "--steps", "2", "--run-name", "secret"]
             result = CliRunner().invoke(train_entry.main, args)
             assert result.exit_code == 0, result.output[-3000:]
         finally:
             torch.set_num_threads(threads)
-            while mlflow.active_run():
-                mlflow.end_run()
-            mlflow.set_tracking_uri(None)
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments, "metrics.flops_total > 0")
