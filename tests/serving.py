@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -40,30 +40,40 @@ def post(url: str, payload: dict | bytes) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+def wait_until_up(
+    url: str,
+    proc: subprocess.Popen,
+    log: Path,
+    path: str = "/ping",
+    timeout: float = STARTUP_TIMEOUT_S,
+) -> None:
+    """Poll `url + path` until it answers 200; fail the test if `proc` exits or time runs out."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except OSError:  # refused, reset, timed out, HTTP errors while it starts
             pass
         time.sleep(0.5)
-    pytest.fail(f"server not up after {STARTUP_TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"server not up after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and its uvicorn worker (its own process group)."""
-    if proc.poll() is None:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop a server started in its own process group, with its workers: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
+        proc.wait(timeout=timeout)
 
 
 @contextmanager

@@ -8,23 +8,19 @@ temporary directory it owns, trusting local connections, listening on 127.0.0.1 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.serving import free_port
+from tests.serving import free_port, stop, wait_until_up
 
 APT_TIMEOUT_S = 600
 SERVER_START_TIMEOUT_S = 180
@@ -155,14 +151,6 @@ class TrackingServer:
     log: Path
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return bool(resp.status == 200)
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(
     postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
@@ -206,20 +194,7 @@ def mlflow_server(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True
         )
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not _healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S} s")
-            time.sleep(0.5)
+        wait_until_up(url, proc, log, path="/health", timeout=SERVER_START_TIMEOUT_S)
         yield TrackingServer(url=url, backend_uri=postgres.uri, artifacts=artifacts, log=log)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop(proc, timeout=30)
