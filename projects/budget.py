@@ -20,8 +20,8 @@ PHASE_ORDER = ("baseline", "initial", "train", "sweep", "context", "final")
 
 def budget_table(budget: float) -> tuple[str, dict[str, float]]:
     """A markdown table like the seed's "Training Phases": phase, runs, FLOPs, share."""
-    client = MlflowClient()
-    ledger = read_ledger(client, experiment_id(), int(budget))
+    exp_id = experiment_id()
+    ledger = read_ledger(MlflowClient(), exp_id, int(budget))
     phases = ledger.by_phase()
     order = [p for p in PHASE_ORDER if p in phases] + sorted(set(phases) - set(PHASE_ORDER))
     lines = ["| phase | runs | FLOPs | share of budget |", "|---|---:|---:|---:|"]
@@ -39,7 +39,7 @@ def budget_table(budget: float) -> tuple[str, dict[str, float]]:
         f"\nBudget {budget:.3e} FLOPs; running runs' reservations included: "
         f"{ledger.reserved:.3e}; remaining {ledger.remaining:.3e}."
     )
-    lines += running_notes(client, ledger)
+    lines += running_notes(ledger, exp_id)
     metrics.update(
         flops_spent=float(total),
         budget_share=total / budget,
@@ -48,23 +48,21 @@ def budget_table(budget: float) -> tuple[str, dict[str, float]]:
     return "\n".join(lines), metrics
 
 
-def running_notes(client: MlflowClient, ledger: Ledger) -> list[str]:
+def running_notes(ledger: Ledger, exp_id: str) -> list[str]:
     """A line per running run saying what it holds; for one whose process is gone, what to do."""
     notes = []
     for e in ledger.entries:
         if not e.running or e.refused:
             continue
-        run = client.get_run(e.run_id)
-        tags = run.data.tags
         held = f"run {e.name} ({e.run_id}) holds {e.charge:.3e} FLOPs (spent {e.spent:.3e})"
-        if gone_here(tags):
+        if gone_here(e.tags):
             notes.append(
                 f"- {held} but its process on this host is gone: resume it with "
-                f"{resume_hint(e.run_id, run.info.experiment_id)}, or give back what it did not "
+                f"{resume_hint(e.run_id, exp_id)}, or give back what it did not "
                 f"spend with: python -m projects.budget --release {e.run_id}"
             )
         else:
-            notes.append(f"- {held}; running on {tags.get(TAG_HOST, '?')}")
+            notes.append(f"- {held}; running on {e.tags.get(TAG_HOST, '?')}")
     return ["", "Running:", *notes] if notes else []
 
 

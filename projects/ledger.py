@@ -67,6 +67,7 @@ class Entry:
     planned: int
     spent: int
     refused: bool
+    tags: dict[str, str] = field(default_factory=dict, compare=False)  # the run's, as read
 
     @property
     def running(self) -> bool:
@@ -119,6 +120,7 @@ def _entry(run: Run) -> Entry:
         planned=int(float(tags.get(TAG_PLANNED, "0"))),
         spent=int(run.data.metrics.get(METRIC_FLOPS, 0.0)),
         refused=tags.get(TAG_REFUSED) == "true",
+        tags=dict(tags),
     )
 
 
