@@ -42,15 +42,36 @@ def test_must_show_forward_matmul(flag, kv_heads):
     assert out["forward"]["total"] == sum(out["forward"]["by_component"].values())
 
 
+# Cross-entropy of one of 512 positions over 151936 logits: max V-1 compares, subtract V, exp 10V,
+# sum V-1 adds, log 10, subtract 1, negate 1; plus 1 per position for the mean (P-1 adds, 1 divide).
+QWEN_LOSS_512 = 512 * ((151936 - 1) + 151936 + 10 * 151936 + (151936 - 1) + 10 + 1 + 1 + 1)
+
+
+def test_must_show_train_step_is_three_forward_plus_loss():
+    result = run("count", "--seq-len", "512", "--json")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert QWEN_LOSS_512 == 1_011_291_648
+    assert out["forward"]["by_component"]["loss"] == QWEN_LOSS_512
+    # the forward alone is the worked total of the README (564,304,304,128)
+    assert out["forward"]["total"] == 564_304_304_128 + QWEN_LOSS_512
+    assert out["train_step"] == 3 * (564_304_304_128 + QWEN_LOSS_512) == 1_695_946_787_328
+
+
 def test_json_default_is_gqa_as_mha_and_training_totals():
     result = run("count", "--seq-len", "512", "--batch", "4", "--steps", "1000", "--lora-rank", "4",
                  "--lm-head-bias", "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     kw = {"lora_rank": 4, "lm_head_bias": True}
-    assert out["forward"] == forward_flops(QWEN2_5_0_5B, 512, 4, **kw).as_dict()
+    plain = forward_flops(QWEN2_5_0_5B, 512, 4, **kw)
+    assert out["forward"]["by_component"]["loss"] == 4 * QWEN_LOSS_512
+    assert out["forward"]["total"] == plain.total + 4 * QWEN_LOSS_512
+    assert out["forward"]["matmul"] == plain.matmul
     step = train_step_flops(QWEN2_5_0_5B, 512, 4, **kw).total
     assert out["train_step"] == step == 3 * out["forward"]["total"]
+    # the README's forward with LoRA r=4 and the lm_head bias (564,756,338,688 per sequence)
+    assert step == 3 * 4 * (564_756_338_688 + QWEN_LOSS_512) == 6_789_211_564_032
     assert out["train_total"] == 1000 * step
     assert out["budget_share"] == pytest.approx(1000 * step / 1e17)
     assert out["max_steps"] == 10**17 // step
@@ -107,6 +128,39 @@ def test_bad_config_file(tmp_path):
     path.write_text(json.dumps({"hidden_size": 8}))
     result = run("count", "--model", str(path))
     assert result.exit_code == 2 and "cannot read a model shape" in result.output
+
+
+def generate_json(*args: str) -> dict:
+    result = run("generate", "--prompt-len", "100", "--new-tokens", "10", "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_generate_static_cache_options():
+    dynamic = generate_json()
+    static = generate_json("--static-cache")
+    assert dynamic["cache_len"] is None and static["cache_len"] == 100 + 10 - 1
+    assert static["generate"] == generate_json("--cache-len", "109")["generate"]
+    # the prefill attends 9 more keys and step i (= 1..9) 9 - i more, at 14 heads, 24 layers, all
+    # at (2*64 - 1) scores + (2*64) values per extra key in matrix products
+    extra_keys = 100 * 9 + sum(9 - i for i in range(1, 10))
+    assert static["generate"]["matmul"] - dynamic["generate"]["matmul"] == (
+        24 * 14 * extra_keys * (127 + 128)
+    )
+    assert generate_json("--cache-len", "200")["generate"]["total"] > static["generate"]["total"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--cache-len", "108"],  # 109 positions must fit
+        ["--static-cache", "--cache-len", "200"],
+        ["--static-cache", "--no-kv-cache"],
+    ],
+)
+def test_generate_bad_static_cache_options(args):
+    result = run("generate", "--prompt-len", "100", "--new-tokens", "10", *args)
+    assert result.exit_code == 2, result.output
 
 
 def test_generate_command():

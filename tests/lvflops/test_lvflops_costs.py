@@ -9,31 +9,52 @@ from lvflops import (
     executed_train_step_flops,
     forward_flops,
     generate_flops,
+    static_cache_len,
     train_step_flops,
 )
 
 TINY = ModelShape(8, 1, 2, 1, 4, 16, 11, True)
+# Cross-entropy of one position over 11 logits: 10 max + 11 sub + 110 exp + 10 add + 10 log + 1 + 1.
+CE_ROW = 153
 
 
-def test_train_step_is_three_forwards():
-    fwd = forward_flops(TINY, 3, 2, lora_rank=2, lm_head_bias=True)
-    step = train_step_flops(TINY, 3, 2, lora_rank=2, lm_head_bias=True)
-    assert step == 3 * fwd
-    assert step.total == 3 * fwd.total and step.matmul == 3 * fwd.matmul
+def loss_by_hand(rows: int) -> int:
+    """The loss of ``rows`` positions: a cross-entropy per row, then the mean (rows-1 adds, 1 div)."""
+    return rows * CE_ROW + (rows - 1) + 1
+
+
+def test_train_step_is_three_forwards_with_loss():
+    kw = {"lora_rank": 2, "lm_head_bias": True}
+    fwd = forward_flops(TINY, 3, 2, **kw)
+    step = train_step_flops(TINY, 3, 2, **kw)
+    assert step == 3 * forward_flops(TINY, 3, 2, loss=True, **kw)
+    assert step.by_component["loss"] == 3 * loss_by_hand(6)
+    assert step.total == 3 * (fwd.total + loss_by_hand(6))
+    assert step.matmul == 3 * fwd.matmul
+    assert train_step_flops(TINY, 3, 2, loss=True, **kw) == step
+
+
+@pytest.mark.parametrize("cost", [train_step_flops, executed_train_step_flops, eval_flops])
+def test_loss_cannot_be_switched_off(cost):
+    with pytest.raises(ValueError, match="loss"):
+        cost(TINY, 3, loss=False)
 
 
 def test_executed_train_step_with_frozen_base():
     kw = {"lora_rank": 2, "lm_head_bias": True, "gqa_as_mha": False}
     fwd = forward_flops(TINY, 3, **kw)
     executed = executed_train_step_flops(TINY, 3, **kw)
-    # 2 x forward + weight gradients of the adapters (360) and of the lm_head bias (33)
-    assert executed.total == 2 * fwd.total + 360 + 33
+    # 2 x (forward + loss) + weight gradients of the adapters (360) and of the lm_head bias (33)
+    assert executed.total == 2 * (fwd.total + loss_by_hand(3)) + 360 + 33
     assert executed.matmul == 2 * fwd.matmul + 3 * (2 * 15 + 8 * 3 + 2 * 15 + 4 * 3)
-    assert executed_train_step_flops(TINY, 3, frozen_base=False, **kw) == 3 * fwd
+    with_loss = forward_flops(TINY, 3, loss=True, **kw)
+    assert executed_train_step_flops(TINY, 3, frozen_base=False, **kw) == 3 * with_loss
 
 
-def test_eval_is_forward():
-    assert eval_flops(TINY, 7, 3) == forward_flops(TINY, 7, 3)
+def test_eval_is_forward_with_loss():
+    ev = eval_flops(TINY, 7, 3)
+    assert ev.total == forward_flops(TINY, 7, 3).total + loss_by_hand(21)
+    assert ev == forward_flops(TINY, 7, 3, loss=True)
 
 
 def test_generate_one_token_is_prefill():
@@ -70,3 +91,55 @@ def test_generate_logits_len_and_kwargs_pass_through():
 def test_generate_rejects_zero_tokens():
     with pytest.raises(ValueError):
         generate_flops(TINY, 3, 0)
+
+
+def test_generate_has_no_loss():
+    assert generate_flops(TINY, 3, 2).by_component["loss"] == 0
+    with pytest.raises(ValueError, match="no loss"):
+        generate_flops(TINY, 3, 2, loss=True)
+    with pytest.raises(ValueError, match="cache_len"):
+        generate_flops(TINY, 3, 2, kv_len=9)
+
+
+def test_generate_static_cache_exact_tiny():
+    # prompt 3, 3 new tokens, static cache of 5 slots: every forward attends over 5 keys.
+    g = generate_flops(TINY, 3, 3, cache_len=5, gqa_as_mha=False)
+    # prefill: 3 queries over 5 keys instead of 3, for 2 heads: scores +2*3*2*7, scale +2*3*2,
+    # mask +2*3*2, softmax +2*3*(14*2), values +2*3*4*(2*2)
+    prefill = 5571 + 84 + 12 + 12 + 168 + 96
+    step5 = 1919 + 2 * 7 + 2 + 2 + 2 * 14 + 2 * (4 * 2)  # 1 query over 5 keys
+    assert g.total == prefill + 2 * step5 == 9905
+    assert g.total > generate_flops(TINY, 3, 3, gqa_as_mha=False).total == 5571 + 1919 + 1981
+    # a larger cache only adds attention work
+    big = generate_flops(TINY, 3, 3, cache_len=6, gqa_as_mha=False)
+    assert big.total - g.total == 2 * 3 * (7 + 1 + 1 + 14 + 8) + 2 * 2 * (7 + 1 + 1 + 14 + 8)
+    assert big.matmul - g.matmul == 5 * 2 * (7 + 8)
+
+
+def test_generate_static_cache_one_token_is_prefill():
+    g = generate_flops(TINY, 5, 1, 2, cache_len=5)
+    assert g == forward_flops(TINY, 5, 2)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cache_len": 4}, "at least prompt_len"),  # 3 + 3 - 1 = 5 positions must fit
+        ({"cache_len": 0}, "at least prompt_len"),
+        ({"cache_len": 5.0}, "int"),
+        ({"cache_len": 5, "kv_cache": False}, "kv_cache=False"),
+    ],
+)
+def test_generate_static_cache_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate_flops(TINY, 3, 3, **kwargs)
+
+
+def test_static_cache_len():
+    assert static_cache_len(3, 3) == 5
+    assert static_cache_len(500, 50) == 549
+    assert static_cache_len(7, 1) == 7
+    generate_flops(TINY, 3, 3, cache_len=static_cache_len(3, 3))  # the smallest that fits
+    for bad in ((0, 3), (3, 0), (3.0, 3)):
+        with pytest.raises(ValueError):
+            static_cache_len(*bad)

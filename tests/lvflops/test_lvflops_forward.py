@@ -3,6 +3,7 @@
 import pytest
 
 from lvflops import COMPONENTS, ModelShape, decode_step_flops, forward_flops
+from lvflops.primitives import cross_entropy_row, mean_reduction
 
 # hidden 8, 1 layer, 2 query heads, 1 KV head of width 4, MLP 16, vocab 11.
 TINY = ModelShape(
@@ -42,6 +43,7 @@ HAND_GQA = {
     "final_norm": 3 * (8 + 7 + 1 + 1 + 10 + 1 + 8 + 8),
     "lm_head": 3 * 11 * (2 * 8 - 1),
     "lm_head_bias": 0,
+    "loss": 0,
     "lora": 0,
 }
 MATMULS = ("q_proj", "k_proj", "v_proj", "attn_scores", "attn_values", "o_proj")
@@ -116,6 +118,7 @@ def test_decode_step_by_hand():
         "final_norm": 44,
         "lm_head": 11 * 15,
         "lm_head_bias": 0,
+        "loss": 0,
         "lora": 0,
     }
     assert dict(f.by_component) == hand
@@ -126,6 +129,45 @@ def test_logits_len_counts_only_some_positions():
     f = forward_flops(TINY, 3, logits_len=1, lm_head_bias=True)
     assert f.by_component["lm_head"] == 11 * 15
     assert f.by_component["lm_head_bias"] == 11
+
+
+# Cross-entropy of one position over the 11 logits of TINY: max 10 compares, subtract the max 11,
+# exp 11 x 10, sum 10 adds, log of the sum 10, subtract the log-sum from the picked logit 1, negate 1.
+CE_ROW = 10 + 11 + 110 + 10 + 10 + 1 + 1
+
+
+def test_loss_by_hand():
+    assert CE_ROW == 153
+    plain = forward_flops(TINY, 3, gqa_as_mha=False)
+    f = forward_flops(TINY, 3, gqa_as_mha=False, loss=True)
+    # 3 rows, then their mean: 2 adds + 1 divide
+    assert f.by_component["loss"] == 3 * CE_ROW + 2 + 1 == 462
+    assert f.total == 5571 + 462
+    assert f.matmul == plain.matmul == 4005  # the loss is not a matrix product
+    assert dict(f.by_component) == {**HAND_GQA, "loss": 462}
+    assert plain.by_component["loss"] == 0  # no loss unless asked for
+
+
+def test_loss_mean_scales_with_batch():
+    # batch 4: 12 rows; the mean over all of them is 11 adds + 1 divide = 12, one per row
+    f = forward_flops(TINY, 3, batch=4, loss=True)
+    assert f.by_component["loss"] == 12 * CE_ROW + 11 + 1 == 1848
+    assert f == 4 * forward_flops(TINY, 3, loss=True)
+
+
+def test_loss_follows_logits_len():
+    assert forward_flops(TINY, 3, logits_len=1, loss=True).by_component["loss"] == CE_ROW + 1
+    assert forward_flops(TINY, 3, logits_len=0, loss=True).by_component["loss"] == 0
+
+
+def test_loss_primitives():
+    assert cross_entropy_row(11) == CE_ROW
+    assert cross_entropy_row(1) == 0 + 1 + 10 + 0 + 10 + 1 + 1
+    assert [mean_reduction(n) for n in (0, 1, 2, 7)] == [0, 1, 2, 7]  # n-1 adds + 1 divide
+    with pytest.raises(ValueError):
+        cross_entropy_row(0)
+    with pytest.raises(ValueError):
+        mean_reduction(-1)
 
 
 def test_components_complete_and_ordered():

@@ -9,7 +9,7 @@ k_proj/v_proj run at the true KV width: ``gqa_as_mha=False`` must match exactly,
 
 import pytest
 
-from lvflops import QWEN2_5_0_5B, ModelShape, forward_flops
+from lvflops import QWEN2_5_0_5B, ModelShape, forward_flops, generate_flops, static_cache_len
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -116,3 +116,64 @@ def test_qwen2_5_0_5b_on_meta_matches_torch():
         == 24 * 2 * 512 * 768 * 1791
         == 33_803_993_088
     )
+
+
+def static_generate(model, prompt_width: int, new: int, **kwargs):
+    """Greedy static-cache generate on a left-padded batch of 2; returns (output, recorder)."""
+    ids = torch.ones(2, prompt_width, dtype=torch.long)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # the first prompt is 2 tokens shorter: left padding
+    recorder = MatmulRecorder()
+    with torch.no_grad(), recorder:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+            cache_implementation="static",
+            return_dict_in_generate=True,
+            **kwargs,
+        )
+    assert out.sequences.shape == (2, prompt_width + new)
+    return out, recorder
+
+
+def allocated_len(out) -> int:
+    """Key slots the static cache of a generate output really holds, checked on every layer."""
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5
+    assert type(cache).__name__ == "StaticCache"
+    (length,) = {layer.keys.shape[-2] for layer in cache.layers} | {
+        layer.values.shape[-2] for layer in cache.layers
+    }
+    return length
+
+
+def test_static_cache_len_is_what_generate_allocates_and_attends_over():
+    model = build(TINY, "cpu")
+    width, new = 6, 4
+    out, recorder = static_generate(model, width, new)
+    assert allocated_len(out) == static_cache_len(width, new) == width + new - 1 == 9
+    # Every attention-score product (query x head_dim)(head_dim x keys), in the prefill and each
+    # of the 3 decode steps, runs over all 9 slots (eager attention, 2 sequences x 2 heads).
+    scores = [t for t in recorder.products if t[2] == TINY.head_dim and t[0] == 2 * 2]
+    assert [(m, p) for _, m, _, p in scores] == [(width, 9)] * 2 + [(1, 9)] * (2 * (new - 1))
+    products = [t for t in recorder.products if t[2] > 1]
+    measured = sum(nb * m * p * (2 * n - 1) for nb, m, n, p in products)
+    expected = generate_flops(TINY, width, new, 2, cache_len=9, logits_len=1, gqa_as_mha=False)
+    assert expected.matmul == measured
+
+
+def test_static_cache_keeps_the_longest_length_of_earlier_calls():
+    """generate sizes the cache max(W + M - 1, earlier calls' length, generation max_cache_len)."""
+    model = build(TINY, "cpu")
+    first, _ = static_generate(model, 8, 4)
+    assert allocated_len(first) == static_cache_len(8, 4) == 11
+    shorter, recorder = static_generate(model, 5, 3)  # needs only 7 slots
+    assert allocated_len(shorter) == 11  # _previous_max_cache_length of the same model object
+    assert {p for _, _, n, p in recorder.products if n == TINY.head_dim} == {11}
+    fresh = build(TINY, "cpu")
+    assert allocated_len(static_generate(fresh, 5, 3)[0]) == static_cache_len(5, 3) == 7
+    ceiling, _ = static_generate(build(TINY, "cpu"), 5, 3, max_cache_len=20)
+    assert allocated_len(ceiling) == 20

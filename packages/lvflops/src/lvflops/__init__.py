@@ -1,7 +1,8 @@
 """lvflops: analytic FLOPs of Qwen2-style decoders under the coursework rules.
 
-Pure Python (no torch, no numpy). Forward passes by component, training steps (3 x forward),
-evaluation, generation with or without a KV cache, and a FLOPs :class:`Budget`.
+Pure Python (no torch, no numpy). Forward passes by component (the cross-entropy loss on request),
+training steps (3 x (forward + loss)), validation-loss passes, generation with a dynamic or static
+KV cache or without one, and a FLOPs :class:`Budget`.
 """
 
 from lvflops.budget import DEFAULT_BUDGET, Budget, BudgetExceededError, Charge
@@ -10,6 +11,7 @@ from lvflops.costs import (
     eval_flops,
     executed_train_step_flops,
     generate_flops,
+    static_cache_len,
     train_step_flops,
 )
 from lvflops.flops import COMPONENTS, Flops
@@ -34,6 +36,7 @@ __all__ = [
     "executed_train_step_flops",
     "forward_flops",
     "generate_flops",
+    "static_cache_len",
     "train_step_flops",
 ]
 

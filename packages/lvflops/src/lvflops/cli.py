@@ -13,6 +13,7 @@ from lvflops.costs import (
     TRAIN_STEP_MULTIPLIER,
     executed_train_step_flops,
     generate_flops,
+    static_cache_len,
     train_step_flops,
 )
 from lvflops.flops import Flops
@@ -96,7 +97,11 @@ def count(
     budget: int,
     as_json: bool,
 ) -> None:
-    """Forward FLOPs by component, training total for STEPS steps, and its share of the budget."""
+    """Forward + loss FLOPs by component, training total for STEPS steps, and its budget share.
+
+    The forward shown is that of a training step: it includes the cross-entropy loss over every
+    position, and a training step is 3 x it.
+    """
     shape = resolve_model(model)
     kwargs: dict[str, Any] = {
         "lora_rank": lora_rank,
@@ -104,7 +109,7 @@ def count(
         "lm_head_bias": lm_head_bias,
         "gqa_as_mha": gqa_as_mha,
     }
-    fwd = forward_flops(shape, seq_len, batch, **kwargs)
+    fwd = forward_flops(shape, seq_len, batch, loss=True, **kwargs)
     step = train_step_flops(shape, seq_len, batch, **kwargs)
     train_total = steps * step.total
     plan = Budget(budget)
@@ -133,8 +138,9 @@ def count(
         f"lm_head bias {'yes' if lm_head_bias else 'no'}, GQA counted as "
         f"{'MHA' if gqa_as_mha else 'GQA'}"
     )
+    click.echo("forward + cross-entropy loss (the forward of a training step):")
     click.echo(_table(fwd))
-    click.echo(f"train step (3 x forward): {step.total:,} FLOPs")
+    click.echo(f"train step (3 x (forward + loss)): {step.total:,} FLOPs")
     click.echo(f"train total ({steps} steps): {train_total:,} FLOPs = {train_total:.3e}")
     click.echo(
         f"share of budget {plan.total:.3e}: {plan.share_of(train_total):.4%} "
@@ -150,6 +156,17 @@ def count(
 @click.option("--new-tokens", type=_POSITIVE, required=True)
 @click.option("--batch", type=_POSITIVE, default=1, show_default=True)
 @click.option("--kv-cache/--no-kv-cache", default=True, show_default=True)
+@click.option(
+    "--cache-len",
+    type=_POSITIVE,
+    default=None,
+    help="Static KV cache of this many slots: every forward attends over all of them.",
+)
+@click.option(
+    "--static-cache",
+    is_flag=True,
+    help="Static KV cache sized as HF generate sizes it: PROMPT_LEN + NEW_TOKENS - 1 slots.",
+)
 @click.option("--lora-rank", type=_POSITIVE, default=None)
 @click.option("--lm-head-bias/--no-lm-head-bias", default=False, show_default=True)
 @click.option("--gqa-as-mha/--no-gqa-as-mha", default=True, show_default=True)
@@ -161,30 +178,49 @@ def generate(
     new_tokens: int,
     batch: int,
     kv_cache: bool,
+    cache_len: int | None,
+    static_cache: bool,
     lora_rank: int | None,
     lm_head_bias: bool,
     gqa_as_mha: bool,
     budget: int,
     as_json: bool,
 ) -> None:
-    """FLOPs of generating NEW_TOKENS after a PROMPT_LEN prompt (prefill + decode steps)."""
+    """FLOPs of generating NEW_TOKENS after a PROMPT_LEN prompt (prefill + decode steps).
+
+    Default: a dynamic KV cache (step i attends to PROMPT_LEN + i positions). With --cache-len
+    or --static-cache every forward attends over all slots of a static cache.
+    """
     shape = resolve_model(model)
-    flops = generate_flops(
-        shape,
-        prompt_len,
-        new_tokens,
-        batch,
-        kv_cache=kv_cache,
-        lora_rank=lora_rank,
-        lm_head_bias=lm_head_bias,
-        gqa_as_mha=gqa_as_mha,
-    )
+    if static_cache:
+        if cache_len is not None:
+            raise click.UsageError("give --cache-len or --static-cache, not both")
+        cache_len = static_cache_len(prompt_len, new_tokens)
+    if cache_len is not None and not kv_cache:
+        raise click.UsageError("a static cache (--cache-len/--static-cache) needs --kv-cache")
+    try:
+        flops = generate_flops(
+            shape,
+            prompt_len,
+            new_tokens,
+            batch,
+            kv_cache=kv_cache,
+            cache_len=cache_len,
+            lora_rank=lora_rank,
+            lm_head_bias=lm_head_bias,
+            gqa_as_mha=gqa_as_mha,
+        )
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--cache-len") from err
     share = Budget(budget).share_of(flops)
     if as_json:
-        click.echo(
-            json.dumps({"generate": flops.as_dict(), "budget": budget, "budget_share": share})
-        )
+        out = {"generate": flops.as_dict(), "cache_len": cache_len, "budget": budget}
+        click.echo(json.dumps({**out, "budget_share": share}))
         return
+    cache = "none" if not kv_cache else "dynamic" if cache_len is None else f"static, {cache_len}"
+    click.echo(
+        f"{model}: prompt {prompt_len}, {new_tokens} new tokens, batch {batch}, KV cache {cache}"
+    )
     click.echo(_table(flops))
     click.echo(f"share of budget {budget:.3e}: {share:.4%}")
 

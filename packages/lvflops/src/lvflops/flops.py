@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-#: Components in the order of the forward pass; every :class:`Flops` from this package has them all.
+#: Components in the order of the forward pass (``lora`` last: it sits in several layers); every
+#: :class:`Flops` from this package has them all. ``loss`` is the cross-entropy, 0 unless counted.
 COMPONENTS: tuple[str, ...] = (
     "rmsnorm",
     "q_proj",
@@ -29,6 +30,7 @@ COMPONENTS: tuple[str, ...] = (
     "final_norm",
     "lm_head",
     "lm_head_bias",
+    "loss",
     "lora",
 )
 

@@ -11,6 +11,11 @@ Conventions (see the package README for the full table):
   has ``num_heads`` query heads over (repeated) KV heads.
 * The 1/sqrt(head_dim) constant and the RoPE cos/sin tables are computed once outside the
   per-token work: free. Embedding lookup is free.
+* ``loss=True`` adds the cross-entropy over every position whose logits are computed (the
+  ``loss`` component): torch's ``cross_entropy`` runs its log-softmax over every row it is given,
+  ignored labels (-100: padding, the shifted-off last position) included. Per row
+  :func:`~lvflops.primitives.cross_entropy_row` (13V + 10), plus the mean over the batch's P rows,
+  (P - 1) adds + 1 divide = exactly 1 FLOP per row. Not a matrix product.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from lvflops.flops import COMPONENTS, Flops
 from lvflops.primitives import (
     ADD,
     MUL,
+    cross_entropy_row,
     lora_token,
     matmul,
+    mean_reduction,
     rmsnorm_token,
     rope_vector,
     softmax_row,
@@ -52,6 +59,7 @@ def forward_flops(
     gqa_as_mha: bool = True,
     kv_len: int | None = None,
     logits_len: int | None = None,
+    loss: bool = False,
 ) -> Flops:
     """FLOPs of one forward pass over ``batch`` sequences of ``seq_len`` new positions.
 
@@ -67,6 +75,14 @@ def forward_flops(
             defaults to ``seq_len``; must be at least ``seq_len``.
         logits_len: positions whose logits the LM head computes; defaults to ``seq_len``
             (every position). Pass 1 to count only the last position's logits.
+        loss: count the cross-entropy loss over the ``logits_len`` positions (``loss``
+            component): per position a stable log-softmax, the pick and the negation,
+            13 * vocab + 10, plus the position's share of the mean over the whole batch, which is
+            exactly 1 (the mean of P values is P - 1 adds and 1 divide). So ``loss`` is
+            ``batch * logits_len * (13 * vocab + 11)``. Labels are not known here: every computed
+            row is counted, ignored ones (-100) included, as torch's log-softmax computes them;
+            the negation and the mean of ignored rows (2 FLOPs each) are an upper bound.
+            Default False: a plain forward or a generation step has no loss.
     """
     kv_len = seq_len if kv_len is None else kv_len
     logits_len = seq_len if logits_len is None else logits_len
@@ -131,6 +147,11 @@ def forward_flops(
     comps["final_norm"] = s * rmsnorm_token(d)
     comps["lm_head"] = matmul(logits_len, d, vocab)
     comps["lm_head_bias"] = logits_len * vocab * ADD if lm_head_bias else 0
+    if loss:
+        # The mean over all batch * logits_len rows costs mean_reduction(batch * logits_len),
+        # which is one FLOP per row: counted per sequence as mean_reduction(logits_len), the same
+        # after ``* batch``.
+        comps["loss"] = logits_len * cross_entropy_row(vocab) + mean_reduction(logits_len)
     matmul_total = shape.num_layers * layer_mm + comps["lm_head"]
     return Flops(comps, matmul_total) * batch
 

@@ -53,6 +53,34 @@ def softmax_row(n: int) -> int:
     return (n - 1) * CMP + n * SUB + n * EXP + (n - 1) * ADD + n * DIV
 
 
+def cross_entropy_row(n: int) -> int:
+    """Cross-entropy of one position over ``n`` logits, ``-log_softmax(x)[t]``: 13n + 10.
+
+    A numerically stable log-softmax, evaluated only where the loss needs it:
+    max (n-1 CMP), subtract the max (n SUB), exp (10n), sum (n-1 ADD), log of the sum (10 LOG),
+    pick the target's shifted logit (indexing: free), subtract the log-sum from it (1 SUB),
+    negate (1 NEG). So (n-1) + n + 10n + (n-1) + 10 + 1 + 1 = 13n + 10.
+
+    torch's ``log_softmax`` writes the whole row of n log-probabilities (n SUB of the log-sum
+    instead of 1); only the picked one enters the loss, so the rules count 1. Averaging the rows
+    is :func:`mean_reduction`, not part of this figure.
+    """
+    if n <= 0:
+        raise ValueError(f"cross-entropy needs at least one logit, got {n}")
+    return (n - 1) * CMP + n * SUB + n * EXP + (n - 1) * ADD + LOG + SUB + NEG
+
+
+def mean_reduction(count: int) -> int:
+    """Mean of ``count`` values: ``count - 1`` ADD for the sum and 1 DIV = ``count`` (0 if none).
+
+    Being exactly one FLOP per value, the mean over all rows of a batch is the sum of one FLOP
+    per row of every sequence, so it scales exactly with the batch (``Flops * batch``).
+    """
+    if count < 0:
+        raise ValueError(f"count must be non-negative, got {count}")
+    return (count - 1) * ADD + DIV if count else 0
+
+
 def rope_vector(head_dim: int) -> int:
     """Applying RoPE to one head vector of width ``head_dim`` (tables cos/sin are free): 3.5 hd.
 
