@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 import mlflow
 
-from lvmodel.base import BaseModelError, describe_base, load_base
+from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
-from projects.experiment import eval_series, log_common, log_evaluation, prepare_data
-from projects.options import base_option, data_option, parse_list, preset_option
+from projects.experiment import log_common, log_evaluation, prepare_data, scored_series
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    eval_series_option,
+    parse_list,
+    preset_option,
+)
 from projects.presets import get_preset
 from projects.runs import budgeted_run, parent_run
 from projects.selection import SELECTION_METRIC
@@ -21,18 +29,30 @@ from projects.selection import SELECTION_METRIC
 @base_option
 @data_option
 @click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
-def main(preset: str, base_model: str, data_file: str, contexts: str) -> None:
+@eval_series_option
+def main(preset: str, base_model: str, data_file: str, contexts: str, eval_series: int) -> None:
     """Zero-shot forecasts of the validation split at each context length (budgeted: generation
     FLOPs count)."""
-    p = get_preset(preset)
+    check_train_values(eval_series=eval_series)
+    p = get_preset(preset, eval_series=eval_series)
     sizes = parse_list(contexts, int, "--contexts") or p.contexts
     base = base_model or p.base_model
     prep = prepare_data(data_file)
     try:
-        model, tok = load_base(base)
+        shape = base_shape(base)  # plans need the config only; weights load once a run is admitted
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
-    val = eval_series(prep, "val", p)
+    loaded: list[Any] = []
+
+    def model_and_tokenizer() -> tuple[Any, Any]:
+        if not loaded:
+            try:
+                loaded.extend(load_base(base))
+            except BaseModelError as err:
+                raise click.ClickException(str(err)) from None
+        return loaded[0], loaded[1]
+
+    val = scored_series(prep, "val", p)
     scores = {}
     with parent_run(
         "baseline",
@@ -41,17 +61,17 @@ def main(preset: str, base_model: str, data_file: str, contexts: str) -> None:
         p.name,
     ):
         for ctx in sizes:
-            planned = evaluation_flops_bound(model, prep.codec, len(val), p.horizon, ctx)
+            planned = evaluation_flops_bound(shape, prep.codec, len(val), p.horizon, ctx)
             params = {
                 "preset": p.name,
                 "base_model": base,
                 "context_length": ctx,
                 "history_steps": p.history_steps,
                 "horizon": p.horizon,
+                "eval_series": p.eval_series,
                 "budget": p.budget,
                 "lr": 0.0,
                 "rank": 0,
-                **{f"base_{k}": v for k, v in describe_base(model).items()},
             }
             with budgeted_run(
                 f"baseline {ctx}",
@@ -62,6 +82,8 @@ def main(preset: str, base_model: str, data_file: str, contexts: str) -> None:
                 nested=True,
                 tags={"base_model": base},
             ) as (_, meter):
+                model, tok = model_and_tokenizer()
+                mlflow.log_params({f"base_{k}": v for k, v in describe_base(model).items()})
                 ev = evaluate_llm(
                     model, tok, prep.codec, val, p.history_steps, p.horizon, ctx, batch_size=32
                 )

@@ -12,6 +12,7 @@ from projects.options import (
     base_option,
     check_train_values,
     data_option,
+    eval_series_option,
     parse_list,
     preset_option,
     seed_option,
@@ -28,12 +29,19 @@ from projects.selection import SELECTION_METRIC, best_of
 @seed_option
 @click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
 @click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset).")
+@eval_series_option
 def main(
-    preset: str, base_model: str, data_file: str, seed: int, contexts: str, steps: int
+    preset: str,
+    base_model: str,
+    data_file: str,
+    seed: int,
+    contexts: str,
+    steps: int,
+    eval_series: int,
 ) -> None:
     """Train at each context length with the best (lr, rank) of the finished sweep."""
-    check_train_values(steps=steps)
-    p = get_preset(preset, context_steps=steps)
+    check_train_values(steps=steps, eval_series=eval_series)
+    p = get_preset(preset, context_steps=steps, eval_series=eval_series)
     sizes = parse_list(contexts, int, "--contexts") or p.contexts
     scores: dict[int, float] = {}
     with parent_run(

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 import lvdata
 from lvflops import train_step_flops
-from lvmodel.base import BaseModelError, describe_base, load_base
+from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import Evaluation, evaluate_llm, evaluation_flops_bound
 from lvmodel.forecast import model_shape
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
@@ -31,7 +31,7 @@ from projects.data import ensure_data
 from projects.ledger import METRIC_FLOPS
 from projects.plots import plot_curves, plot_forecasts
 from projects.presets import Preset, get_preset
-from projects.registry import REGISTERED_MODEL, log_forecaster
+from projects.registry import REGISTERED_MODEL, RegistryError, log_forecaster
 from projects.resume import (
     METRIC_REWORK,
     TAG_CHECKPOINTS,
@@ -46,7 +46,7 @@ from projects.tracking import array_digest, log_dataset, setup_tracking
 
 # Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
 # resumed run rebuilds exactly the run that died from its parameters.
-PRESET_PARAMS = ("eval_series", "eval_every", "forecast_every", "forecast_series")
+PRESET_PARAMS = ("eval_series", "eval_windows", "eval_every", "forecast_every", "forecast_series")
 
 
 @dataclass
@@ -138,6 +138,7 @@ class TrainRequest:
             warmup_steps=min(self.warmup_steps, self.steps - 1),
             seed=self.seed,
             eval_every=p.eval_every,
+            eval_windows=p.eval_windows,
             forecast_every=p.forecast_every,
             forecast_series=p.forecast_series,
             forecast_history=p.history_steps,
@@ -168,7 +169,7 @@ def prepare_data(data_file: str, seed: int = 0) -> Prepared:
     return Prepared(traj=traj, parts=parts, codec=codec, data_path=path)
 
 
-def eval_series(prep: Prepared, split: str, preset: Preset) -> np.ndarray:
+def scored_series(prep: Prepared, split: str, preset: Preset) -> np.ndarray:
     s = prep.series(split)
     return s[: preset.eval_series] if preset.eval_series else s
 
@@ -228,28 +229,19 @@ def train_run(
             f"{resume.data_digest}, now {array_digest(prep.traj.values)}); cannot resume it"
         )
     try:
-        base, tok = load_base(req.base)
+        shape = base_shape(req.base)  # the config only: weights load once the ledger admits it
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
     lora = LoraSettings(rank=req.rank, targets=preset.lora_targets)
-    torch.manual_seed(req.seed)  # the LoRA init draws from it: the same seed, the same run
-    model: Any = apply_lora(base, lora)
-    trainable, total = parameter_counts(model)
     config = req.train_config()
     if resume:
         check_resumable_config(resume, asdict(config))
-    val = eval_series(prep, "val", preset)
-    test = eval_series(prep, "test", preset)
-    n_val_windows = config.eval_windows
-    planned = planned_fit_flops(
-        model_shape(model), config, lora, n_val_windows, prep.codec.decimals
-    )
-    planned += evaluation_flops_bound(
-        model, prep.codec, len(val), preset.horizon, req.context_length, lora
-    )
-    if req.evaluate_test:
+    val = scored_series(prep, "val", preset)
+    test = scored_series(prep, "test", preset)
+    planned = planned_fit_flops(shape, config, lora, config.eval_windows, prep.codec.decimals)
+    for series in (val, test) if req.evaluate_test else (val,):
         planned += evaluation_flops_bound(
-            model, prep.codec, len(test), preset.horizon, req.context_length, lora
+            shape, prep.codec, len(series), preset.horizon, req.context_length, lora
         )
     params = {k: v for k, v in asdict(req).items() if k not in ("preset",)}
     params.update(
@@ -261,10 +253,7 @@ def train_run(
         lora_alpha=lora.lora_alpha,
         lora_targets=",".join(lora.targets),
         lm_head_bias=lora.lm_head_bias,
-        trainable_params=trainable,
-        total_params=total,
         **{k: getattr(preset, k) for k in PRESET_PARAMS},
-        **{f"base_{k}": v for k, v in describe_base(model.get_base_model()).items()},
     )
     tags = {
         "base_model": req.base,
@@ -290,6 +279,22 @@ def train_run(
             f"{resume_hint(run_id, run.info.experiment_id)}",
             err=True,
         )
+        try:
+            base, tok = load_base(req.base)
+        except BaseModelError as err:
+            raise click.ClickException(str(err)) from None
+        torch.manual_seed(req.seed)  # the LoRA init draws from it: the same seed, the same run
+        model: Any = apply_lora(base, lora)
+        if not resume:
+            trainable, total = parameter_counts(model)
+            described = describe_base(model.get_base_model())
+            mlflow.log_params(
+                {
+                    "trainable_params": trainable,
+                    "total_params": total,
+                    **{f"base_{k}": v for k, v in described.items()},
+                }
+            )
         ckpt_dir = resume.checkpoint_dir if resume else checkpoint_root() / run_id
         mlflow.set_tag(TAG_CHECKPOINTS, str(ckpt_dir.resolve()))
         if parent is not None:
@@ -423,14 +428,19 @@ def finish_run(
         mlflow.log_artifacts(str(adapter), "adapter")
         mlflow.log_dict(prep.codec.to_dict(), "codec.json")
         if req.register:
-            info = log_forecaster(
-                adapter_dir=adapter,
-                codec=prep.codec,
-                base_spec=req.base,
-                settings={"context_length": req.context_length, "horizon": preset.horizon},
-                registered_model_name=REGISTERED_MODEL,
-                tags={"phase": req.phase, "preset": preset.name, **final},
-                validate=Path(req.base).is_dir() or req.base == "tiny",
-            )
+            try:  # registration loads the logged model and forecasts with it: it must work
+                info = log_forecaster(
+                    adapter_dir=adapter,
+                    codec=prep.codec,
+                    base_spec=req.base,
+                    settings={"context_length": req.context_length, "horizon": preset.horizon},
+                    registered_model_name=REGISTERED_MODEL,
+                    tags={"phase": req.phase, "preset": preset.name, **final},
+                )
+            except RegistryError as err:
+                raise click.ClickException(
+                    "the run trained and was scored (its metrics and adapter are logged) but "
+                    f"its model could not be registered: {err}"
+                ) from None
             mlflow.set_tag("registered_version", str(info.registered_model_version))
     return final

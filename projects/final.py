@@ -11,6 +11,7 @@ from projects.options import (
     base_option,
     check_train_values,
     data_option,
+    eval_series_option,
     preset_option,
     seed_option,
 )
@@ -26,14 +27,17 @@ from projects.tracking import setup_tracking
 @data_option
 @seed_option
 @click.option("--steps", default=-1, type=int, help="Steps (-1: the preset's final_steps).")
-def main(preset: str, base_model: str, data_file: str, seed: int, steps: int) -> None:
+@eval_series_option
+def main(
+    preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
+) -> None:
     """Settings: the best finished `context` run (lr, rank, context), else the best `sweep` run
     (lr, rank) at the preset's context, else the preset's defaults. Trains for the preset's
     final steps, scores the validation and the test split, and registers the model as
     `lv-forecaster`; then points the alias `champion` at the registered version with the best
     validation metric (what the `promote` entry point does)."""
-    check_train_values(steps=steps)
-    p = get_preset(preset, final_steps=steps)
+    check_train_values(steps=steps, eval_series=eval_series)
+    p = get_preset(preset, final_steps=steps, eval_series=eval_series)
     setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
     if best := best_of("context", p.name):

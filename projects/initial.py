@@ -7,7 +7,14 @@ import json
 import click
 
 from projects.experiment import TrainRequest, train_run
-from projects.options import base_option, data_option, preset_option, seed_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    eval_series_option,
+    preset_option,
+    seed_option,
+)
 from projects.presets import get_preset
 
 
@@ -16,9 +23,14 @@ from projects.presets import get_preset
 @base_option
 @data_option
 @seed_option
-def main(preset: str, base_model: str, data_file: str, seed: int) -> None:
+@click.option("--steps", default=-1, type=int, help="Steps (-1: the preset's initial_steps).")
+@eval_series_option
+def main(
+    preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
+) -> None:
     """Train with the coursework defaults (rank, lr, batch, context of the preset)."""
-    p = get_preset(preset)
+    check_train_values(steps=steps, eval_series=eval_series)
+    p = get_preset(preset, initial_steps=steps, eval_series=eval_series)
     req = TrainRequest.from_preset(
         p,
         "initial",

@@ -4,11 +4,19 @@
 
 - `adapter`: the LoRA adapter folder written by `lvmodel.lora.save_adapter`;
 - `codec`: the LLMTime codec as JSON (`LLMTimeCodec.to_dict`);
-- `base`: either a folder with the base model and tokenizer (safetensors; the tiny base and any
-  local base), or `base_ref.json` naming a base that is not bundled: `{"kind": "hub", "spec":
-  "Qwen/Qwen2.5-0.5B-Instruct"}` (must be in the loading machine's Hugging Face cache or
-  downloadable there) or `{"kind": "gguf", "spec": "/abs/path/model.gguf"}` (the file must exist
-  at that path on the loading machine);
+- `base`: either a folder with the base model and tokenizer (safetensors; the `tiny` base, a few
+  MB, so that a fresh clone's model loads anywhere, and an in-memory base logged with
+  `base_model=`), or `base_ref.json`, which pins a base without copying it
+  (`lvmodel.base.pin_base`; plus a human-readable `note`):
+  - `{"kind": "hub", "spec": "Qwen/Qwen2.5-0.5B-Instruct", "revision": "<commit hash>"}`: that
+    snapshot must be (completely) in the loading machine's Hugging Face cache, or downloadable;
+  - `{"kind": "local", "spec": "/abs/model-folder", "digest": "sha256:...", "files": {name:
+    {"size", "sha256"}}}`: the folder must exist at that path with the same config, tokenizer
+    and weight files;
+  - `{"kind": "gguf", "spec": "/abs/path/model.gguf", "size": ..., "sha256": "..."}`: the file
+    must exist at that path, unchanged.
+  Loading refuses a missing or changed folder or file, or an unavailable revision, with a
+  `BaseModelError` naming it, what changed and what to do (`lvmodel.base.load_pinned`);
 - `settings`: `settings.json` (context_length, decimals, lora_rank, lora_targets, lm_head_bias,
   horizon, num_samples, batch_size, ...).
 
@@ -130,15 +138,20 @@ class LVForecaster(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         from lvdata import LLMTimeCodec
-        from lvmodel.base import load_base
+        from lvmodel.base import load_base, load_pinned
         from lvmodel.lora import load_adapter
 
         artifacts = context.artifacts
         self.settings: dict[str, Any] = json.loads(Path(artifacts["settings"]).read_text())
         self.codec = LLMTimeCodec.from_dict(json.loads(Path(artifacts["codec"]).read_text()))
         base = Path(artifacts["base"])
-        spec = str(base) if base.is_dir() else json.loads(base.read_text())["spec"]
-        model, self.tokenizer = load_base(spec, device=self.settings.get("device"))
+        device = self.settings.get("device")
+        if base.is_dir():
+            model, self.tokenizer = load_base(str(base), device=device)
+        else:
+            ref = json.loads(base.read_text())
+            origin = f"this model's {base.name} ({base})"
+            model, self.tokenizer = load_pinned(ref, device=device, origin=origin)
         self.model = load_adapter(model, artifacts["adapter"])
         self.model.eval()
 

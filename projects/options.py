@@ -23,6 +23,13 @@ data_option = click.option(
     help="Data file; generated when missing.",
 )
 seed_option = click.option("--seed", default=0, show_default=True, type=int)
+eval_series_option = click.option(
+    "--eval-series",
+    default=-1,
+    type=int,
+    help="Score at most N validation/test series; also caps the in-training forecast series and "
+    "validation-loss windows (-1: the preset's; for quick runs of a large model).",
+)
 
 
 # The shortest useful training/forecasting context: two time steps of two 2-decimal values
@@ -35,6 +42,7 @@ MINIMUMS: dict[str, float] = {
     "--context-length": MIN_CONTEXT_TOKENS,
     "--contexts": MIN_CONTEXT_TOKENS,
     "--steps": 1,
+    "--eval-series": 1,
     "--batch-size": 1,
     "--warmup-steps": 0,
     "--checkpoint-every": 0,

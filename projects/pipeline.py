@@ -15,7 +15,14 @@ from mlflow.exceptions import ExecutionException
 from mlflow.tracking import MlflowClient
 
 from projects.ledger import TAG_PHASE
-from projects.options import base_option, data_option, preset_option
+from projects.options import (
+    base_option,
+    check_train_values,
+    data_option,
+    eval_series_option,
+    parse_list,
+    preset_option,
+)
 from projects.selection import experiment_id
 from projects.tracking import setup_tracking
 
@@ -56,18 +63,31 @@ def already_ran(phase: str, preset: str) -> str | None:
     return top[0].info.run_id if top else None
 
 
-def step_params(step: str, preset: str, base_model: str, data_file: str) -> dict[str, str]:
+def step_params(
+    step: str,
+    preset: str,
+    base_model: str,
+    data_file: str,
+    cuts: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The MLproject parameters of one step. `cuts` (`steps`, `lrs`, `ranks`, `eval_series`; only
+    those given) go to the steps that take them, for a quick pass of a large model."""
+    cuts = cuts or {}
+
+    def cut(*names: str) -> dict[str, str]:
+        return {n: cuts[n] for n in names if n in cuts}
+
     common = {"preset": preset}
     data = {"data_file": data_file}
     base = {"base_model": base_model} if base_model else {}
     return {
         "data": data,
         "reference": {**common, **data},
-        "baseline": {**common, **data, **base},
-        "initial": {**common, **data, **base},
-        "sweep": {**common, **data, **base},
-        "context": {**common, **data, **base},
-        "final": {**common, **data, **base},
+        "baseline": {**common, **data, **base, **cut("eval_series")},
+        "initial": {**common, **data, **base, **cut("steps", "eval_series")},
+        "sweep": {**common, **data, **base, **cut("steps", "lrs", "ranks", "eval_series")},
+        "context": {**common, **data, **base, **cut("steps", "eval_series")},
+        "final": {**common, **data, **base, **cut("steps", "eval_series")},
         "promote": {},
         "budget": common,
     }[step]
@@ -77,8 +97,27 @@ def step_params(step: str, preset: str, base_model: str, data_file: str) -> dict
 @preset_option
 @base_option
 @data_option
-def main(preset: str, base_model: str, data_file: str) -> None:
+@click.option(
+    "--steps", default=-1, type=int, help="Steps of every training phase (-1: the preset's)."
+)
+@click.option("--lrs", default="", help="The sweep's learning rates (default: the preset's).")
+@click.option("--ranks", default="", help="The sweep's LoRA ranks (default: the preset's).")
+@eval_series_option
+def main(
+    preset: str,
+    base_model: str,
+    data_file: str,
+    steps: int,
+    lrs: str,
+    ranks: str,
+    eval_series: int,
+) -> None:
     """Run (or reuse) every step of the experiment in order."""
+    check_train_values(steps=steps, eval_series=eval_series)
+    parse_list(lrs, float, "--lrs")
+    parse_list(ranks, int, "--ranks")
+    given = {"steps": steps, "lrs": lrs, "ranks": ranks, "eval_series": eval_series}
+    cuts = {k: str(v) for k, v in given.items() if v not in (-1, "")}
     setup_tracking()
     done: dict[str, str] = {}
     with mlflow.start_run(run_name="pipeline"):
@@ -97,7 +136,7 @@ def main(preset: str, base_model: str, data_file: str) -> None:
                 submitted = mlflow.projects.run(
                     ".",
                     entry_point=step,
-                    parameters=step_params(step, preset, base_model, data_file),
+                    parameters=step_params(step, preset, base_model, data_file, cuts),
                     env_manager="local",
                     experiment_id=experiment_id(),
                     synchronous=True,

@@ -23,7 +23,8 @@ class Preset:
         sweep_lrs, sweep_ranks: the lr x rank grid.
         contexts: the context-length sweep (tokens); `baseline` evaluates at these too.
         history_steps, horizon: the forecasting protocol (first K steps in, next H out).
-        eval_series: validation series for the end-of-run forecasting metric (0: all).
+        eval_series: validation (and test) series scored at the end of a run (0: all).
+        eval_windows: validation windows of the in-training validation loss (the first ones).
         eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
         schedule, warmup_steps: the LR schedule.
         checkpoint_every: training checkpoints every N steps (0: only at the end), for resuming a
@@ -48,6 +49,7 @@ class Preset:
     history_steps: int = 50
     horizon: int = 5
     eval_series: int = 0
+    eval_windows: int = 64
     eval_every: int = 100
     forecast_every: int = 500
     forecast_series: int = 16
@@ -115,8 +117,21 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:
-    """The named preset with overrides applied; None, "" and -1 leave a field as it is."""
+    """The named preset with overrides applied; None, "" and -1 leave a field as it is.
+
+    `eval_series=N` cuts all evaluation to at most N: the series scored at the end of a run, the
+    in-training forecasting metric's series and the validation-loss windows (for quick runs of a
+    large model, e.g. the real Qwen2.5 on a CPU).
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     kept = {k: v for k, v in overrides.items() if v not in (None, "", -1, -1.0)}
-    return replace(PRESETS[name], **kept)
+    preset = replace(PRESETS[name], **kept)
+    if "eval_series" in kept:
+        cut = int(kept["eval_series"])
+        preset = replace(
+            preset,
+            forecast_series=min(preset.forecast_series, cut),
+            eval_windows=min(preset.eval_windows, cut),
+        )
+    return preset

@@ -4,6 +4,11 @@
   `projects/lv_pyfunc.py` ("models from code") with an explicit signature, pinned pip requirements
   and the sources of lvdata, lvflops and lvmodel as `code_paths`, so that
   `mlflow.pyfunc.load_model("models:/lv-forecaster@champion")` works in a fresh process offline.
+  The base is referenced, not copied (about 1 GB per version at Qwen scale): `base_ref.json` pins
+  a hub id to its commit, a local folder or a GGUF file to its path and sha256
+  (`lvmodel.base.pin_base`); only the few-MB `tiny` base (and an in-memory `base_model=`) is
+  bundled. By default the logged model is loaded and tried on an example before it is
+  registered, so that a reference the loading side cannot resolve fails here.
 - :func:`register` registers a logged model and puts its FLOPs and metrics on the version as tags.
 - :func:`promote` moves an alias (`champion`) to the version with the best validation forecasting
   metric and records why on the version's tags; running it again changes nothing.
@@ -11,7 +16,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -52,6 +59,7 @@ REQUIREMENTS = (
     "mlflow",
     "torch",
     "transformers",
+    "huggingface_hub",
     "peft",
     "safetensors",
     "tokenizers",
@@ -62,8 +70,9 @@ REQUIREMENTS = (
     "click",
     "tqdm",
 )
-# Files of a Hugging Face model folder worth bundling (weights in safetensors only).
-_BASE_FILE_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken", ".jinja")
+# What MLflow logs (and otherwise only warns about) when its input-example check fails.
+_MLFLOW_MODEL_LOGGER = "mlflow.models.model"
+_VALIDATION_FAILED = "Failed to validate serving input example"
 
 
 class RegistryError(RuntimeError):
@@ -109,15 +118,6 @@ def code_paths() -> list[str]:
     return [str(Path(pkg.__file__).parent) for pkg in (lvdata, lvflops, lvmodel)]
 
 
-def _is_hub_id(spec: str) -> bool:
-    return (
-        not spec.startswith(("/", ".", "~"))
-        and spec.count("/") == 1
-        and "\\" not in spec
-        and not Path(spec).exists()
-    )
-
-
 def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
     """Save a base model (safetensors) and its tokenizer, without any LoRA layers or head bias.
 
@@ -152,26 +152,39 @@ def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
     return directory
 
 
-def _copy_base_dir(src: Path, dst: Path) -> Path:
-    files = [p for p in src.iterdir() if p.is_file() and p.suffix in _BASE_FILE_SUFFIXES]
-    if not any(p.suffix == ".safetensors" for p in files):
-        from lvmodel.base import load_base
+def _copy_model_files(src: Path, dst: Path) -> Path:
+    """Bundle a model folder: its config, tokenizer and weight files (`lvmodel.base.model_files`)."""
+    from lvmodel.base import model_files
 
-        model, tok = load_base(str(src), device="cpu")
-        return save_base(model, tok, dst)
     dst.mkdir(parents=True)
-    for p in files:
+    for p in model_files(src):
         shutil.copy2(p, dst / p.name)
     return dst
+
+
+_REF_NOTES = {
+    "hub": "loads exactly this revision: it must be in the loading machine's Hugging Face cache "
+    "(complete), or downloadable there",
+    "local": "referenced, not copied: the folder must exist at this path on the machine that "
+    "loads the model, with files of this digest",
+    "gguf": "referenced, not copied: the file must exist at this path on the machine that loads "
+    "the model, with this size and sha256",
+}
 
 
 def stage_base(
     base_spec: str, base_model: Any, tokenizer: Any, workdir: Path
 ) -> tuple[Path, dict[str, str]]:
-    """The `base` artifact for `base_spec`: a model folder, or a `base_ref.json` (hub id, GGUF).
+    """The `base` artifact for `base_spec`: a model folder (`tiny`, an in-memory `base_model`),
+    else a `base_ref.json` that pins a hub id, a local folder or a GGUF file without copying it.
 
-    Returns the artifact's path and `{"base_spec", "base_kind"}` for the settings and tags.
+    Returns the artifact's path and `{"base_spec", "base_kind"}` (plus `base_revision` or
+    `base_digest` for a reference) for the settings and tags. Raises
+    `lvmodel.base.BaseModelError` for a spec that cannot be pinned (no such folder or file, a
+    hub id not cached here and the hub unreachable).
     """
+    from lvmodel.base import pin_base
+
     spec = str(base_spec)
     info = {"base_spec": spec}
     if base_model is not None:
@@ -181,23 +194,19 @@ def stage_base(
     if spec == "tiny":
         from lvmodel.tiny import ensure_tiny_base
 
-        return _copy_base_dir(ensure_tiny_base(), workdir / "base"), {**info, "base_kind": "tiny"}
-    path = Path(spec).expanduser()
-    if spec.endswith(".gguf"):
-        if not path.is_file():
-            raise FileNotFoundError(f"GGUF base not found: {path}")
-        ref = {"kind": "gguf", "spec": str(path.resolve())}
-        note = "the GGUF file must exist at this path on the machine that loads the model"
-    elif path.is_dir():
-        return _copy_base_dir(path, workdir / "base"), {**info, "base_kind": "local"}
-    elif _is_hub_id(spec):
-        ref = {"kind": "hub", "spec": spec}
-        note = "must be in the loading machine's Hugging Face cache, or downloadable there"
-    else:
-        raise FileNotFoundError(f"base model {spec!r}: no such folder or .gguf file")
+        return _copy_model_files(ensure_tiny_base(), workdir / "base"), {
+            **info,
+            "base_kind": "tiny",
+        }
+    ref = pin_base(spec)
     out = workdir / BASE_REF_FILE
-    out.write_text(json.dumps({**ref, "note": note}, indent=2) + "\n")
-    return out, {**info, "base_kind": ref["kind"], "base_spec": ref["spec"]}
+    out.write_text(json.dumps({**ref, "note": _REF_NOTES[ref["kind"]]}, indent=2) + "\n")
+    info.update(base_kind=ref["kind"], base_spec=ref["spec"])
+    if "revision" in ref:
+        info["base_revision"] = ref["revision"]
+    else:
+        info["base_digest"] = ref.get("digest") or f"sha256:{ref['sha256']}"
+    return out, info
 
 
 def forecaster_settings(
@@ -227,6 +236,48 @@ def example_input() -> tuple[pd.DataFrame, dict[str, int]]:
     return frame, {"horizon": 2}
 
 
+class _ValidationWarnings(logging.Handler):
+    """Collects MLflow's "Failed to validate serving input example" warnings while logging."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(_VALIDATION_FAILED):
+            self.errors.append(message.split("Got error: ", 1)[-1].strip())
+
+
+def _log_model_checked(validate: bool, **kwargs: Any) -> ModelInfo:
+    """`mlflow.pyfunc.log_model`; with `validate`, MLflow's input-example check (it loads the
+    logged model in this process and predicts the example) must pass: MLflow itself only warns.
+    A model that fails it is deleted again and `RegistryError` says why."""
+    with warnings.catch_warnings():
+        # validate=False leaves the example out on purpose; MLflow would warn about it
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        if not validate:
+            return mlflow.pyfunc.log_model(**kwargs)
+        logger = logging.getLogger(_MLFLOW_MODEL_LOGGER)
+        handler, level = _ValidationWarnings(), logger.level
+        logger.addHandler(handler)
+        if not logger.isEnabledFor(logging.WARNING):
+            logger.setLevel(logging.WARNING)
+        try:
+            info = mlflow.pyfunc.log_model(input_example=example_input(), **kwargs)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+    if handler.errors:
+        with contextlib.suppress(MlflowException):  # the message below still says what failed
+            MlflowClient().delete_logged_model(info.model_id)
+        raise RegistryError(
+            f"the forecaster could not be loaded and used to forecast, so it was not registered "
+            f"(logged model {info.model_id} deleted again): {handler.errors[0]}"
+        )
+    return info
+
+
 def log_forecaster(
     *,
     name: str = "model",
@@ -246,17 +297,23 @@ def log_forecaster(
         name: the logged model's name.
         adapter_dir: folder written by `lvmodel.lora.save_adapter`.
         codec: the LLMTime codec the adapter was trained with.
-        base_spec: what `lvmodel.base.load_base` was given. `"tiny"` and local folders are
-            bundled (safetensors + tokenizer); a hub id or a `.gguf` path is recorded in
-            `base_ref.json` and must be resolvable where the model is loaded.
+        base_spec: what `lvmodel.base.load_base` was given. `"tiny"` is bundled (safetensors +
+            tokenizer, a few MB); a hub id, a local folder or a `.gguf` path is pinned in
+            `base_ref.json` (hub id + commit; absolute path + sha256) and must be present where
+            the model is loaded (see `projects/lv_pyfunc.py`).
         base_model, tokenizer: bundle this in-memory base instead (LoRA layers, if present,
             are stripped); `base_spec` is then only recorded.
         settings: context_length, horizon (default of the `horizon` param), num_samples,
             batch_size, ...; LoRA rank/targets/lm_head_bias come from the adapter.
         registered_model_name: also register the model (see :func:`register` for the tags).
         tags: tags of the logged model, and of the registered version if any.
-        validate: log an input example, which MLflow checks by loading the model and predicting
-            (takes a model load: turn off for large bases).
+        validate: log an input example, which MLflow checks by loading the model in this
+            process and predicting it; a failure raises `RegistryError` before anything is
+            registered (costs one load of the base: 40-60 s for the Qwen GGUF on a CPU).
+
+    Raises:
+        lvmodel.base.BaseModelError: `base_spec` cannot be pinned.
+        RegistryError: `validate` and the logged model does not load or forecast.
     """
     adapter_dir = Path(adapter_dir)
     with tempfile.TemporaryDirectory(prefix="lv-forecaster-") as tmp:
@@ -266,37 +323,32 @@ def log_forecaster(
         (work / "settings.json").write_text(json.dumps(full, indent=2) + "\n")
         (work / "codec.json").write_text(json.dumps(codec.to_dict(), indent=2) + "\n")
         model_tags = {
-            "base_spec": full["base_spec"],
-            "base_kind": full["base_kind"],
+            **base_info,
             "lora_rank": full["lora_rank"],
             "context_length": full["context_length"],
             "codec_alpha": codec.alpha,
             **(tags or {}),
         }
+        model_tags = {k: str(v) for k, v in model_tags.items()}
         extra = ("gguf",) if full["base_kind"] == "gguf" else ()
-        with warnings.catch_warnings():
-            # validate=False leaves the example out on purpose; MLflow would warn about it
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
-            info = mlflow.pyfunc.log_model(
-                name=name,
-                python_model=str(MODEL_FILE),
-                artifacts={
-                    "adapter": str(adapter_dir),
-                    "codec": str(work / "codec.json"),
-                    "base": str(base_path),
-                    "settings": str(work / "settings.json"),
-                },
-                code_paths=code_paths(),
-                pip_requirements=pip_requirements(extra),
-                signature=forecaster_signature(full["horizon"], full["num_samples"]),
-                input_example=example_input() if validate else None,
-                registered_model_name=registered_model_name,
-                tags={k: str(v) for k, v in model_tags.items()},
-            )
-    if registered_model_name is not None:
-        _tag_version(
-            MlflowClient(), registered_model_name, str(info.registered_model_version), tags or {}
+        info = _log_model_checked(
+            validate,
+            name=name,
+            python_model=str(MODEL_FILE),
+            artifacts={
+                "adapter": str(adapter_dir),
+                "codec": str(work / "codec.json"),
+                "base": str(base_path),
+                "settings": str(work / "settings.json"),
+            },
+            code_paths=code_paths(),
+            pip_requirements=pip_requirements(extra),
+            signature=forecaster_signature(full["horizon"], full["num_samples"]),
+            tags=model_tags,
         )
+    if registered_model_name is not None:  # only now: a model that failed `validate` is not
+        version = register(info.model_uri, registered_model_name, {**model_tags, **(tags or {})})
+        info.registered_model_version = int(version.version)
     return info
 
 

@@ -12,6 +12,7 @@ from projects.options import (
     base_option,
     check_train_values,
     data_option,
+    eval_series_option,
     parse_list,
     preset_option,
     seed_option,
@@ -30,12 +31,20 @@ from projects.selection import SELECTION_METRIC
 @click.option("--lrs", default="", help="Comma-separated learning rates (default: preset's).")
 @click.option("--ranks", default="", help="Comma-separated LoRA ranks (default: preset's).")
 @click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset's sweep_steps).")
+@eval_series_option
 def main(
-    preset: str, base_model: str, data_file: str, seed: int, lrs: str, ranks: str, steps: int
+    preset: str,
+    base_model: str,
+    data_file: str,
+    seed: int,
+    lrs: str,
+    ranks: str,
+    steps: int,
+    eval_series: int,
 ) -> None:
     """Train every (lr, rank) of the grid for a short run; children of one parent run."""
-    check_train_values(steps=steps)
-    p = get_preset(preset, sweep_steps=steps)
+    check_train_values(steps=steps, eval_series=eval_series)
+    p = get_preset(preset, sweep_steps=steps, eval_series=eval_series)
     grid_lrs = parse_list(lrs, float, "--lrs") or p.sweep_lrs
     grid_ranks = parse_list(ranks, int, "--ranks") or p.sweep_ranks
     scores: dict[tuple[float, int], float] = {}

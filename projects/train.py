@@ -18,6 +18,7 @@ from projects.options import (
     base_option,
     check_train_values,
     data_option,
+    eval_series_option,
     preset_option,
     seed_option,
 )
@@ -45,6 +46,7 @@ from projects.tracking import setup_tracking
 @click.option("--warmup-steps", default=-1, type=int, help="Warmup steps (-1: preset).")
 @click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
 @click.option("--run-name", default="train", show_default=True)
+@eval_series_option
 @click.option(
     "--evaluate-test",
     default=False,
@@ -78,6 +80,7 @@ def main(
     warmup_steps: int,
     budget: float,
     run_name: str,
+    eval_series: int,
     evaluate_test: bool,
     checkpoint_every: int,
     resume_run_id: str,
@@ -92,6 +95,7 @@ def main(
         warmup_steps=warmup_steps,
         budget=budget,
         checkpoint_every=checkpoint_every,
+        eval_series=eval_series,
     )
     if resume_run_id.strip():
         # Every setting but the two that a resume takes on its own terms.
@@ -110,6 +114,7 @@ def main(
         warmup_steps=warmup_steps,
         budget=budget,
         checkpoint_every=checkpoint_every,
+        eval_series=eval_series,
     )
     req = TrainRequest.from_preset(
         p,
@@ -148,8 +153,8 @@ def settings_conflicts(req: TrainRequest, given: dict[str, Any]) -> list[str]:
     defaults = {p.name: p.default for p in main.params if p.name}
     # The run's value of each setting: the request's field of the same name, but the preset's
     # name and the base model it resolves to.
-    logged = {name: getattr(req, name) for name in given}
-    logged.update(preset=req.preset.name, base_model=req.base)
+    logged = {name: getattr(req, name) for name in given if name != "eval_series"}
+    logged.update(preset=req.preset.name, base_model=req.base, eval_series=req.preset.eval_series)
     out = []
     for name, value in given.items():
         if value == defaults.get(name) or value == logged[name]:

@@ -1,18 +1,33 @@
-"""load_base: the four kinds of spec, tokenizer/model fix-ups, fast failures; opt-in real GGUF."""
+"""load_base: the four kinds of spec, tokenizer/model fix-ups, fast failures, hub revisions and
+partly cached snapshots (a fake HF cache), pinning bases by reference; opt-in real GGUF."""
 
 from __future__ import annotations
 
+import json
 import os
-import time
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lvmodel.base import DEFAULT_BASE, BaseModelError, describe_base, load_base
+from lvflops import ModelShape
+from lvmodel.base import (
+    DEFAULT_BASE,
+    HUB_PROBE_TIMEOUT_S,
+    BaseModelError,
+    base_shape,
+    check_pinned,
+    describe_base,
+    load_base,
+    load_pinned,
+    pin_base,
+)
 from lvmodel.synthetic import format_series
+from lvmodel.tiny import random_tiny as make_random_tiny
 from lvmodel.tiny_tokenizer import EOS_ID, PAD_ID, build_tiny_tokenizer
+from tests.hfcache import add_snapshot, commit_hash, use_hf_cache
 
 
 def _check_ready(model, tok) -> None:
@@ -73,16 +88,234 @@ def test_uncached_hub_id_fails_fast(offline: bool, monkeypatch: pytest.MonkeyPat
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     spec = "lv-forecast-tests/no-such-model-xyz"
-    t0 = time.perf_counter()
+    probes: list[float] = []
+    if not offline:
+        # Fail fast: one hub probe with a short timeout, no download attempt with its retries.
+        import huggingface_hub
+
+        def no_hub(repo_id: str, revision=None, timeout=None):
+            probes.append(timeout)
+            raise ConnectionError("the hub is unreachable here")
+
+        monkeypatch.setattr(huggingface_hub, "model_info", no_hub)
     with pytest.raises(BaseModelError) as err:
         load_base(spec)
-    assert time.perf_counter() - t0 < 20
+    assert probes == ([] if offline else [HUB_PROBE_TIMEOUT_S])
+    assert HUB_PROBE_TIMEOUT_S <= 10
     message = str(err.value)
     assert spec in message and "gguf" in message and "tiny" in message
 
 
 def test_default_base_is_qwen_instruct() -> None:
     assert DEFAULT_BASE == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+# --- hub ids from a fake HF cache: revisions, partial snapshots --------------------------------
+
+REPO = "lv-tests/tiny-qwen"
+REV_A, REV_B = commit_hash("a"), commit_hash("b")
+
+
+def _saved_tiny(folder: Path, seed: int) -> Path:
+    model, tok = make_random_tiny(seed)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two saved random tiny models (seeds 0 and 1): two "revisions" of one repo."""
+    root = tmp_path_factory.mktemp("tiny-revisions")
+    return _saved_tiny(root / "a", 0), _saved_tiny(root / "b", 1)
+
+
+@pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return use_hf_cache(monkeypatch, tmp_path / "hf-cache")
+
+
+def _embedding(model) -> torch.Tensor:
+    return model.get_input_embeddings().weight.detach()
+
+
+def test_hub_id_loads_main_or_exactly_the_revision_asked(hf_cache, tiny_folders) -> None:
+    a, b = tiny_folders
+    add_snapshot(hf_cache, REPO, a, REV_A, main=False)
+    add_snapshot(hf_cache, REPO, b, REV_B)  # refs/main -> B
+    ref_a = load_base(str(a), device="cpu")[0]
+    ref_b = load_base(str(b), device="cpu")[0]
+    assert not torch.equal(_embedding(ref_a), _embedding(ref_b))
+
+    main, tok = load_base(REPO, device="cpu")
+    _check_ready(main, tok)
+    torch.testing.assert_close(_embedding(main), _embedding(ref_b))
+    pinned = load_base(REPO, device="cpu", revision=REV_A)[0]
+    torch.testing.assert_close(_embedding(pinned), _embedding(ref_a))
+    assert pin_base(REPO) == {"kind": "hub", "spec": REPO, "revision": REV_B}
+    torch.testing.assert_close(
+        _embedding(load_pinned({"kind": "hub", "spec": REPO, "revision": REV_A}, device="cpu")[0]),
+        _embedding(ref_a),
+    )
+
+
+def test_uncached_revision_names_the_cached_ones(hf_cache, tiny_folders) -> None:
+    add_snapshot(hf_cache, REPO, tiny_folders[0], REV_A)
+    missing = commit_hash("never downloaded")
+    with pytest.raises(BaseModelError) as err:
+        load_base(REPO, device="cpu", revision=missing)
+    message = str(err.value)
+    assert f"{REPO!r} at revision {missing} is not in the local Hugging Face cache" in message
+    assert f"cached revisions of it: {REV_A}" in message
+    assert f"hf download {REPO} --revision {missing}" in message
+    assert "HF_HUB_OFFLINE" in message and ".gguf" in message
+
+
+def test_revision_applies_to_hub_ids_only(random_tiny_dir: Path) -> None:
+    with pytest.raises(BaseModelError, match="not a hub id"):
+        load_base(str(random_tiny_dir), revision=REV_A)
+
+
+@pytest.mark.parametrize(
+    ("case", "skip", "lacks"),
+    [
+        ("no-config", ("config.json",), ["config.json"]),
+        ("no-weights", ("model.safetensors",), ["the weights (model.safetensors)"]),
+        ("broken-link", (), ["the weights (model.safetensors)"]),
+        ("listed", ("model.safetensors", "tokenizer.json"), ["the weights", "the tokenizer"]),
+        ("online", ("config.json",), ["config.json"]),
+    ],
+)
+def test_partly_cached_snapshot_is_a_clear_error(
+    case: str,
+    skip: tuple[str, ...],
+    lacks: list[str],
+    tmp_path: Path,
+    tiny_folders,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An interrupted download: the snapshot folder exists, files are missing (or dangling
+    links); with the hub's tree listing cached, huggingface_hub itself calls it incomplete."""
+    cache = use_hf_cache(monkeypatch, tmp_path / "hf-cache", offline=case != "online")
+    snapshot = add_snapshot(
+        cache, REPO, tiny_folders[0], REV_A, skip=skip, listing=case == "listed"
+    )
+    if case == "broken-link":
+        (snapshot / "model.safetensors").resolve().unlink()  # the blob never arrived
+    with pytest.raises(BaseModelError) as err:
+        load_base(REPO, device="cpu")
+    message = str(err.value)
+    assert f"{REPO!r} is only partly in the local Hugging Face cache" in message
+    assert f"snapshot folder {snapshot} lacks" in message
+    for what in lacks:
+        assert what in message
+    assert f"hf download {REPO} --revision {REV_A}" in message
+    assert f"huggingface-cli download {REPO}" in message
+    assert ".gguf" in message and "local Hugging Face model folder" in message
+    with pytest.raises(BaseModelError, match="only partly"):
+        pin_base(REPO)  # nothing to pin either
+
+
+def test_snapshot_listing_other_files_still_loads(hf_cache, tiny_folders, tmp_path) -> None:
+    """A download restricted to what the model needs (the hub lists a README too) is complete
+    enough: huggingface_hub calls it incomplete, load_base loads it."""
+    source = tmp_path / "with-readme"
+    shutil.copytree(tiny_folders[0], source)
+    (source / "README.md").write_text("model card\n")
+    add_snapshot(hf_cache, REPO, source, REV_A, skip=("README.md",), listing=True)
+    model, tok = load_base(REPO, device="cpu")
+    _check_ready(model, tok)
+
+
+# --- pinning a local folder or a GGUF file --------------------------------------------------------
+
+
+def test_pin_local_folder_detects_missing_and_changed_files(tmp_path: Path, tiny_folders) -> None:
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_folders[0], folder)
+    (folder / "README.md").write_text("not part of the digest\n")
+    ref = pin_base(str(folder))
+    assert ref["kind"] == "local" and ref["spec"] == str(folder.resolve())
+    assert ref["digest"].startswith("sha256:") and len(ref["digest"]) == 7 + 64
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(ref["files"])
+    assert "README.md" not in ref["files"]
+    json.dumps(ref)  # JSON-able
+    model, tok = load_pinned(ref, device="cpu", origin="test ref")
+    _check_ready(model, tok)
+    (folder / "README.md").write_text("edited: still fine\n")
+    check_pinned(ref)
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    with pytest.raises(BaseModelError) as err:
+        load_pinned(ref, device="cpu", origin="test ref")
+    message = str(err.value)
+    assert f"base model folder {folder.resolve()} (pinned in test ref) has changed" in message
+    assert "config.json changed size" in message or "config.json changed content" in message
+    assert ref["digest"] in message and "put them back" in message
+
+    shutil.copyfile(tiny_folders[0] / "config.json", folder / "config.json")
+    check_pinned(ref)  # restored: fine again
+    shutil.copyfile(tiny_folders[1] / "model.safetensors", folder / "model.safetensors")
+    (folder / "added_tokens.json").write_text("{}")
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(BaseModelError) as err:
+        check_pinned(ref, "test ref")
+    message = str(err.value)
+    assert "model.safetensors changed content (same size, other sha256)" in message
+    assert "added_tokens.json was added" in message and "tokenizer.json is missing" in message
+
+    shutil.rmtree(folder)
+    with pytest.raises(BaseModelError) as err:
+        load_pinned(ref, origin="test ref")
+    assert f"base model folder {folder.resolve()} (pinned in test ref, not copied" in str(err.value)
+    assert "does not exist on this machine" in str(err.value)
+
+
+def test_pin_gguf_file_by_size_and_sha256(tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)) * 64)
+    ref = pin_base(str(gguf))
+    assert ref["kind"] == "gguf" and ref["spec"] == str(gguf.resolve())
+    assert ref["size"] == gguf.stat().st_size and len(ref["sha256"]) == 64
+    check_pinned(ref)
+    data = bytearray(gguf.read_bytes())
+    data[100] ^= 1
+    gguf.write_bytes(bytes(data))
+    with pytest.raises(BaseModelError, match="same size, other sha256"):
+        check_pinned(ref, "test ref")
+    gguf.write_bytes(bytes(data) + b"more")
+    with pytest.raises(BaseModelError, match=r"size \d+ -> \d+ bytes"):
+        check_pinned(ref, "test ref")
+    gguf.unlink()
+    with pytest.raises(BaseModelError, match=f"GGUF file {gguf} .*does not exist"):
+        load_pinned(ref, origin="test ref")
+    with pytest.raises(BaseModelError, match="GGUF file not found"):
+        pin_base(str(gguf))
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ({"kind": "zip", "spec": "x"}, "field 'kind' is 'zip'; expected 'hub', 'local' or 'gguf'"),
+        ({"kind": "local"}, "field 'spec' is None; expected str"),
+        ({"kind": "local", "spec": "/x", "digest": "sha256:0"}, "field 'files' is None"),
+        ({"kind": "hub", "spec": REPO, "revision": 7}, "field 'revision' is 7; expected str"),
+    ],
+)
+def test_damaged_pin_record_is_named(ref: dict, message: str) -> None:
+    with pytest.raises(BaseModelError) as err:
+        load_pinned(ref, origin="base_ref.json")
+    assert message in str(err.value) and "base_ref.json" in str(err.value)
+
+
+def test_tiny_and_missing_paths_are_not_pinned(tmp_path: Path) -> None:
+    with pytest.raises(BaseModelError, match="bundle"):
+        pin_base("tiny")
+    with pytest.raises(BaseModelError, match="no model folder or file"):
+        pin_base(str(tmp_path / "nothing-here"))
+    with pytest.raises(BaseModelError, match=r"no config\.json"):
+        pin_base(str(tmp_path))
 
 
 # --- opt-in: the real Qwen2.5 0.5B as a GGUF file (LV_QWEN_GGUF=/path/to/file.gguf) ---------------
@@ -183,3 +416,32 @@ def test_real_gguf_lora_steps_at_context_128(coursework) -> None:
     )
     assert result.steps == 3 and np.isfinite(result.final["train_loss"])
     print(f"real GGUF LoRA: {result.history}")
+
+
+# --- the shape of a base without its weights (plans before a run is admitted) -------------------
+
+
+def test_base_shape_reads_the_config_of_every_kind(hf_cache, tiny_folders) -> None:
+    a, _ = tiny_folders
+    loaded = ModelShape.from_hf_config(load_base(str(a), device="cpu")[0].config.to_dict())
+    assert base_shape(str(a)) == loaded  # a local folder
+    add_snapshot(hf_cache, REPO, a, REV_A)
+    assert base_shape(REPO) == loaded  # a hub id from its cached snapshot
+    assert base_shape(REPO, revision=REV_A) == loaded
+    assert loaded.hidden_size > 0 and loaded.num_layers >= 1
+
+
+def test_base_shape_refuses_what_load_base_refuses(hf_cache, tiny_folders, tmp_path) -> None:
+    with pytest.raises(BaseModelError, match="no model folder or file"):
+        base_shape(str(tmp_path / "nothing" / "here"))
+    with pytest.raises(BaseModelError, match="GGUF file not found"):
+        base_shape(str(tmp_path / "missing.gguf"))
+    with pytest.raises(BaseModelError, match="not in the local Hugging Face cache"):
+        base_shape("lv-tests/never-cached")
+    add_snapshot(hf_cache, REPO, tiny_folders[0], REV_A, skip=("config.json",))
+    with pytest.raises(BaseModelError, match="only partly"):
+        base_shape(REPO)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    with pytest.raises(BaseModelError, match="could not read the header of GGUF file"):
+        base_shape(str(bad))

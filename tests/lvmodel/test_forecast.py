@@ -13,7 +13,13 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from lvdata import LLMTimeCodec
 from lvflops import generate_flops
-from lvmodel.forecast import forecast, model_shape, naive_generate_forecast, truncate_history
+from lvmodel.forecast import (
+    forecast,
+    generation_cache,
+    model_shape,
+    naive_generate_forecast,
+    truncate_history,
+)
 from lvmodel.grammar import LLMTimeGrammar, LLMTimeLogitsProcessor, max_new_tokens_for
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 
@@ -132,19 +138,52 @@ def test_flops_match_lvflops_for_one_batch(model, tokenizer, codec, histories) -
     new_tokens = max(
         _n_tokens(tokenizer, t) for (t,) in f.texts
     )  # the batch ends with its longest row
+    # On the CPU the batch generates into a static cache of prompt + max_new - 1 slots, and every
+    # forward attends over all of them; max_new is the grammar's bound for 2 steps: per step two
+    # numbers of at most 2 integer digits, ".", 2 decimals, each followed by a separator = 12.
+    slots = prompt_len + 2 * 12 - 1
     expected = generate_flops(
-        shape, prompt_len, new_tokens, batch=len(histories), kv_cache=True, logits_len=1
+        shape, prompt_len, new_tokens, batch=len(histories), logits_len=1, cache_len=slots
     )
     assert f.flops > 0
     assert f.flops == expected.total
+    dynamic = generate_flops(shape, prompt_len, new_tokens, batch=len(histories), logits_len=1)
+    assert f.flops > dynamic.total  # the static cache's unused slots are computed (masked)
     lora = forecast(model, tokenizer, codec, histories, 2, batch_size=len(histories), lora_rank=4)
     assert (
         lora.flops
         == generate_flops(
-            shape, prompt_len, new_tokens, batch=len(histories), logits_len=1, lora_rank=4
+            shape,
+            prompt_len,
+            new_tokens,
+            batch=len(histories),
+            logits_len=1,
+            lora_rank=4,
+            cache_len=slots,
         ).total
     )
     assert lora.flops > f.flops
+
+
+def test_the_cache_is_static_on_the_cpu_and_dynamic_on_cuda(model) -> None:
+    """On CUDA a static cache makes transformers compile generate (once per padded shape): the
+    CUDA path must use the dynamic cache, which never triggers compilation."""
+    from transformers import DynamicCache, GenerationConfig, StaticCache
+
+    assert generation_cache(torch.device("cpu")) == "static"
+    assert generation_cache(torch.device("cuda")) == "dynamic"
+    assert generation_cache(torch.device("cuda", 1)) == "dynamic"
+
+    # transformers' own rule, evaluated as if the model sat on a CUDA device.
+    config = GenerationConfig()
+    static = StaticCache(config=model.config, max_cache_len=16)
+    cuda = property(lambda self: torch.device("cuda"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(model), "device", cuda)
+        assert model._valid_auto_compile_criteria({"cache": static}, config)
+        dynamic = DynamicCache(config=model.config)
+        assert not model._valid_auto_compile_criteria({"cache": dynamic}, config)
+    assert not model._valid_auto_compile_criteria({"cache": static}, config)  # on the CPU
 
 
 def test_grammar_masks_and_decimals_zero(tokenizer) -> None:

@@ -78,17 +78,23 @@ def test_fit_lowers_loss_and_meters_flops(data):
     assert [s for s, _ in seen] == list(range(1, 13))
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
     assert {"val_loss", "lr", "tokens_per_s", "flops_cumulative"} <= set(seen[-1][1])
-    # The meter charges exactly the shapes that ran: 3x forward for training, 1x for evaluation.
+    # The meter charges exactly the shapes that ran: 3 x (forward + loss) for training, 1 x
+    # (forward + loss) for the validation loss.
     shape = ModelShape.from_hf_config(model.get_base_model().config.to_dict())
     kw = {"lora_rank": 2, "lm_head_bias": True}
     train_shapes = [s for training, s in ran if training]
     eval_shapes = [s for training, s in ran if not training]
     assert len(train_shapes) == 12 and len(eval_shapes) == 4 * 2  # val at 3, 6, 9, 12; 2 batches
     assert max(length for _, length in train_shapes) == 64
-    assert result.train_flops == sum(
-        train_step_flops(shape, n, b, **kw).total for b, n in train_shapes
-    )
-    assert result.eval_flops == sum(forward_flops(shape, n, b, **kw).total for b, n in eval_shapes)
+
+    def with_loss(b: int, n: int) -> int:
+        # the cross-entropy of every one of the b*n logit rows over the 128-token vocabulary
+        # (max 127, subtract 128, exp 1280, sum 127, log 10, subtract 1, negate 1 = 1674) and
+        # the mean over the b*n rows (b*n - 1 adds, 1 divide)
+        return forward_flops(shape, n, b, **kw).total + b * n * 1674 + b * n
+
+    assert result.train_flops == sum(3 * with_loss(b, n) for b, n in train_shapes)
+    assert result.eval_flops == sum(with_loss(b, n) for b, n in eval_shapes)
     assert seen[-1][1]["flops_cumulative"] == result.total_flops
 
 

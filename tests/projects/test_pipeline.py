@@ -46,6 +46,15 @@ def test_pipeline_runs_every_step_and_reuses_finished_ones(
         f"base_model={random_tiny_dir}",
         "-P",
         f"data_file={small_data_file}",
+        # The cuts for a quick pass of a large model reach every phase that takes them.
+        "-P",
+        "steps=1",
+        "-P",
+        "lrs=0.002",
+        "-P",
+        "ranks=2,4",
+        "-P",
+        "eval_series=3",
     ]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -59,7 +68,17 @@ def test_pipeline_runs_every_step_and_reuses_finished_ones(
     # The budget table's total is the sum of flops_total over the budgeted runs.
     report = next(r for r in runs if r.info.run_name == "budget")
     budgeted = [r for r in runs if "lv.flops_planned" in r.data.tags]
-    assert len(budgeted) == 2 + 1 + 4 + 2 + 1  # baseline, initial, sweep, context, final
+    assert len(budgeted) == 2 + 1 + 2 + 2 + 1  # baseline, initial, sweep (1 lr x 2), context, final
+    trained = [r for r in budgeted if r.data.tags["phase"] != "baseline"]
+    assert {r.data.params["steps"] for r in trained} == {"1"}
+    assert {r.data.metrics["steps_run"] for r in trained} == {1.0}
+    assert {r.data.params["eval_series"] for r in budgeted} == {"3"}
+    sweep = sorted(
+        (r.data.params["lr"], r.data.params["rank"])
+        for r in trained
+        if r.data.tags["phase"] == "sweep"
+    )
+    assert sweep == [("0.002", "2"), ("0.002", "4")]
     assert report.data.metrics["flops_spent"] == sum(
         r.data.metrics["flops_total"] for r in budgeted
     )

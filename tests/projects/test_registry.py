@@ -1,9 +1,11 @@
-"""Registry: log the pyfunc forecaster, register versions, promote the best, load it back."""
+"""Registry: log the pyfunc forecaster, register versions, promote the best, load it back; bases
+pinned by reference (hub id + revision from a fake HF cache, local folder + digest, GGUF)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,10 +22,12 @@ from mlflow.exceptions import MlflowException
 from safetensors.torch import load_file
 
 from lvdata import LLMTimeCodec
+from lvmodel.base import BaseModelError, pin_base
 from lvmodel.lora import LoraSettings, apply_lora, save_adapter
 from lvmodel.tiny import random_tiny
 from projects import promote as promote_cli
 from projects import registry
+from tests.hfcache import add_snapshot, commit_hash, repo_folder, use_hf_cache
 
 NAME = registry.REGISTERED_MODEL
 CODEC = LLMTimeCodec(alpha=0.6)
@@ -90,13 +94,162 @@ def test_save_base_strips_lora_and_head_bias(tmp_path: Path) -> None:
     assert (tmp_path / "tokenizer.json").is_file()
 
 
-def test_stage_base_records_hub_id_without_download(tmp_path: Path) -> None:
-    path, info = registry.stage_base("Qwen/Qwen2.5-0.5B-Instruct", None, None, tmp_path)
+REPO = "lv-tests/tiny-qwen"
+REV_A, REV_B = commit_hash("a"), commit_hash("b")
+
+
+def test_stage_base_pins_references_and_bundles_tiny(
+    tmp_path: Path, tiny_adapter: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, _ = tiny_adapter
+    cache = use_hf_cache(monkeypatch, tmp_path / "hf-cache")
+    add_snapshot(cache, REPO, base, REV_A)
+    for name in ("hub", "local", "gguf", "tiny"):
+        (tmp_path / name).mkdir()
+    path, info = registry.stage_base(REPO, None, None, tmp_path / "hub")
     assert path.name == registry.BASE_REF_FILE
-    assert json.loads(path.read_text())["spec"] == "Qwen/Qwen2.5-0.5B-Instruct"
-    assert info["base_kind"] == "hub"
-    with pytest.raises(FileNotFoundError, match="GGUF"):
+    ref = json.loads(path.read_text())
+    assert {k: ref[k] for k in ("kind", "spec", "revision")} == {
+        "kind": "hub",
+        "spec": REPO,
+        "revision": REV_A,
+    }
+    assert info == {"base_spec": REPO, "base_kind": "hub", "base_revision": REV_A}
+
+    path, info = registry.stage_base(str(base), None, None, tmp_path / "local")
+    ref = json.loads(path.read_text())
+    assert ref["kind"] == "local" and ref["spec"] == str(base.resolve())
+    assert ref["digest"] == pin_base(str(base))["digest"] == info["base_digest"]
+    assert "model.safetensors" in ref["files"] and "not copied" in ref["note"]
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF not really")
+    path, info = registry.stage_base(str(gguf), None, None, tmp_path / "gguf")
+    ref = json.loads(path.read_text())
+    assert (ref["kind"], ref["spec"], ref["size"]) == ("gguf", str(gguf.resolve()), 15)
+    assert info["base_digest"] == f"sha256:{ref['sha256']}"
+    with pytest.raises(BaseModelError, match="GGUF file not found"):
         registry.stage_base(str(tmp_path / "missing.gguf"), None, None, tmp_path)
+    with pytest.raises(BaseModelError, match="not in the local Hugging Face cache"):
+        registry.stage_base("lv-tests/not-cached", None, None, tmp_path)
+
+    import lvmodel.tiny
+
+    monkeypatch.setattr(lvmodel.tiny, "ensure_tiny_base", lambda: base)
+    path, info = registry.stage_base("tiny", None, None, tmp_path / "tiny")
+    assert path.is_dir() and info["base_kind"] == "tiny"  # bundled: a fresh clone loads it
+    assert (path / "model.safetensors").read_bytes() == (base / "model.safetensors").read_bytes()
+
+
+def _model_files(uri: str, dst: Path) -> dict[str, int]:
+    """Every file of a logged model, relative path -> size in bytes."""
+    root = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(dst)))
+    return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*") if p.is_file()}
+
+
+def _no_base_weights(files: dict[str, int], base: Path) -> None:
+    weights = [
+        f for f in files if f.endswith(".safetensors") and not f.startswith("artifacts/adapter")
+    ]
+    assert weights == []
+    assert sum(files.values()) < (base / "model.safetensors").stat().st_size / 2
+
+
+def test_hub_version_pins_the_revision_holds_no_weights_and_loads_it(
+    store: str, tiny_adapter: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, adapter = tiny_adapter
+    cache = use_hf_cache(monkeypatch, tmp_path / "hf-cache")
+    add_snapshot(cache, REPO, base, REV_A)
+    with mlflow.start_run():  # validates by default: MLflow loads it from the cache, predicts
+        info = registry.log_forecaster(
+            adapter_dir=adapter, codec=CODEC, base_spec=REPO, registered_model_name=NAME
+        )
+    uri = f"models:/{NAME}/{info.registered_model_version}"
+    files = _model_files(uri, tmp_path / "download")
+    ref = json.loads((tmp_path / "download" / "artifacts" / registry.BASE_REF_FILE).read_text())
+    assert (ref["kind"], ref["spec"], ref["revision"]) == ("hub", REPO, REV_A)
+    _no_base_weights(files, base)
+    tags = mlflow.MlflowClient().get_model_version(NAME, str(info.registered_model_version)).tags
+    assert (tags["base_kind"], tags["base_spec"], tags["base_revision"]) == ("hub", REPO, REV_A)
+
+    out = mlflow.pyfunc.load_model(uri).predict(GOOD, params={"horizon": 2})
+    assert len(out["prey"][0]) == 2
+
+    # A newer snapshot becomes `main` and the pinned one goes: the version still wants its own.
+    other = tmp_path / "other"
+    model, tok = random_tiny(1)
+    registry.save_base(model, tok, other)
+    add_snapshot(cache, REPO, other, REV_B)
+    shutil.rmtree(repo_folder(cache, REPO) / "snapshots" / REV_A)
+    with pytest.raises(BaseModelError) as err:
+        mlflow.pyfunc.load_model(uri)
+    message = str(err.value)
+    assert f"{REPO!r} at revision {REV_A} is not in the local Hugging Face cache" in message
+    assert f"cached revisions of it: {REV_B}" in message
+    assert f"hf download {REPO} --revision {REV_A}" in message
+
+
+def test_local_folder_version_holds_no_weights_and_checks_the_folder(
+    store: str, tiny_adapter: tuple[Path, Path], tmp_path: Path
+) -> None:
+    base, adapter = tiny_adapter
+    folder = tmp_path / "my-base"
+    shutil.copytree(base, folder)
+    with mlflow.start_run():
+        info = registry.log_forecaster(
+            adapter_dir=adapter, codec=CODEC, base_spec=str(folder), registered_model_name=NAME
+        )
+    uri = f"models:/{NAME}/{info.registered_model_version}"
+    files = _model_files(uri, tmp_path / "download")
+    ref = json.loads((tmp_path / "download" / "artifacts" / registry.BASE_REF_FILE).read_text())
+    assert (ref["kind"], ref["spec"]) == ("local", str(folder.resolve()))
+    assert ref["digest"] == pin_base(str(base))["digest"]  # same files, same digest
+    _no_base_weights(files, base)
+    out = mlflow.pyfunc.load_model(uri).predict(GOOD, params={"horizon": 2})
+    assert len(out["predator"][0]) == 2
+
+    model, _ = random_tiny(1)  # other weights, same shapes: the adapter would load silently
+    model.save_pretrained(tmp_path / "other")
+    shutil.copyfile(tmp_path / "other" / "model.safetensors", folder / "model.safetensors")
+    with pytest.raises(BaseModelError) as err:
+        mlflow.pyfunc.load_model(uri)
+    message = str(err.value)
+    assert f"base model folder {folder.resolve()}" in message and "has changed" in message
+    assert "model.safetensors changed content" in message and registry.BASE_REF_FILE in message
+    assert "register a new version" in message
+
+    shutil.rmtree(folder)
+    with pytest.raises(BaseModelError, match="does not exist on this machine"):
+        mlflow.pyfunc.load_model(uri)
+
+
+def test_unloadable_base_fails_registration(
+    store: str, tiny_adapter: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A GGUF reference that cannot load (before, GGUF and hub bases were never tried)."""
+    _, adapter = tiny_adapter
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a GGUF file")
+    with mlflow.start_run(), pytest.raises(registry.RegistryError) as err:
+        registry.log_forecaster(
+            adapter_dir=adapter, codec=CODEC, base_spec=str(bad), registered_model_name=NAME
+        )
+    message = str(err.value)
+    assert "could not be loaded and used to forecast, so it was not registered" in message
+    assert str(bad) in message and "GGUF" in message
+    client = mlflow.MlflowClient()
+    assert client.search_model_versions(f"name = '{NAME}'") == []
+    assert mlflow.search_logged_models(output_format="list") == []  # deleted again
+    with mlflow.start_run():  # the same without validation registers: the check is what catches it
+        info = registry.log_forecaster(
+            adapter_dir=adapter,
+            codec=CODEC,
+            base_spec=str(bad),
+            registered_model_name=NAME,
+            validate=False,
+        )
+    assert info.registered_model_version == 1
 
 
 def test_signature_and_requirements() -> None:

@@ -60,6 +60,24 @@ def test_run_over_budget_is_refused_before_training(tracking_uri, base_args):
     assert "train_loss" not in run.data.metrics  # nothing trained
 
 
+def test_a_refused_run_never_loads_the_base_model(tracking_uri, base_args, monkeypatch):
+    """Planning reads the base's config only; weights load after the ledger said yes (a 0.5B
+    model takes a minute and GBs of memory on a CPU: not for a run that cannot start)."""
+    import projects.experiment
+
+    loads: list[str] = []
+    real = projects.experiment.load_base
+    monkeypatch.setattr(
+        projects.experiment, "load_base", lambda spec, **kw: loads.append(spec) or real(spec, **kw)
+    )
+    refused = _train([*base_args, "--steps", "3", "--budget", "1e9"])
+    assert refused.exit_code == 1 and "refused" in refused.output
+    assert loads == []
+    admitted = _train([*base_args, "--steps", "1"])
+    assert admitted.exit_code == 0, admitted.output
+    assert loads == [base_args[3]]  # the same code path loads it once the run is admitted
+
+
 def test_budget_refuses_once_spent_and_table_adds_up(tracking_uri, base_args):
     assert _train([*base_args, "--steps", "2", "--run-name", "a"]).exit_code == 0
     (first,) = _runs()

@@ -249,7 +249,11 @@ def test_registered_model_holds_no_pickle(
     assert not [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
     # models from code: MLflow stores the source file, not a cloudpickled python_model
     assert "python_model.pkl" not in (model_dir / "MLmodel").read_text()
-    assert {"model.safetensors", "adapter_model.safetensors"} <= {p.name for p in files}
+    # A local-folder base is referenced (path + sha256 digest in base_ref.json), not copied: the
+    # model holds the adapter's safetensors and JSON, and no weights of its base.
+    names = {p.name for p in files}
+    assert {"adapter_model.safetensors", "base_ref.json"} <= names
+    assert "model.safetensors" not in names
 
 
 # -- 3. servers bind 127.0.0.1 --------------------------------------------------------------------

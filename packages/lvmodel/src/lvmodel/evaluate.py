@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import lvdata
+from lvflops import DEFAULT_LORA_TARGETS, ModelShape
 from lvmodel.forecast import Forecast, forecast, forecast_flops_bound, model_shape
 from lvmodel.lora import LoraSettings
 from lvmodel.metrics import protocol_split, score
@@ -55,7 +56,7 @@ def evaluate_llm(
         num_samples=num_samples,
         batch_size=batch_size,
         lora_rank=lora.rank if lora else None,
-        lora_targets=lora.targets if lora else ("q_proj", "v_proj"),
+        lora_targets=lora.targets if lora else DEFAULT_LORA_TARGETS,
         lm_head_bias=bool(lora and lora.lm_head_bias),
         progress=progress,
     )
@@ -78,15 +79,18 @@ def evaluation_flops_bound(
     lora: LoraSettings | None = None,
     num_samples: int = 1,
 ) -> int:
-    """Most FLOPs `evaluate_llm` can spend on `n_series` series (for plans and caps)."""
+    """Most FLOPs `evaluate_llm` can spend on `n_series` series (for plans and caps).
+
+    `model` is the model or its :class:`lvflops.ModelShape` (a plan made before loading it).
+    """
     return forecast_flops_bound(
-        model_shape(model),
+        model if isinstance(model, ModelShape) else model_shape(model),
         n_series,
         context_length,
         horizon,
         codec.decimals,
         num_samples=num_samples,
         lora_rank=lora.rank if lora else None,
-        lora_targets=lora.targets if lora else ("q_proj", "v_proj"),
+        lora_targets=lora.targets if lora else DEFAULT_LORA_TARGETS,
         lm_head_bias=bool(lora and lora.lm_head_bias),
     )

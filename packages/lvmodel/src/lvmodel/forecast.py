@@ -12,8 +12,20 @@ FLOPs are counted with :func:`lvflops.generate_flops` for what was actually comp
 the padded prompt length, the number of tokens the batch generated (the longest row; finished rows
 keep being computed as padding until every row is done), and ``batch x num_samples`` rows, with
 the KV cache and only the last position's logits (``logits_len=1``: ``generate`` asks the model
-for the last logits only). LoRA adapters and an LM-head bias cost FLOPs too, but the model is not
+for the last logits only), and attention over the key length the cache really holds (see
+:func:`generation_cache`). LoRA adapters and an LM-head bias cost FLOPs too, but the model is not
 inspected for them: pass ``lora_rank`` (and ``lora_targets``) and ``lm_head_bias`` to count them.
+
+The KV cache depends on the device (:func:`generation_cache`): on the CPU a static cache sized for
+the batch (prompt + new tokens, built here and passed to ``generate``), on CUDA transformers'
+dynamic cache. Why: a static cache avoids the per-step concatenation of keys and values, measured
+10-15% faster for tiny on 2 CPU cores with the same tokens; but on CUDA ``generate`` compiles the
+model's forward with ``torch.compile`` whenever the cache is static
+(``GenerationMixin._valid_auto_compile_criteria``, transformers 5.x), once per padded shape, and
+every batch and every in-training forecast has its own prompt width: tens of seconds of
+compilation for a few hundred milliseconds of generation. A static cache also attends over all
+its slots (unused ones masked), so it computes more attention than a dynamic one. The dynamic
+cache never compiles; `benchmarks/gpu_check.py` prints the compile count and forecasts/s on a GPU.
 
 Prompts are tokenized like the training windows (:func:`lvdata.tokenize_steps`: one chunk per time
 step, concatenated), without special tokens.
@@ -29,10 +41,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import StoppingCriteriaList
+from transformers import StaticCache, StoppingCriteriaList
 
 from lvdata import LLMTimeCodec, tokenize_steps
-from lvflops import DEFAULT_LORA_TARGETS, ModelShape, generate_flops
+from lvflops import DEFAULT_LORA_TARGETS, ModelShape, generate_flops, static_cache_len
 from lvmodel.grammar import (
     DEFAULT_MAX_INT_DIGITS,
     LLMTimeGrammar,
@@ -50,6 +62,7 @@ __all__ = [
     "build_prompts",
     "forecast",
     "forecast_flops_bound",
+    "generation_cache",
     "model_shape",
     "naive_generate_forecast",
     "truncate_history",
@@ -186,6 +199,20 @@ def _device(model: Any) -> torch.device:
         return torch.device("cpu")
 
 
+def generation_cache(device: torch.device) -> str:
+    """The KV cache `forecast` generates with on `device`: "static" on the CPU, "dynamic" elsewhere.
+
+    The reasons are in the module docstring: static is faster on the CPU; on CUDA a static cache
+    makes ``generate`` compile the forward once per padded shape.
+    """
+    return "static" if torch.device(device).type == "cpu" else "dynamic"
+
+
+def _static_cache(model: Any, cache_len: int) -> StaticCache:
+    base = getattr(model, "get_base_model", lambda: model)()
+    return StaticCache(config=base.config, max_cache_len=cache_len)
+
+
 def _flops_kwargs(
     model: Any, lora_rank: int | None, lora_targets: Sequence[str], lm_head_bias: bool
 ) -> dict[str, Any]:
@@ -215,11 +242,13 @@ def forecast_flops_bound(
     max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
     n_vars: int = 2,
 ) -> int:
-    """The most FLOPs :func:`forecast` can spend, for plans and caps.
+    """The most FLOPs :func:`forecast` can spend, for plans and caps, on any device.
 
-    Every prompt padded to ``prompt_tokens`` (the context limit) and every row generating the
-    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`); generation cost
-    is linear in the rows, so the split into batches does not change the bound.
+    Every prompt padded to ``prompt_tokens`` (the context limit), every row generating the
+    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`), and attention
+    over a static cache of ``prompt_tokens + new - 1`` slots at every step (what the CPU path
+    computes; the dynamic cache of the CUDA path attends to fewer keys). Generation cost is linear
+    in the rows, so the split into batches does not change the bound.
     """
     new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
     return generate_flops(
@@ -228,6 +257,7 @@ def forecast_flops_bound(
         new,
         batch=n_series * num_samples,
         kv_cache=True,
+        cache_len=static_cache_len(prompt_tokens, new),
         lora_rank=lora_rank,
         lora_targets=tuple(lora_targets),
         lm_head_bias=lm_head_bias,
@@ -302,7 +332,8 @@ def forecast(
 
     Returns:
         :class:`Forecast`; FLOPs per batch are ``generate_flops(shape, padded_prompt_len,
-        tokens_generated_by_the_batch, batch=rows, kv_cache=True, logits_len=1, ...)``.
+        tokens_generated_by_the_batch, batch=rows, kv_cache=True, logits_len=1, cache_len=...)``
+        with ``cache_len`` the static cache's slots on the CPU and None (dynamic) on CUDA.
     """
     if horizon < 1 or num_samples < 1 or batch_size < 1:
         raise ValueError(f"need horizon, num_samples, batch_size >= 1: {horizon}, {num_samples}")
@@ -313,6 +344,7 @@ def forecast(
         tokenizer, codec.decimals, n_vars, max_int_digits, codec.var_sep, codec.time_sep
     )
     pad_id, device = grammar.pad_token_id, _device(model)
+    cache_kind = generation_cache(device)
     shape = model_shape(model)
     fkw = _flops_kwargs(model, lora_rank, lora_targets, lm_head_bias)
     max_new = max_new_tokens_for(horizon, codec.decimals, max_int_digits, n_vars)
@@ -323,9 +355,6 @@ def forecast(
         "num_return_sequences": num_samples,
         "pad_token_id": pad_id,
         "use_cache": True,
-        # A cache preallocated for prompt + max_new tokens: no per-step concatenation of the
-        # keys and values (measured 10-15% faster for tiny on CPU, the same tokens).
-        "cache_implementation": "static",
         "repetition_penalty": 1.0,
         "num_beams": 1,
     }
@@ -350,7 +379,18 @@ def forecast(
             ids, mask = _left_pad(chunk, pad_id)
             processor = LLMTimeLogitsProcessor(grammar, horizon)
             stop = StepsStoppingCriteria(grammar.time_sep_id, horizon, ids.shape[1])
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            cache: dict[str, Any] = {}
+            cache_len = None
+            if cache_kind == "static":  # sized for this batch: attention over exactly these slots
+                cache_len = static_cache_len(ids.shape[1], max_new)
+                cache["past_key_values"] = _static_cache(model, cache_len)
+            with (
+                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+                warnings.catch_warnings(),
+            ):
+                # transformers >= 5.2x renames generate's `past_key_values` to `cache` and warns;
+                # the old name works in every version lvmodel supports (< 6).
+                warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)
                 torch.manual_seed(seed + i)
                 out = model.generate(
                     input_ids=ids.to(device),
@@ -358,13 +398,20 @@ def forecast(
                     logits_processor=[processor],
                     stopping_criteria=StoppingCriteriaList([stop]),
                     **gen_kwargs,
+                    **cache,
                 )
             gen = out[:, ids.shape[1] :].cpu()
             lengths = _row_lengths(gen, grammar.time_sep_id, horizon, pad_id)
             rows = gen.shape[0]
             if gen.shape[1] > 0:
                 flops += generate_flops(
-                    shape, ids.shape[1], gen.shape[1], batch=rows, kv_cache=True, **fkw
+                    shape,
+                    ids.shape[1],
+                    gen.shape[1],
+                    batch=rows,
+                    kv_cache=True,
+                    cache_len=cache_len,
+                    **fkw,
                 ).total
             prompt_tokens += int(mask.sum()) * num_samples
             generated_tokens += int(lengths.sum())

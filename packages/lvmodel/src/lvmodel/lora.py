@@ -2,9 +2,16 @@
 
 The coursework's reference code wraps q_proj and v_proj with LoRA (alpha = rank) and makes a bias on
 the LM head (one value per vocabulary entry) trainable. PEFT has no notion of a bias added to a layer
-that has none, so the bias is a plain `nn.Parameter` set on the head and saved beside the adapter in
-its own safetensors file; the LoRA weights stay in PEFT's format (`PeftModel.from_pretrained` loads
-them).
+that has none, so the bias is a plain `nn.Parameter` (`lm_head.lv_bias`) added to the head's output
+by a forward hook and saved beside the adapter in its own safetensors file; the LoRA weights stay in
+PEFT's format (`PeftModel.from_pretrained` loads them).
+
+Every trainable tensor is float32 whatever the base's dtype (mixed precision: a bf16 base, fp32
+trainables and fp32 AdamW state). PEFT upcasts LoRA A/B itself (`autocast_adapter_dtype=True`);
+the head bias is created in float32 and cast to the logits' dtype only for the addition, so updates
+of 1e-4 and below accumulate instead of rounding away in bf16 (bf16 has 8 bits of mantissa: 1 +
+1e-4 == 1). The bias cannot simply be the head's own `bias`: `nn.Linear` would then mix a bf16
+weight with a float32 bias, which fails outside autocast (a bf16 base on the CPU).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 BIAS_FILE = "lm_head_bias.safetensors"
+BIAS_PARAM = "lv_bias"  # name of the bias parameter on the LM head module
 SETTINGS_FILE = "lv_lora.json"
 
 
@@ -70,14 +78,30 @@ def lm_head(model: nn.Module) -> nn.Linear:
     return head
 
 
+def _add_bias_to_logits(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    bias: torch.Tensor = getattr(module, BIAS_PARAM)
+    return output + bias.to(output.dtype)
+
+
+def head_bias(model: nn.Module) -> nn.Parameter | None:
+    """The trainable lm_head bias added by `apply_lora` / `load_adapter`, or None."""
+    return getattr(lm_head(model), BIAS_PARAM, None)
+
+
 def _add_lm_head_bias(model: nn.Module) -> nn.Parameter:
+    """A float32 bias on the head's output (added once, however often this is called)."""
     head = lm_head(model)
-    if head.bias is None:
-        head.bias = nn.Parameter(
-            torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device)
+    if head.bias is not None:
+        raise ValueError("the model's LM head already has a bias; lm_head_bias=True adds another")
+    bias = head_bias(model)
+    if bias is None:
+        bias = nn.Parameter(
+            torch.zeros(head.out_features, dtype=torch.float32, device=head.weight.device)
         )
-    head.bias.requires_grad_(True)
-    return head.bias
+        head.register_parameter(BIAS_PARAM, bias)
+        head.register_forward_hook(_add_bias_to_logits)
+    bias.requires_grad_(True)
+    return bias
 
 
 def apply_lora(model: nn.Module, settings: LoraSettings | None = None) -> PeftModel:
@@ -91,7 +115,7 @@ def apply_lora(model: nn.Module, settings: LoraSettings | None = None) -> PeftMo
         bias="none",
         task_type="CAUSAL_LM",
     )
-    peft_model = get_peft_model(model, config)
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=True)  # fp32 LoRA A/B
     if settings.lm_head_bias:
         _add_lm_head_bias(peft_model)
     return peft_model
@@ -137,7 +161,7 @@ def save_adapter(model: PeftModel, directory: str | Path, settings: LoraSettings
     directory = Path(directory)
     model.save_pretrained(str(directory), safe_serialization=True)
     if settings.lm_head_bias:
-        bias = lm_head(model).bias
+        bias = head_bias(model)
         assert bias is not None
         save_file({"bias": bias.detach().cpu().contiguous()}, str(directory / BIAS_FILE))
     (directory / SETTINGS_FILE).write_text(json.dumps(settings.to_dict(), indent=2))
@@ -153,11 +177,13 @@ def load_adapter(
     if not settings_path.is_file():
         raise FileNotFoundError(f"{directory} is not an lv-forecast adapter: no {SETTINGS_FILE}")
     settings = LoraSettings.from_dict(json.loads(settings_path.read_text()))
-    model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=trainable)
+    model = PeftModel.from_pretrained(
+        base_model, str(directory), is_trainable=trainable, autocast_adapter_dtype=True
+    )
     if settings.lm_head_bias:
         bias = _add_lm_head_bias(model)
         with torch.no_grad():
-            bias.copy_(load_file(str(directory / BIAS_FILE))["bias"].to(bias.device, bias.dtype))
+            bias.copy_(load_file(str(directory / BIAS_FILE))["bias"].to(bias.device, torch.float32))
         bias.requires_grad_(trainable)
     return model
 

@@ -5,8 +5,8 @@ evaluate, checkpoint. Results leave through `on_metrics(step, metrics)`; nothing
 
 FLOPs are counted with lvflops for the shape actually run: each micro-batch is trimmed to its longest
 unpadded window, and the remaining padding is counted (it is computed). Training steps cost
-3 x forward (coursework rule), validation loss 1 x forward, forecasts their generation cost with the
-KV cache. Training stops *before* a step or an evaluation would cross `flops_cap`.
+3 x (forward + cross-entropy loss) (coursework rule, `train_step_flops`), a validation-loss pass
+1 x (forward + loss) (`eval_flops`), forecasts their generation cost with the KV cache. Training stops *before* a step or an evaluation would cross `flops_cap`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from transformers.optimization import (
 )
 
 import lvdata
-from lvflops import ModelShape, forward_flops, train_step_flops
+from lvflops import ModelShape, eval_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
 from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
 from lvmodel.forecast import forecast_flops_bound, model_shape
@@ -155,7 +155,7 @@ def make_scheduler(
     )
 
 
-class _Batches:
+class Batches:
     """Deterministic epoch-shuffled micro-batches; the position (epoch, cursor) is checkpointable."""
 
     def __init__(self, windows: lvdata.Windows, batch_size: int, seed: int) -> None:
@@ -187,7 +187,7 @@ def trim_batch(windows: lvdata.Windows, idx: np.ndarray | slice) -> dict[str, to
     }
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+def autocast_for(device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA; fp32 (no autocast) on CPU, so CPU runs are exactly reproducible."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -239,7 +239,7 @@ def fit(
     val_w = lvdata.Windows(
         **{f.name: getattr(val_w, f.name)[: config.eval_windows] for f in fields(val_w)}
     )
-    batches = _Batches(train_w, config.batch_size, config.seed)
+    batches = Batches(train_w, config.batch_size, config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, config)
@@ -278,7 +278,7 @@ def fit(
         out: dict[str, float] = {}
         if final or due(config.eval_every):
             cost = sum(
-                forward_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
+                eval_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
                 for b in _val_batches(val_w, config.batch_size)
             )
             if within_cap(cost):
@@ -321,7 +321,7 @@ def fit(
         loss_sum, tokens = 0.0, 0
         for b in micro:
             b = {k: v.to(device) for k, v in b.items()}
-            with _autocast(device):
+            with autocast_for(device):
                 loss = model(**b).loss / config.grad_accum
             loss.backward()
             loss_sum += float(loss.detach())
@@ -370,8 +370,9 @@ def planned_fit_flops(
 ) -> int:
     """Upper bound of what `fit` will charge: for budget reservations before a run starts.
 
-    Every step at full windows (`batch_size * grad_accum` x `context_length`), the validation
-    loss at each due step plus the end, and the forecasting metric at each due step plus the end,
+    Every step at full windows (`batch_size * grad_accum` x `context_length`, 3 x (forward +
+    loss)), the validation loss (forward + loss over `eval_windows` full windows) at each due step
+    plus the end, and the forecasting metric at each due step plus the end,
     each forecast at its bound (`forecast_flops_bound`).
     """
     fkw: dict[str, Any] = {
@@ -387,7 +388,7 @@ def planned_fit_flops(
 
     n_val = min(n_val_windows, config.eval_windows)
     loss = evaluations(config.eval_every) * (
-        forward_flops(shape, config.context_length, n_val, **fkw).total if n_val else 0
+        eval_flops(shape, config.context_length, n_val, **fkw).total if n_val else 0
     )
     fc = 0
     if config.forecast_every >= 0:
@@ -418,7 +419,7 @@ def validation_loss(
     total, count = 0.0, 0
     for b in _val_batches(windows, batch_size):
         b = {k: v.to(device) for k, v in b.items()}
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         labels = b["labels"][:, 1:]
         losses = torch.nn.functional.cross_entropy(
