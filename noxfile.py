@@ -23,7 +23,8 @@ def _install_project(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (no GPU, no model hub). Extra args go to pytest, e.g. `-- -k codec`."""
     _install_project(session)
-    session.run("pytest", *(session.posargs or ["-q", "--ignore=tests/reliability"]), env=ENV)
+    default = ["-q", "--ignore=tests/reliability", "--ignore=tests/realmodel"]
+    session.run("pytest", *(session.posargs or default), env=ENV)
 
 
 @nox.session(python=PYTHON)
@@ -31,6 +32,22 @@ def reliability(session: nox.Session) -> None:
     """Crash safety, the budget under concurrency (SQLite and PostgreSQL), bad inputs, security."""
     _install_project(session)
     session.run("pytest", *(session.posargs or ["-q", "tests/reliability"]), env=ENV)
+
+
+@nox.session(python=PYTHON, name="qwen-pipeline")
+def qwen_pipeline(session: nox.Session) -> None:
+    """The whole `qwen` pipeline on the real Qwen2.5 0.5B on this CPU, cut to about 30 minutes
+    (opt-in, never in CI). Uses $LV_QWEN_GGUF, else assembles the GGUF with
+    ../shared/tools/qwen-gguf; $LV_QWEN_CUTS overrides the cuts ("steps=2 lrs=0.0001 ...")."""
+    _install_project(session)
+    gguf = os.environ.get("LV_QWEN_GGUF")
+    if not gguf:
+        tool = os.path.join(os.path.dirname(__file__), "..", "shared", "tools", "qwen-gguf")
+        if not os.path.exists(tool):
+            session.error("set LV_QWEN_GGUF to a Qwen2.5 GGUF file (no ../shared/tools/qwen-gguf)")
+        gguf = session.run(tool, silent=True, external=True).strip().splitlines()[-1]
+    args = session.posargs or ["-q", "-s", "-m", "qwen_pipeline", "tests/realmodel"]
+    session.run("pytest", *args, env={**ENV, "LV_QWEN_GGUF": gguf})
 
 
 @nox.session(python=PYTHON)
@@ -65,3 +82,12 @@ def bench(session: nox.Session) -> None:
     """Print forecasting and training throughput figures (not part of CI). Args go to the script."""
     _install_project(session)
     session.run("python", "benchmarks/bench.py", *session.posargs, env={**ENV, **os.environ})
+
+
+@nox.session(python=PYTHON, name="gpu-check")
+def gpu_check(session: nox.Session) -> None:
+    """LoRA step MFU, batched vs naive forecasting, memory and NVML on the Qwen2.5-0.5B shape
+    (`benchmarks/gpu_check.py`; CUDA if present, else CPU). Args go to the script, e.g.
+    `-- --layers 2 --batch 1 --seq-len 128 --steps 2 --warmup 1 --series 8 --naive-series 2`."""
+    _install_project(session)
+    session.run("python", "benchmarks/gpu_check.py", *session.posargs, env={**ENV, **os.environ})

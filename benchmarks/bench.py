@@ -5,16 +5,23 @@ Prints, for the `tiny` base and (given --gguf) the real Qwen2.5 0.5B:
   per-row stop) against `naive_generate_forecast` (one series at a time, unconstrained, a fixed
   `max_new_tokens`), and the ratio;
 - training tokens per second and MFU for tiny and for the full-size Qwen2.5-0.5B shape with random
-  weights (LoRA r=4 on q/v plus the lm_head bias, as in the coursework).
+  weights (LoRA r=4 on q/v plus the lm_head bias, as in the coursework), with the base in fp32, in
+  bf16 or both (`--dtype`): a bf16 base keeps its trainable tensors (LoRA A/B, the head bias) in
+  float32 as `lvmodel.lora.apply_lora` makes them, and runs under `lvmodel.train.autocast_for` like
+  `fit` (bf16 autocast on CUDA, none on CPU).
 
-MFU = executed FLOPs per second / the machine's matmul peak measured in this process (an n x n fp32
-(or bf16 on GPU) matmul; FLOPs counted as m*p*(2n-1)). Executed FLOPs of a LoRA step come from
+MFU = executed FLOPs per second / the machine's matmul peak measured in this process (an n x n
+matmul in the dtype of the run; FLOPs counted as m*p*(2n-1)). Executed FLOPs of a LoRA step come from
 `lvflops.executed_train_step_flops`: forward + input-gradient backward (2 x forward) + the weight
 gradients of the adapters and the bias only, since frozen weights get no weight gradients. The
 budget, by contrast, charges the coursework's 3 x forward.
 
 Usage: python benchmarks/bench.py [--gguf FILE] [--series 64] [--context 256 --context 512]
-       [--skip-full] [--json OUT]
+       [--skip-tiny] [--skip-full] [--dtype fp32|bf16|both] [--full-batch 1 --full-seq 512]
+       [--json OUT]
+e.g. fp32 against bf16 on this CPU, full size only:
+       python benchmarks/bench.py --skip-tiny --dtype both --full-seq 256 --train-steps 3
+For the GPU machine (no mlflow, exact shape, forecasting too) see benchmarks/gpu_check.py.
 """
 
 from __future__ import annotations
@@ -32,22 +39,45 @@ from lvflops import QWEN2_5_0_5B, executed_train_step_flops
 from lvmodel.base import load_base
 from lvmodel.forecast import forecast, model_shape, naive_generate_forecast
 from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.train import autocast_for
 
 LORA = LoraSettings(rank=4, lm_head_bias=True)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Measured matmul FLOP/s (m*p*(2n-1) convention) of an n x n product: the MFU denominator."""
+def matmul_peak(
+    device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10, budget_s: float = 5.0
+) -> float:
+    """Measured matmul FLOP/s (m*p*(2n-1) convention) of an n x n product: the MFU denominator.
+
+    On a machine where a product of size n would take over 5 s (bf16 on a CPU without
+    AVX512-BF16/AMX runs at about 1 GFLOP/s) n is halved until it does not, and the timed
+    repetitions stop after `budget_s` seconds.
+    """
+    probe = min(n, 512)
+    a = torch.randn(probe, probe, device=device, dtype=dtype)
+    a @ a  # first call: library set-up
+    _sync(device)
+    t0 = time.perf_counter()
+    a @ a
+    _sync(device)
+    rate = probe**3 * 2 / max(time.perf_counter() - t0, 1e-9)
+    while n > probe and 2 * n**3 / rate > 5.0:
+        n //= 2
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(reps):
+    done = 0
+    while done < reps:
         a @ b
+        done += 1
+        if device.type == "cpu" and time.perf_counter() - t0 > budget_s:
+            break
     _sync(device)
-    return reps * n * n * (2 * n - 1) / (time.perf_counter() - t0)
+    return done * n * n * (2 * n - 1) / (time.perf_counter() - t0)
 
 
 def _sync(device: torch.device) -> None:
@@ -77,18 +107,19 @@ def bench_forecast(model, tokenizer, histories, codec, horizon: int, context: in
     }
 
 
-def bench_train(model, batch: int, seq_len: int, steps: int, peak: float) -> dict:
+def bench_train(
+    model, batch: int, seq_len: int, steps: int, peak: float, lora: LoraSettings = LORA
+) -> dict:
     """Tokens/s and MFU of LoRA training steps on random tokens of the given shape."""
     device = next(model.parameters()).device
     shape = model_shape(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, min(shape.vocab_size, 90), (batch, seq_len), device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     model.train()
 
     def step() -> None:
-        with autocast:
+        with autocast_for(device):  # as lvmodel.train.fit: bf16 autocast on CUDA, none on CPU
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
@@ -102,9 +133,14 @@ def bench_train(model, batch: int, seq_len: int, steps: int, peak: float) -> dic
     _sync(device)
     per_step = (time.perf_counter() - t0) / steps
     executed = executed_train_step_flops(
-        shape, seq_len, batch, lora_rank=LORA.rank, lm_head_bias=LORA.lm_head_bias
+        shape, seq_len, batch, lora_rank=lora.rank, lm_head_bias=lora.lm_head_bias
     ).total
     return {
+        "base_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "trainable_dtypes": sorted(
+            {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+        ),
+        "lm_head_bias": lora.lm_head_bias,
         "batch": batch,
         "seq_len": seq_len,
         "seconds_per_step": per_step,
@@ -132,6 +168,34 @@ def full_size_random(device: torch.device, dtype: torch.dtype) -> torch.nn.Modul
     return Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype)
 
 
+def bench_full(
+    device: torch.device, dtype: torch.dtype, batch: int, seq_len: int, steps: int, peak: float
+) -> dict:
+    """LoRA steps of the full-size shape with the base in `dtype`; LoRA-only if the bias fails.
+
+    A bf16 base on the CPU runs without autocast (as `fit` does), so a float32 lm_head bias added
+    as the head's own `nn.Linear` bias would meet a bf16 weight: that error is reported and the
+    step benchmarked without the bias.
+    """
+    model = apply_lora(full_size_random(device, dtype), LORA)
+    try:
+        return bench_train(model, batch, seq_len, steps, peak)
+    except RuntimeError as err:
+        if not any(word in str(err).lower() for word in ("dtype", "scalar type")):
+            raise
+        click.echo(
+            f"  {dtype} with the lm_head bias failed ({type(err).__name__}: {err}); "
+            "benchmarking LoRA only (no head bias) instead",
+            err=True,
+        )
+    del model
+    lora_only = LoraSettings(rank=LORA.rank, targets=LORA.targets, lm_head_bias=False)
+    model = apply_lora(full_size_random(device, dtype), lora_only)
+    result = bench_train(model, batch, seq_len, steps, peak, lora_only)
+    result["lm_head_bias_error"] = True
+    return result
+
+
 @click.command()
 @click.option(
     "--gguf",
@@ -155,6 +219,15 @@ def full_size_random(device: torch.device, dtype: torch.dtype) -> torch.nn.Modul
 @click.option("--full-batch", default=1, show_default=True, help="Batch of the full-size run.")
 @click.option("--full-seq", default=512, show_default=True, help="Tokens of the full-size run.")
 @click.option("--skip-full", is_flag=True, help="Skip the full-size training benchmark.")
+@click.option(
+    "--dtype",
+    "full_dtype",
+    type=click.Choice(["auto", "fp32", "bf16", "both"]),
+    default="auto",
+    show_default=True,
+    help="dtype of the full-size base (auto: bf16 on CUDA, fp32 on CPU; both: fp32 then bf16).",
+)
+@click.option("--skip-tiny", is_flag=True, help="Skip the tiny base (forecasting and training).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 def main(
     gguf,
@@ -166,6 +239,8 @@ def main(
     full_batch,
     full_seq,
     skip_full,
+    full_dtype,
+    skip_tiny,
     json_out,
 ) -> None:
     """Print forecasting and training throughput figures."""
@@ -177,6 +252,7 @@ def main(
         "device": str(device),
         "dtype": str(dtype),
         "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "matmul_peak_flops_per_s": peak,
     }
     click.echo(
@@ -188,20 +264,22 @@ def main(
     codec = lvdata.LLMTimeCodec.fit(traj.values[:20])
     histories = traj.values[20:, :50]
 
-    model, tok = load_base("tiny", device=device)
-    for context in contexts:
-        report[f"tiny_forecast_ctx{context}"] = r = bench_forecast(
-            model, tok, histories[:series], codec, horizon, context
-        )
-        click.echo(
-            f"tiny forecast (context {context}): batched {r['batched_forecasts_per_s']:.1f}/s, "
-            f"naive {r['naive_forecasts_per_s']:.1f}/s, speedup {r['speedup']:.1f}x "
-            f"(invalid {r['batched_invalid_rate']:.1%} vs {r['naive_invalid_rate']:.1%})"
-        )
-    tiny_lora = apply_lora(model, LORA)
-    report["tiny_train"] = r = bench_train(tiny_lora, 8, 256, max(train_steps, 5), peak)
-    click.echo(f"tiny train (8x256): {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.1%}")
-    del model, tiny_lora
+    if not skip_tiny:
+        model, tok = load_base("tiny", device=device)
+        for context in contexts:
+            report[f"tiny_forecast_ctx{context}"] = r = bench_forecast(
+                model, tok, histories[:series], codec, horizon, context
+            )
+            click.echo(
+                f"tiny forecast (context {context}): batched "
+                f"{r['batched_forecasts_per_s']:.1f}/s, naive {r['naive_forecasts_per_s']:.1f}/s, "
+                f"speedup {r['speedup']:.1f}x "
+                f"(invalid {r['batched_invalid_rate']:.1%} vs {r['naive_invalid_rate']:.1%})"
+            )
+        tiny_lora = apply_lora(model, LORA)
+        report["tiny_train"] = r = bench_train(tiny_lora, 8, 256, max(train_steps, 5), peak)
+        click.echo(f"tiny train (8x256): {r['tokens_per_s']:.0f} tokens/s, MFU {r['mfu']:.1%}")
+        del model, tiny_lora
 
     if gguf:
         model, tok = load_base(gguf, device=device, dtype=dtype)
@@ -216,16 +294,40 @@ def main(
         del model
 
     if not skip_full:
-        full = apply_lora(full_size_random(device, dtype), LORA)
-        report["full_train"] = r = bench_train(full, full_batch, full_seq, train_steps, peak)
-        click.echo(
-            f"Qwen2.5-0.5B shape train ({full_batch}x{full_seq}): "
-            f"{r['tokens_per_s']:.0f} tokens/s, {r['seconds_per_step']:.1f} s/step, "
-            f"MFU {r['mfu']:.1%}"
-        )
+        names = {"auto": ["bf16" if device.type == "cuda" else "fp32"], "both": ["fp32", "bf16"]}
+        peaks = {str(dtype): peak}
+        for name in names.get(full_dtype, [full_dtype]):
+            dt = DTYPES[name]
+            if str(dt) not in peaks:
+                peaks[str(dt)] = matmul_peak(device, dt)
+                report[f"matmul_peak_{name}_flops_per_s"] = peaks[str(dt)]
+                click.echo(f"{name} matmul peak {peaks[str(dt)] / 1e9:.1f} GFLOP/s")
+                if dt == torch.bfloat16 and device.type == "cpu" and peaks[str(dt)] < peak:
+                    click.echo(
+                        f"  bf16 matmuls are slower than fp32 on this CPU (capability "
+                        f"{torch.backends.cpu.get_cpu_capability()}: no AVX512-BF16/AMX); "
+                        "expect a bf16 step to be far slower than fp32",
+                        err=True,
+                    )
+            r = bench_full(device, dt, full_batch, full_seq, train_steps, peaks[str(dt)])
+            report[f"full_train_{name}"] = r
+            what = "LoRA + head bias" if r["lm_head_bias"] else "LoRA only (head bias failed)"
+            click.echo(
+                f"Qwen2.5-0.5B shape train, {name} base ({full_batch}x{full_seq}, {what}, "
+                f"trainables {'/'.join(r['trainable_dtypes'])}): {r['tokens_per_s']:.0f} "
+                f"tokens/s, {r['seconds_per_step']:.1f} s/step, MFU {r['mfu']:.1%} of the "
+                f"{name} peak"
+            )
+        if "full_train_fp32" in report and "full_train_bf16" in report:
+            ratio = (
+                report["full_train_bf16"]["tokens_per_s"]
+                / report["full_train_fp32"]["tokens_per_s"]
+            )
+            report["full_train_bf16_over_fp32"] = ratio
+            click.echo(f"bf16 / fp32 tokens/s: {ratio:.2f}x")
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
-    click.echo(json.dumps({k: v for k, v in report.items()}, default=float, indent=1))
+    click.echo(json.dumps(dict(report.items()), default=float, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,645 @@
+"""GPU check of the engine: LoRA training throughput and MFU, batched forecasting, memory, NVML.
+
+Runs lvmodel's own code paths on the exact Qwen2.5-0.5B-Instruct architecture (lvflops'
+QWEN2_5_0_5B shape: 24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied
+embeddings, rope theta 1e6, RMSNorm eps 1e-6) with random weights, or with real weights from
+`--gguf FILE`; bf16 on CUDA, fp32 on the CPU. Needs only torch, transformers, peft, numpy, scipy,
+h5py and the project's packages (put on sys.path from packages/*/src by this script): no mlflow,
+no network, nothing from projects/. Prints, each part with its wall time:
+
+- train: `lvmodel.train.fit` with `apply_lora(LoraSettings(rank=4))` (q_proj/v_proj, lm_head bias)
+  on LLMTime windows of `--batch` x `--seq-len` tokens: seconds per step over `--steps` steps after
+  `--warmup` (timed between fit's own per-step callbacks, the device synchronized in each), tokens/s,
+  MFU = executed FLOPs (lvflops.executed_train_step_flops) per second / the matmul peak measured
+  here (an n x n torch.matmul in the run's dtype, CUDA events on GPU), the budgeted FLOPs per step
+  (lvflops.train_step_flops) and the peak memory. Target on one H200: MFU >= 35%.
+- forecast: `lvmodel.forecast.forecast` (batched, grammar-constrained, KV cache) on `--series`
+  histories of 50 steps (batch `--batch-size`, context `--context`, horizon `--horizon`) after a
+  small warm-up call, against `naive_generate_forecast` (one series at a time, unconstrained) on
+  `--naive-series` of them: forecasts/s, the ratio (target on one H200: >= 20x), invalid rates, the
+  torch.compile graphs and seconds each call caused (transformers' `generate` compiles the forward
+  by itself on CUDA when the KV cache is static; 0 expected otherwise), peak memory.
+- nvml: whether `import pynvml` (nvidia-ml-py) works, and on CUDA one reading of GPU memory,
+  utilisation and power with the calls MLflow's system-metrics GPU monitor makes.
+
+With random weights the forecasts are noise (the naive baseline's invalid rate is then ~100%): only
+speed, compile counts and memory mean something. The tokenizer is the real Qwen2.5 one when it can
+be had (the GGUF file's, `--tokenizer SPEC`, or Qwen/Qwen2.5-0.5B-Instruct in the local HF cache),
+else lvmodel's tiny tokenizer, whose ids for digits, ",", "." and ";" are Qwen2's (`ord(c) - 33`),
+so prompts have the same ids and lengths.
+
+The last line printed is a one-line JSON summary of every figure; it is also written (after each
+part, so a run cut short keeps what it measured) to `--json FILE`, else to $OUT/gpu_check.json when
+$OUT is set.
+
+Examples:
+  python benchmarks/gpu_check.py                               # full settings (GPU: ~1-2 minutes)
+  python benchmarks/gpu_check.py --layers 2 --batch 1 --seq-len 128 --steps 2 --warmup 1 \\
+      --series 8 --naive-series 2                              # a quick CPU smoke run
+  python benchmarks/gpu_check.py --gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+  benchmarks/gpu_check.sh engine [ARGS]    # the same through the wrapper
+  benchmarks/gpu_check.sh pipeline         # the whole qwen pipeline with MLflow (see the wrapper)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _src in sorted((ROOT / "packages").glob("*/src"), reverse=True):
+    if str(_src) not in sys.path:
+        sys.path.insert(0, str(_src))  # the project's packages without installing them
+
+HISTORY_STEPS = 50  # the protocol's history: the first 50 steps of each series
+MFU_TARGET, SPEEDUP_TARGET = 0.35, 20.0
+T0 = time.perf_counter()
+
+
+def say(message: str) -> None:
+    """A progress line, with the seconds since start."""
+    print(f"[gpu_check {time.perf_counter() - T0:6.1f}s] {message}", flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="gpu_check.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "part",
+        nargs="?",
+        default="engine",
+        choices=["engine"],
+        help="what to check (engine; the pipeline part is `benchmarks/gpu_check.sh pipeline`)",
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N, cpu")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="base model dtype (auto: bf16 on CUDA, fp32 on CPU); trainables stay float32",
+    )
+    p.add_argument("--gguf", metavar="FILE", help="real Qwen2.5 weights and tokenizer (a .gguf)")
+    p.add_argument(
+        "--tokenizer",
+        metavar="SPEC",
+        help="a tokenizer folder or hub id (default: the GGUF's, else the HF cache's, else tiny)",
+    )
+    p.add_argument("--layers", type=int, help="keep only the first N decoder layers (CPU smoke)")
+    p.add_argument("--batch", type=int, default=4, help="training windows per step (default 4)")
+    p.add_argument("--seq-len", type=int, default=768, help="tokens per window (default 768)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps (default 10)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3, >= 1)")
+    p.add_argument("--series", type=int, default=128, help="series forecast batched (default 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="forecast batch (default 64)")
+    p.add_argument("--naive-series", type=int, default=8, help="series forecast naively (8)")
+    p.add_argument("--context", type=int, default=512, help="prompt token limit (default 512)")
+    p.add_argument("--horizon", type=int, default=5, help="steps forecast (default 5)")
+    p.add_argument("--peak-n", type=int, help="matmul size for the peak (8192 CUDA, 2048 CPU)")
+    p.add_argument("--peak-reps", type=int, help="timed matmuls for the peak (50 CUDA, 5 CPU)")
+    p.add_argument(
+        "--gen-compile",
+        default="auto",
+        choices=["auto", "off"],
+        help="off: set generation_config.disable_compile (transformers' auto-compile) first",
+    )
+    p.add_argument("--skip-train", action="store_true", help="skip the training part")
+    p.add_argument("--skip-forecast", action="store_true", help="skip the forecasting part")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--json", metavar="FILE", help="write the summary here (default: $OUT/gpu_check.json)"
+    )
+    args = p.parse_args(argv)
+    for name in ("batch", "seq_len", "steps", "warmup", "series", "batch_size", "naive_series"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.layers is not None and args.layers < 1:
+        p.error("--layers must be at least 1")
+    if args.naive_series > args.series:
+        p.error("--naive-series cannot exceed --series (the naive series are the first ones)")
+    if args.gguf and not Path(args.gguf).is_file():
+        p.error(f"--gguf: no file at {args.gguf}")
+    return args
+
+
+# -- set-up ----------------------------------------------------------------------------------------
+
+
+def versions(device: Any) -> dict[str, Any]:
+    import numpy
+    import peft
+    import torch
+    import transformers
+
+    out: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "numpy": numpy.__version__,
+        "device": str(device),
+        "cuda_available": torch.cuda.is_available(),
+        "torch_cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
+        out["device_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
+    else:
+        out["device_name"] = platform.processor() or platform.machine()
+    return out
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: Any, dtype: Any, n: int, reps: int) -> tuple[float, int]:
+    """(FLOP/s, n) of an n x n @ n x n torch.matmul (counted n*n*(2n-1)): the MFU denominator.
+
+    On the CPU n is halved while one product would take over 5 s (bf16 on a CPU without
+    AVX512-BF16/AMX runs at about 1 GFLOP/s).
+    """
+    import torch
+
+    if device.type == "cpu":
+        probe = torch.randn(512, 512, dtype=dtype)
+        probe @ probe
+        t0 = time.perf_counter()
+        probe @ probe
+        rate = 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
+        while n > 512 and 2 * n**3 / rate > 5.0:
+            n //= 2
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        torch.matmul(a, b, out=out)
+    sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            torch.matmul(a, b, out=out)
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1e3
+    else:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b, out=out)
+        seconds = time.perf_counter() - t0
+    del a, b, out
+    return reps * n * n * (2 * n - 1) / seconds, n
+
+
+def qwen_config(layers: int | None) -> Any:
+    """Qwen2.5-0.5B-Instruct's config from lvflops' shape (the hub's values for the rest)."""
+    from transformers import Qwen2Config
+
+    from lvflops import QWEN2_5_0_5B
+
+    hf: dict[str, Any] = QWEN2_5_0_5B.to_hf_config()
+    hf.pop("qkv_bias")  # Qwen2 always has q/k/v biases; not a Qwen2Config key
+    if layers is not None:
+        hf["num_hidden_layers"] = layers
+    hf.update(
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        max_position_embeddings=32768,
+        use_sliding_window=False,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        attn_implementation="sdpa",
+    )
+    return Qwen2Config(**hf)
+
+
+def _cut_layers(model: Any, layers: int) -> None:
+    import torch
+
+    inner = model.model
+    if layers < len(inner.layers):
+        inner.layers = torch.nn.ModuleList(list(inner.layers)[:layers])
+        model.config.num_hidden_layers = layers
+        if getattr(model.config, "layer_types", None):
+            model.config.layer_types = model.config.layer_types[:layers]
+
+
+def real_tokenizer(spec: str | None) -> tuple[Any, str] | None:
+    """The real Qwen2.5 tokenizer from `spec`, else from the local HF cache, else None."""
+    from transformers import AutoTokenizer
+
+    from lvmodel.base import DEFAULT_BASE
+
+    if spec:
+        return AutoTokenizer.from_pretrained(spec), f"{spec} (real)"
+    try:
+        tok = AutoTokenizer.from_pretrained(DEFAULT_BASE, local_files_only=True)
+    except Exception:  # not in the cache (no network here): fall back to the tiny tokenizer
+        return None
+    return tok, f"{DEFAULT_BASE} from the local HF cache (real)"
+
+
+def build_model(args: argparse.Namespace, device: Any, dtype: Any) -> tuple[Any, Any, str, str]:
+    """(model, tokenizer, weights, tokenizer source), ready as lvmodel.base.load_base leaves them."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from lvmodel.base import load_base, make_ready
+    from lvmodel.tiny_tokenizer import build_tiny_tokenizer
+
+    if args.gguf:
+        say(f"loading {args.gguf} ({dtype}; about a minute on a CPU)")
+        model, tok = load_base(args.gguf, dtype=dtype, device=device)
+        if args.layers is not None:
+            _cut_layers(model, args.layers)
+        return model, tok, f"gguf:{Path(args.gguf).name}", "the GGUF file's (real)"
+    cfg = qwen_config(args.layers)
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(cfg)
+    model.to(dtype).eval()
+    found = real_tokenizer(args.tokenizer)
+    if found is None:
+        tok, source = build_tiny_tokenizer(), "lvmodel tiny tokenizer (Qwen2 ids for ASCII)"
+    else:
+        tok, source = found
+    make_ready(model, tok)
+    return model, tok, "random (exact Qwen2.5-0.5B shape)", source
+
+
+def compile_stats() -> dict[str, float]:
+    """torch._dynamo's running totals: graphs compiled, frames compiled, seconds compiling."""
+    try:
+        from torch._dynamo.utils import compilation_time_metrics, counters
+    except Exception:
+        return {"graphs": float("nan"), "frames": float("nan"), "seconds": float("nan")}
+    return {
+        "graphs": float(counters["stats"]["unique_graphs"]),
+        "frames": float(counters["frames"]["ok"]),
+        "seconds": float(sum(compilation_time_metrics.get("_compile.compile_inner", []))),
+    }
+
+
+def compile_delta(before: dict[str, float]) -> dict[str, float]:
+    after = compile_stats()
+    return {k: after[k] - before[k] for k in before}
+
+
+def reset_peak(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: Any) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+# -- parts -----------------------------------------------------------------------------------------
+
+
+def nvml_check(device: Any) -> dict[str, Any]:
+    """`import pynvml` and, on CUDA, the readings MLflow's GPUMonitor takes (memory, util, power)."""
+    out: dict[str, Any] = {}
+    try:
+        import pynvml
+    except ImportError as err:
+        out["pynvml_import"] = False
+        out["pynvml_error"] = f"{err} (pip install nvidia-ml-py)"
+        return out
+    out["pynvml_import"] = True
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        out["nvml_init_error"] = str(err)
+        return out
+    try:
+        out["nvml_gpus"] = pynvml.nvmlDeviceGetCount()
+        index = (device.index or 0) if device.type == "cuda" else 0
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        out["nvml_memory_usage_percentage"] = round(memory.used / memory.total * 100, 1)
+        out["nvml_memory_usage_megabytes"] = memory.used / 1e6
+        out["nvml_utilization_percentage"] = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+        power = pynvml.nvmlDeviceGetPowerUsage(handle)
+        limit = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle)
+        out["nvml_power_usage_watts"] = power / 1000
+        out["nvml_power_usage_percentage"] = power / limit * 100
+    except pynvml.NVMLError as err:
+        out["nvml_error"] = str(err)
+    finally:
+        pynvml.nvmlShutdown()
+    return out
+
+
+def make_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    """Generated series (the coursework's generator): train, val, forecast histories, codec."""
+    import lvdata
+
+    n_train = max(8, args.batch)
+    traj = lvdata.simulate(n_systems=n_train + 4 + args.series, seed=1000 + args.seed)
+    values = traj.values
+    codec = lvdata.LLMTimeCodec.fit(values[:n_train])
+    train, val = values[:n_train], values[n_train : n_train + 4]
+    histories = values[n_train + 4 :, :HISTORY_STEPS]
+    return train, val, histories, codec
+
+
+def train_part(args, model, tok, codec, train, val, peak: float, device) -> tuple[Any, dict]:
+    """LoRA training through lvmodel.train.fit, timed between its per-step callbacks."""
+    import lvdata
+    from lvflops import executed_train_step_flops, train_step_flops
+    from lvmodel.forecast import model_shape
+    from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
+    from lvmodel.train import Batches, TrainConfig, fit
+
+    lora = LoraSettings(rank=4)  # q_proj, v_proj, alpha = rank, the lm_head bias
+    peft_model = apply_lora(model, lora)
+    trainable, total = parameter_counts(peft_model)
+    dtypes = sorted(
+        {str(p.dtype).removeprefix("torch.") for p in peft_model.parameters() if p.requires_grad}
+    )
+    n_steps = args.warmup + args.steps + 1  # the last step also evaluates: not timed
+    config = TrainConfig(
+        steps=n_steps,
+        lr=1e-4,
+        batch_size=args.batch,
+        context_length=args.seq_len,
+        schedule="constant",
+        eval_every=0,
+        eval_windows=args.batch,
+        forecast_every=-1,
+        checkpoint_every=0,
+        seed=args.seed,
+    )
+    # The micro-batches fit will draw (same windows, same order): their shapes give the FLOPs.
+    windows = lvdata.make_windows([codec.encode(s) for s in train], tok, args.seq_len)
+    draws = Batches(windows, args.batch, config.seed)
+    shapes = [tuple(draws.next()["input_ids"].shape) for _ in range(n_steps)]
+    fkw: dict[str, Any] = {"lora_rank": lora.rank, "lora_targets": lora.targets}
+    fkw["lm_head_bias"] = True
+    shape = model_shape(peft_model)
+
+    stamps: list[float] = []
+    fit_tokens_per_s: list[float] = []
+
+    def on_metrics(step: int, metrics: dict[str, float]) -> None:
+        sync(device)
+        stamps.append(time.perf_counter())
+        if "tokens_per_s" in metrics:
+            fit_tokens_per_s.append(metrics["tokens_per_s"])
+        if step <= args.warmup or step % max(1, args.steps // 3) == 0:
+            say(f"  train step {step}/{n_steps}: loss {metrics.get('train_loss', 0):.4f}")
+
+    say(
+        f"train: fit() {n_steps} steps ({args.warmup} warm-up, {args.steps} timed, 1 with the "
+        f"final evaluation) of {args.batch} x {args.seq_len} tokens; {trainable:,} trainable "
+        f"({'/'.join(dtypes)}) of {total:,}"
+    )
+    reset_peak(device)
+    t0 = time.perf_counter()
+    result = fit(
+        peft_model, tok, codec, train, val, config, lora, on_metrics=on_metrics, progress=False
+    )
+    sync(device)
+    wall = time.perf_counter() - t0
+    if len(stamps) < args.warmup + args.steps:
+        raise RuntimeError(f"fit stopped after {len(stamps)} steps ({result.stopped})")
+    timed = range(args.warmup, args.warmup + args.steps)  # 0-based indices of the timed steps
+    seconds = stamps[args.warmup + args.steps - 1] - stamps[args.warmup - 1]
+    executed = sum(
+        executed_train_step_flops(shape, shapes[i][1], shapes[i][0], **fkw).total for i in timed
+    )
+    budgeted = sum(train_step_flops(shape, shapes[i][1], shapes[i][0], **fkw).total for i in timed)
+    tokens = sum(shapes[i][0] * shapes[i][1] for i in timed)
+    out = {
+        "train_batch": args.batch,
+        "train_seq_len": args.seq_len,
+        "train_timed_steps": args.steps,
+        "train_trainable_params": trainable,
+        "train_trainable_dtypes": dtypes,
+        "train_seconds_per_step": seconds / args.steps,
+        "train_tokens_per_s": tokens / seconds,
+        "train_fit_tokens_per_s_median": sorted(fit_tokens_per_s[args.warmup :][: args.steps])[
+            args.steps // 2
+        ],
+        "train_executed_flops_per_step": executed / args.steps,
+        "train_budgeted_flops_per_step": budgeted / args.steps,
+        "train_achieved_flops_per_s": executed / seconds,
+        "train_mfu": executed / seconds / peak,
+        "train_final_loss": result.history[-1].get("train_loss"),
+        "train_peak_memory_gib": peak_gib(device),
+        "train_wall_s": wall,
+    }
+    return peft_model, out
+
+
+def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
+    """Batched constrained forecasting against naive one-at-a-time generation."""
+    from lvmodel.forecast import forecast, naive_generate_forecast
+
+    # FLOPs kwargs of the LoRA model train_part made (none for the bare base: --skip-train)
+    kw: dict[str, Any] = (
+        {"lora_rank": 4, "lm_head_bias": True} if getattr(model, "peft_config", None) else {}
+    )
+    if args.gen_compile == "off":
+        base = getattr(model, "get_base_model", lambda: model)()
+        base.generation_config.disable_compile = True
+    out: dict[str, Any] = {"forecast_gen_compile": args.gen_compile}
+    reset_peak(device)
+    t_part = time.perf_counter()
+
+    say(f"forecast: warm-up call on {min(2, len(histories))} series")
+    before = compile_stats()
+    warm = forecast(
+        model, tok, codec, histories[:2], args.horizon, context_length=args.context, **kw
+    )
+    d = compile_delta(before)
+    out.update(
+        forecast_warmup_s=warm.seconds,
+        forecast_warmup_compiled_graphs=d["graphs"],
+        forecast_warmup_compile_s=d["seconds"],
+    )
+
+    say(
+        f"forecast: {len(histories)} series, batch {args.batch_size}, context {args.context}, "
+        f"horizon {args.horizon} (batched, constrained)"
+    )
+    before = compile_stats()
+    fast = forecast(
+        model,
+        tok,
+        codec,
+        histories,
+        args.horizon,
+        context_length=args.context,
+        batch_size=args.batch_size,
+        **kw,
+    )
+    d = compile_delta(before)
+    n, m = len(histories), args.naive_series
+    fixed = max(fast.generated_tokens // n + 16, 12 * args.horizon)
+    out.update(
+        forecast_series=n,
+        forecast_batch_size=args.batch_size,
+        forecast_context=args.context,
+        forecast_horizon=args.horizon,
+        forecast_prompt_tokens_mean=fast.prompt_tokens / n,
+        forecast_generated_tokens_mean=fast.generated_tokens / n,
+        forecast_seconds=fast.seconds,
+        forecast_per_s=n / fast.seconds,
+        forecast_invalid_rate=fast.invalid_rate,
+        forecast_compiled_graphs=d["graphs"],
+        forecast_compiled_frames=d["frames"],
+        forecast_compile_s=d["seconds"],
+    )
+    say(
+        f"  batched: {n / fast.seconds:.2f} forecasts/s ({fast.seconds:.2f} s), invalid "
+        f"{fast.invalid_rate:.1%}, compiled graphs {d['graphs']:.0f} ({d['seconds']:.1f} s)"
+    )
+    say(f"forecast: naive, {m} series one at a time, max_new_tokens {fixed}")
+    before = compile_stats()
+    naive = naive_generate_forecast(
+        model,
+        tok,
+        codec,
+        histories[:m],
+        args.horizon,
+        max_new_tokens=fixed,
+        context_length=args.context,
+        **kw,
+    )
+    d = compile_delta(before)
+    out.update(
+        naive_series=m,
+        naive_max_new_tokens=fixed,
+        naive_seconds=naive.seconds,
+        naive_per_s=m / naive.seconds,
+        naive_invalid_rate=naive.invalid_rate,
+        naive_compiled_graphs=d["graphs"],
+        forecast_speedup=(n / fast.seconds) / (m / naive.seconds),
+        forecast_peak_memory_gib=peak_gib(device),
+        forecast_wall_s=time.perf_counter() - t_part,
+    )
+    say(
+        f"  naive: {m / naive.seconds:.2f} forecasts/s ({naive.seconds:.2f} s), invalid "
+        f"{naive.invalid_rate:.1%}; speedup {out['forecast_speedup']:.1f}x"
+    )
+    return out
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def write_summary(summary: dict[str, Any], path: str | None) -> None:
+    target = path or (
+        str(Path(os.environ["OUT"]) / "gpu_check.json") if os.environ.get("OUT") else None
+    )
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(json.dumps(summary, indent=1, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import torch
+    except ImportError:
+        print("gpu_check: needs torch, transformers and peft (pip install torch transformers peft)")
+        return 2
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            print("gpu_check: --device cuda but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    name = args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+    summary: dict[str, Any] = versions(device)
+    summary.update(dtype=name, mlflow_imported="mlflow" in sys.modules)
+    say(
+        f"torch {summary['torch']}, transformers {summary['transformers']}, peft "
+        f"{summary['peft']}; device {device} ({summary['device_name']}), {name}"
+    )
+    summary.update(nvml_check(device))
+    say(f"pynvml: {'importable' if summary['pynvml_import'] else summary.get('pynvml_error')}")
+
+    n = args.peak_n or (8192 if device.type == "cuda" else 2048)
+    reps = args.peak_reps or (50 if device.type == "cuda" else 5)
+    t = time.perf_counter()
+    peak, n = matmul_peak(device, dtype, n, reps)
+    summary.update(matmul_n=n, matmul_peak_flops_per_s=peak, matmul_wall_s=time.perf_counter() - t)
+    say(f"matmul peak ({name}, {n}^2 x {reps}): {peak / 1e9:.1f} GFLOP/s")
+
+    t = time.perf_counter()
+    model, tok, weights, tok_source = build_model(args, device, dtype)
+    from lvmodel.forecast import model_shape
+
+    shape = model_shape(model)
+    summary.update(
+        weights=weights,
+        tokenizer=tok_source,
+        layers=shape.num_layers,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        n_params=sum(p.numel() for p in model.parameters()),
+        model_wall_s=time.perf_counter() - t,
+    )
+    say(
+        f"model: {weights}, {shape.num_layers} layers, {summary['n_params']:,} parameters "
+        f"({summary['model_wall_s']:.1f} s); tokenizer: {tok_source}"
+    )
+    train, val, histories, codec = make_data(args)
+    write_summary(summary, args.json)
+
+    if not args.skip_train:
+        model, figures = train_part(args, model, tok, codec, train, val, peak, device)
+        summary.update(figures)
+        summary.update({f"after_train_{k}": v for k, v in nvml_check(device).items()})
+        say(
+            f"train: {figures['train_tokens_per_s']:.0f} tokens/s, "
+            f"{figures['train_seconds_per_step'] * 1e3:.1f} ms/step, MFU {figures['train_mfu']:.1%}"
+            f" (executed {figures['train_executed_flops_per_step']:.3g} FLOPs/step; budgeted "
+            f"{figures['train_budgeted_flops_per_step']:.3g}); wall {figures['train_wall_s']:.1f} s"
+        )
+        write_summary(summary, args.json)
+    if not args.skip_forecast:
+        summary.update(forecast_part(args, model, tok, codec, histories, device))
+        write_summary(summary, args.json)
+
+    if device.type == "cuda":  # the targets are for one H200-class GPU
+        if "train_mfu" in summary:
+            ok = summary["train_mfu_target_met"] = summary["train_mfu"] >= MFU_TARGET
+            say(f"target MFU >= {MFU_TARGET:.0%}: {'met' if ok else 'NOT met'}")
+        if "forecast_speedup" in summary:
+            ok = summary["forecast_speedup"] >= SPEEDUP_TARGET
+            summary["forecast_speedup_target_met"] = ok
+            say(f"target forecast speedup >= {SPEEDUP_TARGET:.0f}x: {'met' if ok else 'NOT met'}")
+    summary["total_wall_s"] = time.perf_counter() - T0
+    write_summary(summary, args.json)
+    print(json.dumps(summary, default=str, separators=(",", ":")), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
