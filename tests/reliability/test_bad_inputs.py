@@ -417,7 +417,7 @@ CLI_CASES = [
         "base-gguf-not-gguf",
         "train",
         ["--preset", "micro", "--base-model", "{bad}", "--data-file", "{data}"],
-        ["could not load GGUF file {bad}", "not a GGUF file. Check", "qwen-gguf"],
+        ["could not read the header of GGUF file {bad}", "not a GGUF file", "qwen-gguf"],
         bad="fake-gguf",
     ),
     case(

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -584,7 +585,7 @@ def base_config(spec: str, revision: str | None = None) -> dict[str, Any]:
             raise BaseModelError(f"GGUF file not found: {path}. {_ALTERNATIVES}")
         try:
             return gguf_hf_config(path)
-        except (GGUFHeaderError, OSError, ValueError) as err:
+        except (GGUFHeaderError, OSError, ValueError, struct.error) as err:  # struct: truncated
             raise BaseModelError(
                 f"could not read the header of GGUF file {path}: {err}. Check that the file is a "
                 f"complete Qwen2 GGUF model. {_ALTERNATIVES}"
