@@ -130,11 +130,10 @@ def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
     state = inner.state_dict()
-    if any("lora_" in k for k in state) or (
-        "lm_head.bias" in state and not getattr(inner.config, "lm_head_bias", False)
-    ):
-        with torch.device("meta"):
-            expected = set(type(inner)(inner.config).state_dict())
+    with torch.device("meta"):  # the plain architecture's tensor names (no memory, no init cost)
+        expected = set(type(inner)(inner.config).state_dict())
+    # Anything the plain architecture lacks (LoRA layers, the head's `lv_bias`) is dropped.
+    if set(state) != expected:
         clean = {}
         for key, value in state.items():
             if "lora_" in key:
