@@ -11,7 +11,8 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
-PACKAGES = ["packages/lvdata", "packages/lvflops", "packages/lvmodel"]
+PACKAGES = ["packages/lvdata", "packages/lvflops", "packages/lvmodel", "packages/lvtrack"]
+IMPORT_LINTER = "import-linter==2.17"
 ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -52,14 +53,19 @@ def qwen_pipeline(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Run the pre-commit hooks (ruff check, ruff format) on every file."""
-    session.install("pre-commit==4.7.0")
+    """Run the pre-commit hooks (ruff check, ruff format) on every file, and the import
+    contracts (`lint-imports`, [tool.importlinter] in pyproject.toml: which package may import
+    which; only lvtrack imports mlflow; nothing imports the entry points)."""
+    session.install("pre-commit==4.7.0", IMPORT_LINTER)
+    # The contracts read the source, not the installed dependencies: no torch needed here.
+    session.install("--no-deps", *(arg for p in PACKAGES for arg in ("-e", p)))
     session.run("pre-commit", "run", "--all-files", "--show-diff-on-failure", *session.posargs)
+    session.run("lint-imports")
 
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Type-check the three libraries with mypy."""
+    """Type-check the libraries and the MLflow layer with mypy."""
     _install_project(session)
     paths = [f"{p}/src" for p in PACKAGES]
     session.run("mypy", *(session.posargs or paths))

@@ -37,8 +37,9 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 import lvdata
 from lvflops import QWEN2_5_0_5B, executed_train_step_flops
 from lvmodel.base import load_base
-from lvmodel.forecast import forecast, model_shape, naive_generate_forecast
+from lvmodel.forecast import forecast, naive_generate_forecast
 from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.plan import model_shape
 from lvmodel.train import autocast_for
 
 LORA = LoraSettings(rank=4, lm_head_bias=True)
@@ -132,9 +133,7 @@ def bench_train(
         step()
     _sync(device)
     per_step = (time.perf_counter() - t0) / steps
-    executed = executed_train_step_flops(
-        shape, seq_len, batch, lora_rank=lora.rank, lm_head_bias=lora.lm_head_bias
-    ).total
+    executed = executed_train_step_flops(shape, seq_len, batch, **lora.flops_kwargs()).total
     return {
         "base_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "trainable_dtypes": sorted(

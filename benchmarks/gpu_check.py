@@ -368,8 +368,8 @@ def train_part(args, model, tok, codec, train, val, peak: float, device) -> tupl
     """LoRA training through lvmodel.train.fit, timed between its per-step callbacks."""
     import lvdata
     from lvflops import executed_train_step_flops, train_step_flops
-    from lvmodel.forecast import model_shape
     from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
+    from lvmodel.plan import model_shape
     from lvmodel.train import Batches, TrainConfig, fit
 
     lora = LoraSettings(rank=4)  # q_proj, v_proj, alpha = rank, the lm_head bias
@@ -395,8 +395,7 @@ def train_part(args, model, tok, codec, train, val, peak: float, device) -> tupl
     windows = lvdata.make_windows([codec.encode(s) for s in train], tok, args.seq_len)
     draws = Batches(windows, args.batch, config.seed)
     shapes = [tuple(draws.next()["input_ids"].shape) for _ in range(n_steps)]
-    fkw: dict[str, Any] = {"lora_rank": lora.rank, "lora_targets": lora.targets}
-    fkw["lm_head_bias"] = True
+    fkw = lora.flops_kwargs()
     shape = model_shape(peft_model)
 
     stamps: list[float] = []
@@ -456,10 +455,11 @@ def train_part(args, model, tok, codec, train, val, peak: float, device) -> tupl
 def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
     """Batched constrained forecasting against naive one-at-a-time generation."""
     from lvmodel.forecast import forecast, naive_generate_forecast
+    from lvmodel.lora import LoraSettings
 
-    # FLOPs kwargs of the LoRA model train_part made (none for the bare base: --skip-train)
+    # The LoRA wrap train_part made, for the FLOPs count (none for the bare base: --skip-train)
     kw: dict[str, Any] = (
-        {"lora_rank": 4, "lm_head_bias": True} if getattr(model, "peft_config", None) else {}
+        {"lora": LoraSettings(rank=4)} if getattr(model, "peft_config", None) else {}
     )
     if args.gen_compile == "off":
         base = getattr(model, "get_base_model", lambda: model)()
@@ -594,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     model, tok, weights, tok_source = build_model(args, device, dtype)
-    from lvmodel.forecast import model_shape
+    from lvmodel.plan import model_shape
 
     shape = model_shape(model)
     summary.update(

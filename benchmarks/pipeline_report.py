@@ -1,7 +1,7 @@
 """Report on a finished (or dead) `pipeline` experiment: wall time per phase, budget, accuracy table.
 
 Reads the experiment's runs from MLflow (the pipeline's step runs are tagged `phase`, see
-projects/pipeline.py and projects/ledger.py) and prints:
+projects/pipeline.py and packages/lvtrack/src/lvtrack/ledger.py) and prints:
 
 - wall time of each pipeline step (the newest finished run of each entry point, else the newest
   one), their sum and the pipeline runs' own durations; the target on one H200-class GPU is the
@@ -167,7 +167,7 @@ def phase_times(runs: list[Any], steps: dict[str, Any]) -> dict[str, Any]:
 
 
 def budget_used(runs: list[Any]) -> dict[str, Any]:
-    """FLOPs charged, as projects.ledger counts them, over the runs with a planned-FLOPs tag."""
+    """FLOPs charged, as lvtrack.ledger counts them, over the runs with a planned-FLOPs tag."""
     by_phase: dict[str, float] = {}
     total = 0.0
     plain = sum(r.data.metrics.get("flops_total", 0.0) for r in runs)

@@ -9,9 +9,10 @@ import click
 import mlflow
 
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
-from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
-from projects.experiment import log_common, log_evaluation, prepare_data, scored_series
-from projects.options import (
+from lvmodel.evaluate import evaluate_llm
+from lvtrack.datafile import prepare_data
+from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.options import (
     base_option,
     check_train_values,
     data_option,
@@ -19,9 +20,10 @@ from projects.options import (
     parse_list,
     preset_option,
 )
-from projects.presets import get_preset
-from projects.runs import budgeted_run, parent_run
-from projects.selection import SELECTION_METRIC
+from lvtrack.planning import baseline_plan
+from lvtrack.presets import get_preset
+from lvtrack.runs import budgeted_run, parent_run
+from lvtrack.selection import SELECTION_METRIC
 
 
 @click.command()
@@ -52,7 +54,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
                 raise click.ClickException(str(err)) from None
         return loaded[0], loaded[1]
 
-    val = scored_series(prep, "val", p)
+    val = prep.scored("val", p)
     scores = {}
     with parent_run(
         "baseline",
@@ -61,7 +63,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
         p.name,
     ):
         for ctx in sizes:
-            planned = evaluation_flops_bound(shape, prep.codec, len(val), p.horizon, ctx)
+            planned = baseline_plan(p, shape, prep.codec.decimals, len(val), ctx)
             params = {
                 "preset": p.name,
                 "base_model": base,

@@ -7,29 +7,19 @@ import json
 import click
 import mlflow
 
-from projects.experiment import TrainRequest, train_run
-from projects.options import (
-    base_option,
-    check_train_values,
-    data_option,
-    eval_series_option,
-    parse_list,
-    preset_option,
-    seed_option,
-)
-from projects.presets import get_preset
-from projects.runs import parent_run
-from projects.selection import SELECTION_METRIC, best_of
+from lvtrack.experiment import train_run
+from lvtrack.options import check_train_values, parse_list, run_options, steps_option
+from lvtrack.presets import get_preset
+from lvtrack.request import TrainRequest
+from lvtrack.runs import parent_run
+from lvtrack.selection import SELECTION_METRIC, best_of
+from lvtrack.tracking import setup_tracking
 
 
 @click.command()
-@preset_option
-@base_option
-@data_option
-@seed_option
+@run_options
 @click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
-@click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset).")
-@eval_series_option
+@steps_option("the preset's context_steps")
 def main(
     preset: str,
     base_model: str,
@@ -50,7 +40,7 @@ def main(
         {"preset": p.name, "contexts": ",".join(map(str, sizes)), "steps": p.context_steps},
         p.name,
     ):
-        best = best_of("sweep", p.name)
+        best = best_of(setup_tracking(), "sweep", p.name)
         lr, rank = (best.lr, best.rank) if best else (p.lr, p.rank)
         mlflow.log_params(
             {

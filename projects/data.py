@@ -1,79 +1,18 @@
-"""`data` entry point: load (and validate) the Lotka-Volterra file, or generate it, and log it."""
+"""`data` entry point: load (and validate) the Lotka-Volterra file, or generate it, and log it
+with the split and the codec that every training run uses (`lvtrack.datafile.prepare_data`)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 import mlflow
 import numpy as np
 
-import lvdata
-from projects.plots import plot_series_grid
-from projects.presets import PRESETS
-from projects.tracking import log_dataset, setup_tracking
-
-# The fewest series for which the 80/10/10 split leaves no part empty (7 give 6/0/1).
-MIN_SERIES = 8
-
-
-def protocol_steps() -> int:
-    """Time steps every preset's forecasting protocol needs: history plus horizon."""
-    return max(p.history_steps + p.horizon for p in PRESETS.values())
-
-
-def check_usable(traj: lvdata.Trajectories, source: str) -> None:
-    """Refuse data the experiment cannot use: too few series for the split, too few steps."""
-    sizes = [len(part) for part in lvdata.split(traj.n_series)]
-    if min(sizes) == 0:
-        raise click.ClickException(
-            f"{source}: {traj.n_series} series give an empty part in the train/validation/test "
-            f"split (80/10/10: {sizes[0]}/{sizes[1]}/{sizes[2]}); at least {MIN_SERIES} series "
-            "are needed. Use a bigger file, or generate one (`lvdata simulate --out FILE`)."
-        )
-    need = protocol_steps()
-    if traj.n_steps < need:
-        raise click.ClickException(
-            f"{source}: series have {traj.n_steps} time steps; the forecasting protocol needs at "
-            f"least {need} (history plus horizon). Use a file with longer series, or generate one "
-            "(`lvdata simulate --out FILE`)."
-        )
-
-
-def ensure_data(
-    data_file: Path, n_systems: int = 1000, seed: int = 0
-) -> tuple[lvdata.Trajectories, str]:
-    """Load and validate `data_file`, or simulate and save it when missing; (data, source).
-
-    Raises `click.ClickException` (a clean exit 1 with the message, no traceback) when the file
-    cannot be used: unreadable, malformed, invalid values, too few series or steps.
-    """
-    data_file = Path(data_file)
-    try:
-        if data_file.exists():
-            traj, source = lvdata.load_trajectories(data_file), "file"
-        else:
-            folder = data_file.parent
-            if folder.exists() and not folder.is_dir():
-                raise click.ClickException(
-                    f"{data_file}: cannot create the data file, {folder} is a file, not a folder. "
-                    "Pass a --data-file path inside a folder."
-                )
-            click.echo(
-                f"{data_file} not found: generating {n_systems} series (seed {seed})", err=True
-            )
-            traj = lvdata.simulate(n_systems=n_systems, seed=seed)
-            folder.mkdir(parents=True, exist_ok=True)
-            traj.save(data_file)
-            source = "generated"
-    except lvdata.DataError as err:
-        raise click.ClickException(str(err)) from None
-    except OSError as err:
-        raise click.ClickException(f"{data_file}: cannot write the data file ({err})") from None
-    check_usable(traj, str(data_file))
-    return traj, source
+from lvtrack.datafile import DEFAULT_SYSTEMS, MIN_SERIES, SPLIT_SEED, prepare_data
+from lvtrack.plots import plot_series_grid
+from lvtrack.tracking import log_dataset, setup_tracking
 
 
 @click.command()
@@ -86,7 +25,7 @@ def ensure_data(
 )
 @click.option(
     "--n-systems",
-    default=1000,
+    default=DEFAULT_SYSTEMS,
     show_default=True,
     type=click.IntRange(min=MIN_SERIES),
     help="Series to generate when the file does not exist.",
@@ -96,29 +35,22 @@ def ensure_data(
     default=0,
     show_default=True,
     type=int,
-    help="Seed of the generator and of the train/val/test split.",
+    help="Seed of the generator, when the file does not exist (the split is the experiment's: "
+    f"seed {SPLIT_SEED}).",
 )
-@click.option(
-    "--decimals",
-    default=2,
-    show_default=True,
-    type=click.IntRange(0, 6),
-    help="LLMTime decimals of the codec fitted on the training split.",
-)
-def main(data_file: Path, n_systems: int, seed: int, decimals: int) -> None:
+def main(data_file: Path, n_systems: int, seed: int) -> None:
     """Make sure the data file exists and is valid, then log it, its split and its codec."""
-    traj, source = ensure_data(data_file, n_systems, seed)
-
-    parts = lvdata.split(traj.n_series, seed=seed)
-    codec = lvdata.LLMTimeCodec.fit(traj.values[parts.train], decimals=decimals)
+    prep = prepare_data(data_file, n_systems, seed)
+    traj, parts, codec = prep.traj, prep.parts, prep.codec
     setup_tracking()
     with mlflow.start_run(run_name="data"):
         mlflow.set_tag("phase", "data")
         mlflow.log_params(
             {
                 "data_file": str(data_file),
-                "source": source,
+                "source": prep.source,
                 "seed": seed,
+                "split_seed": SPLIT_SEED,
                 "n_series": traj.n_series,
                 "n_steps": traj.n_steps,
                 "n_train": len(parts.train),
@@ -131,28 +63,16 @@ def main(data_file: Path, n_systems: int, seed: int, decimals: int) -> None:
         pooled = traj.values.reshape(-1)
         for q in (1, 50, 90, 95, 99):
             mlflow.log_metric(f"p{q}", float(np.percentile(pooled, q)))
-        mlflow.log_metric(
-            "train_share_below_10", float(np.mean(traj.values[parts.train] / codec.alpha < 10.0))
-        )
-        mlflow.log_dict(
-            {k: getattr(parts, k).tolist() for k in ("train", "val", "test")}, "split.json"
-        )
+        below = float(np.mean(prep.series("train") / codec.alpha < 10.0))
+        mlflow.log_metric("train_share_below_10", below)
+        split = {k: getattr(parts, k).tolist() for k in ("train", "val", "test")}
+        mlflow.log_dict(split, "split.json")
         mlflow.log_dict(codec.to_dict(), "codec.json")
-        mlflow.log_figure(
-            plot_series_grid(traj.time, traj.values[parts.val[:6]], title="validation series"),
-            "series.png",
-        )
-    click.echo(
-        json.dumps(
-            {
-                "data_file": str(data_file),
-                "digest": digest,
-                "alpha": codec.alpha,
-                "series": traj.n_series,
-            }
-        )
-    )
+        grid = plot_series_grid(traj.time, prep.series("val")[:6], title="validation series")
+        mlflow.log_figure(grid, "series.png")
+    summary = {"data_file": str(data_file), "digest": digest, "alpha": codec.alpha}
+    click.echo(json.dumps({**summary, "series": traj.n_series}))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

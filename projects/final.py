@@ -6,28 +6,18 @@ import json
 
 import click
 
-from projects.experiment import TrainRequest, train_run
-from projects.options import (
-    base_option,
-    check_train_values,
-    data_option,
-    eval_series_option,
-    preset_option,
-    seed_option,
-)
-from projects.presets import get_preset
-from projects.registry import REGISTERED_MODEL, RegistryError, promote
-from projects.selection import SELECTION_METRIC, best_of
-from projects.tracking import setup_tracking
+from lvtrack.experiment import train_run
+from lvtrack.options import check_train_values, run_options, steps_option
+from lvtrack.presets import get_preset
+from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
+from lvtrack.request import TrainRequest
+from lvtrack.selection import SELECTION_METRIC, best_of
+from lvtrack.tracking import setup_tracking
 
 
 @click.command()
-@preset_option
-@base_option
-@data_option
-@seed_option
-@click.option("--steps", default=-1, type=int, help="Steps (-1: the preset's final_steps).")
-@eval_series_option
+@run_options
+@steps_option("the preset's final_steps")
 def main(
     preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
 ) -> None:
@@ -38,11 +28,11 @@ def main(
     validation metric (what the `promote` entry point does)."""
     check_train_values(steps=steps, eval_series=eval_series)
     p = get_preset(preset, final_steps=steps, eval_series=eval_series)
-    setup_tracking()
+    exp_id = setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
-    if best := best_of("context", p.name):
+    if best := best_of(exp_id, "context", p.name):
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"
-    elif best := best_of("sweep", p.name):
+    elif best := best_of(exp_id, "sweep", p.name):
         lr, rank, source = best.lr, best.rank, f"sweep:{best.run_id}"
     req = TrainRequest.from_preset(
         p,

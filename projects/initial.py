@@ -6,25 +6,15 @@ import json
 
 import click
 
-from projects.experiment import TrainRequest, train_run
-from projects.options import (
-    base_option,
-    check_train_values,
-    data_option,
-    eval_series_option,
-    preset_option,
-    seed_option,
-)
-from projects.presets import get_preset
+from lvtrack.experiment import train_run
+from lvtrack.options import check_train_values, run_options, steps_option
+from lvtrack.presets import get_preset
+from lvtrack.request import TrainRequest
 
 
 @click.command()
-@preset_option
-@base_option
-@data_option
-@seed_option
-@click.option("--steps", default=-1, type=int, help="Steps (-1: the preset's initial_steps).")
-@eval_series_option
+@run_options
+@steps_option("the preset's initial_steps")
 def main(
     preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
 ) -> None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import click
 import mlflow
 
-from projects.registry import REGISTERED_MODEL, RegistryError, promote
-from projects.selection import SELECTION_METRIC
-from projects.tracking import setup_tracking
+from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
+from lvtrack.selection import SELECTION_METRIC
+from lvtrack.tracking import setup_tracking
 
 
 @click.command()

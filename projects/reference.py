@@ -16,11 +16,12 @@ import mlflow
 from lvmodel.evaluate import Evaluation
 from lvmodel.metrics import protocol_split, score
 from lvmodel.reference import REFERENCE_FORECASTERS, make_reference
-from projects.experiment import log_common, log_evaluation, prepare_data, scored_series
-from projects.ledger import TAG_PHASE
-from projects.options import data_option, preset_option
-from projects.presets import get_preset
-from projects.tracking import setup_tracking
+from lvtrack.datafile import prepare_data
+from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.ledger import TAG_PHASE
+from lvtrack.options import data_option, preset_option
+from lvtrack.presets import get_preset
+from lvtrack.tracking import setup_tracking
 
 
 @click.command()
@@ -69,9 +70,7 @@ def main(preset: str, data_file: str, only: str) -> None:
                 )
                 model = make_reference(name).fit(prep.series("train"), prep.traj.time)
                 for split in ("val", "test"):
-                    hist, truth = protocol_split(
-                        scored_series(prep, split, p), p.history_steps, p.horizon
-                    )
+                    hist, truth = protocol_split(prep.scored(split, p), p.history_steps, p.horizon)
                     pred = model.predict(hist, p.horizon)
                     ev = Evaluation(
                         metrics=score(pred, hist, truth),

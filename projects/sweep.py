@@ -7,31 +7,20 @@ import json
 import click
 import mlflow
 
-from projects.experiment import TrainRequest, train_run
-from projects.options import (
-    base_option,
-    check_train_values,
-    data_option,
-    eval_series_option,
-    parse_list,
-    preset_option,
-    seed_option,
-)
-from projects.plots import plot_grid
-from projects.presets import get_preset
-from projects.runs import parent_run
-from projects.selection import SELECTION_METRIC
+from lvtrack.experiment import train_run
+from lvtrack.options import check_train_values, parse_list, run_options, steps_option
+from lvtrack.plots import plot_grid
+from lvtrack.presets import get_preset
+from lvtrack.request import TrainRequest
+from lvtrack.runs import parent_run
+from lvtrack.selection import SELECTION_METRIC
 
 
 @click.command()
-@preset_option
-@base_option
-@data_option
-@seed_option
+@run_options
 @click.option("--lrs", default="", help="Comma-separated learning rates (default: preset's).")
 @click.option("--ranks", default="", help="Comma-separated LoRA ranks (default: preset's).")
-@click.option("--steps", default=-1, type=int, help="Steps per child (-1: preset's sweep_steps).")
-@eval_series_option
+@steps_option("the preset's sweep_steps")
 def main(
     preset: str,
     base_model: str,

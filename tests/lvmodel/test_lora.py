@@ -106,3 +106,22 @@ def test_the_bias_is_added_once_however_often_it_is_asked_for():
         first.fill_(0.0)  # type: ignore[union-attr]
         b = model(input_ids=batch["input_ids"]).logits.float()
     assert torch.allclose(a - b, torch.ones_like(a), atol=2e-2)  # one hook, not two
+
+
+def test_flops_kwargs_describe_the_wrap_that_apply_lora_makes():
+    from lvmodel.plan import lora_flops_kwargs
+
+    settings = LoraSettings(rank=3, lm_head_bias=False)
+    assert settings.flops_kwargs() == {
+        "lora_rank": 3,
+        "lora_targets": ("q_proj", "v_proj"),  # the coursework's wrap, the default
+        "lm_head_bias": False,
+    }
+    assert SETTINGS.flops_kwargs()["lm_head_bias"] is True
+    assert lora_flops_kwargs(None) == {}  # a bare base: no LoRA terms
+    assert lora_flops_kwargs(settings) == settings.flops_kwargs()
+    model, _ = random_tiny(seed=0)
+    wrapped = apply_lora(model, settings)
+    # parameter names end in "<module>.lora_A.default.weight"
+    lora_modules = {n.split(".")[-4] for n, _ in wrapped.named_parameters() if "lora_A" in n}
+    assert lora_modules == set(settings.flops_kwargs()["lora_targets"])

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from scipy.integrate import solve_ivp
 
 import lvdata
+from lvdata.simulate import rm_rhs
+from lvmodel import rosenzweig, simple_forecasters
 from lvmodel.reference import (
-    RATE_NAMES,
     REFERENCE_FORECASTERS,
     KNNAnalog,
     Persistence,
@@ -18,9 +20,9 @@ from lvmodel.reference import (
     VARLog,
     evaluate,
     make_reference,
-    rm_lsoda,
     select_on_validation,
 )
+from lvmodel.rosenzweig import RATE_NAMES, rm_bounds, rm_lsoda, rm_rk4
 
 H = 5
 
@@ -51,6 +53,14 @@ def test_registry_and_make_reference() -> None:
     assert make_reference("var", order=2).order == 2
     with pytest.raises(ValueError, match="unknown reference forecaster"):
         make_reference("nope")
+
+
+def test_registry_holds_the_classes_of_the_forecaster_modules() -> None:
+    assert REFERENCE_FORECASTERS["rm_ode"] is rosenzweig.RMOde is RMOde
+    assert REFERENCE_FORECASTERS["var"] is simple_forecasters.VARLog
+    assert REFERENCE_FORECASTERS["knn"] is simple_forecasters.KNNAnalog
+    assert REFERENCE_FORECASTERS["persistence"] is simple_forecasters.Persistence
+    assert REFERENCE_FORECASTERS["train_mean"] is simple_forecasters.TrainMean
 
 
 def test_persistence_exact() -> None:
@@ -125,6 +135,64 @@ def test_rm_lsoda_matches_the_generator(sim: lvdata.Trajectories) -> None:
         rates = [theta[k] for k in RATE_NAMES]
         part = rm_lsoda(rates, [theta["x0"], theta["y0"]], sim.time, 37)
         np.testing.assert_allclose(part, full[:37], rtol=0, atol=1e-12)
+
+
+def test_rm_bounds_widen_the_generator_ranges() -> None:
+    # DESIGN's ranges r U(0.1, 0.3), K U(5, 15), b U(0.2, 0.5), h U(0.05, 0.2), e U(0.3, 0.7),
+    # c U(0.1, 0.3), each widened by 10 % of its width (lower ends kept >= half the range's)
+    lo, hi = rm_bounds(0.1)
+    np.testing.assert_allclose(lo, [0.08, 4.0, 0.17, 0.035, 0.26, 0.08], rtol=1e-12)
+    np.testing.assert_allclose(hi, [0.32, 16.0, 0.53, 0.215, 0.74, 0.32], rtol=1e-12)
+    lo_wide, _ = rm_bounds(1.0)
+    np.testing.assert_allclose(lo_wide, [0.05, 2.5, 0.1, 0.025, 0.15, 0.05], rtol=1e-12)
+
+
+def test_batched_lm_solves_known_problems() -> None:
+    # y = a exp(b t) on 12 points, three problems at once, exact Jacobians
+    t = np.linspace(0.0, 1.0, 12)
+    true = np.array([[2.0, -1.0], [0.5, 0.7], [3.0, 0.2]])
+    data = true[:, :1] * np.exp(true[:, 1:] * t)
+
+    def residuals(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        out: np.ndarray = q[:, :1] * np.exp(q[:, 1:] * t) - data[idx]
+        return out
+
+    def jacobian(q: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        e = np.exp(q[:, 1:] * t)
+        return np.stack([e, q[:, :1] * t * e], axis=2)
+
+    bounds = (np.array([0.1, -3.0]), np.array([5.0, 3.0]))
+    q, cost = rosenzweig._batched_lm(np.ones((3, 2)), bounds, residuals, jacobian, iters=60)
+    np.testing.assert_allclose(q, true, rtol=1e-8)
+    assert np.all(cost < 1e-20)
+    # an optimum outside the bounds: a stays on its upper bound
+    capped = (bounds[0], np.array([1.5, 3.0]))
+    q_c, cost_c = rosenzweig._batched_lm(np.ones((1, 2)), capped, residuals, jacobian, iters=60)
+    assert q_c[0, 0] == 1.5 and cost_c[0] > 1e-3
+    # a problem already at its optimum is left alone (cost at most tol)
+    q_t, _ = rosenzweig._batched_lm(true[:1].copy(), bounds, residuals, jacobian, iters=5)
+    np.testing.assert_array_equal(q_t, true[:1])
+
+
+def test_rm_rk4_against_a_tight_reference_solve(sim: lvdata.Trajectories) -> None:
+    assert sim.params is not None
+    idx = [0, 1, 2]
+    rates = np.stack([sim.params[n][idx] for n in RATE_NAMES], axis=1)
+    z0 = np.stack([sim.params["x0"][idx], sim.params["y0"][idx]], axis=1)
+    exact = np.stack(
+        [
+            solve_ivp(
+                rm_rhs(*rates[i]), (0.0, 200.0), z0[i], "DOP853", sim.time, rtol=1e-12, atol=1e-14
+            ).y.T
+            for i in range(len(idx))
+        ]
+    )
+    # RK4 with 4 substeps of 0.5 time units: measured max errors 5e-7 to 6e-5 (absolute)
+    err4 = np.abs(rm_rk4(rates, z0, sim.time) - exact).max()
+    assert err4 < 2e-4
+    # fourth order: twice the substeps, about 16x smaller errors
+    err8 = np.abs(rm_rk4(rates, z0, sim.time, substeps=8) - exact).max()
+    assert err8 < err4 / 8
 
 
 def test_rm_ode_recovers_simulated_series(sim: lvdata.Trajectories) -> None:

@@ -11,8 +11,9 @@ import lvdata
 from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
 from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.plan import plan_run
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
-from lvmodel.train import TrainConfig, fit, make_scheduler, planned_fit_flops
+from lvmodel.train import TrainConfig, fit, make_scheduler
 
 LORA = LoraSettings(rank=2, lm_head_bias=True)
 
@@ -229,5 +230,5 @@ def test_forecast_metric_is_reported_and_charged(data):
     # The plan made before a run bounds what the run charges (it reserves the budget).
     shape = ModelShape.from_hf_config(_model().get_base_model().config.to_dict())
     for run, config in ((result, cfg), (val_loss_only, _config(steps=4, eval_every=0))):
-        plan = planned_fit_flops(shape, config, LORA, n_val_windows=config.eval_windows)
+        plan = plan_run(shape, config, LORA, codec.decimals, {}, config.forecast_horizon).total
         assert run.total_flops <= plan < 3 * run.total_flops

@@ -57,3 +57,18 @@ def test_bad_file_fails_cleanly_before_any_run(tracking_uri, tmp_path):
     result = CliRunner().invoke(data_entry.main, ["--data-file", str(bad)])
     assert result.exit_code == 1
     assert str(bad) in result.output and "Traceback" not in result.output
+
+
+def test_logs_the_split_and_codec_training_uses(tracking_uri, tmp_path):
+    """What `data` logs is what a training run splits and encodes with: the split of seed 0 and
+    the codec fitted on its training part, whatever generator seed made the file."""
+    out = tmp_path / "lv.h5"
+    lvdata.simulate(30, seed=7).save(out)
+    assert _run(["--data-file", str(out), "--seed", "9"]).exit_code == 0
+    run = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")[0]
+    logged_split = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/split.json")
+    expected = lvdata.split(30, seed=0)  # the experiment's split: seed 0, 80/10/10
+    assert logged_split == {k: getattr(expected, k).tolist() for k in ("train", "val", "test")}
+    codec = lvdata.LLMTimeCodec.fit(lvdata.load_trajectories(out).values[expected.train])
+    assert mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/codec.json") == codec.to_dict()
+    assert run.data.params["split_seed"] == "0" and run.data.params["seed"] == "9"

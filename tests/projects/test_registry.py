@@ -25,8 +25,8 @@ from lvdata import LLMTimeCodec
 from lvmodel.base import BaseModelError, pin_base
 from lvmodel.lora import LoraSettings, apply_lora, save_adapter
 from lvmodel.tiny import random_tiny
+from lvtrack import registry
 from projects import promote as promote_cli
-from projects import registry
 from tests.hfcache import add_snapshot, commit_hash, repo_folder, use_hf_cache
 
 NAME = registry.REGISTERED_MODEL
@@ -76,9 +76,11 @@ def _log_version(
             codec=CODEC,
             base_spec=str(base),
             settings={"context_length": 256},
+            registered_model_name=NAME,
+            tags={"flops_total": 1.5e12},
             validate=validate,
         )
-    return registry.register(info.model_uri, NAME, tags={"flops_total": 1.5e12})
+    return mlflow.MlflowClient().get_model_version(NAME, str(info.registered_model_version))
 
 
 def test_save_base_strips_lora_and_head_bias(tmp_path: Path) -> None:
@@ -256,10 +258,26 @@ def test_signature_and_requirements() -> None:
     sig = registry.forecaster_signature()
     assert sig.inputs.input_names() == ["prey", "predator"]
     assert {p.name: p.default for p in sig.params.params} == {"horizon": 5, "num_samples": 1}
-    reqs = registry.pip_requirements()
-    for pin in ("mlflow==3.17.2", "torch==2.13.0", "transformers==5.24.0", "peft==0.21.2"):
-        assert pin in reqs
-    assert all(Path(p).name in {"lvdata", "lvflops", "lvmodel"} for p in registry.code_paths())
+    assert sorted(Path(p).name for p in registry.code_paths()) == ["lvdata", "lvflops", "lvmodel"]
+
+
+def test_requirements_pin_what_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each runtime dependency is pinned to the installed version without its local label (a CUDA
+    or CPU build of torch installs from the index by its public version); one that is not
+    installed stays unpinned, and extra ones (gguf for a GGUF base) are added."""
+    installed = {"torch": "2.13.0+cpu", "mlflow": "3.17.2", "gguf": "0.19.0"}
+
+    def fake_version(dist: str) -> str:
+        if dist not in installed:
+            raise registry.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(registry, "version", fake_version)
+    reqs = registry.pip_requirements(("gguf",))
+    assert reqs[: len(registry.REQUIREMENTS)][:2] == ["mlflow==3.17.2", "torch==2.13.0"]
+    assert "transformers" in reqs and "peft" in reqs  # not installed (here): left unpinned
+    assert reqs[-1] == "gguf==0.19.0"
+    assert len(reqs) == len(registry.REQUIREMENTS) + 1
 
 
 def test_register_promote_and_load_in_fresh_process(

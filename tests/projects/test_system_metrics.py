@@ -2,7 +2,7 @@
 
 No machine here has a GPU, so NVML (the `pynvml` module of nvidia-ml-py, which MLflow's GPU monitor
 calls) is replaced by a fake that reports one device; everything else is the real MLflow monitor
-started by `projects.runs.budgeted_run`.
+started by `lvtrack.runs.budgeted_run`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from projects.presets import get_preset
-from projects.runs import budgeted_run
+from lvtrack.presets import get_preset
+from lvtrack.runs import budgeted_run
 
 
 def test_the_project_installs_nvml_bindings_and_psutil():

@@ -1,4 +1,4 @@
-"""projects.tracking: dataset inputs survive the concurrent-insert race of MLflow's SQL store."""
+"""lvtrack.tracking: dataset inputs survive the concurrent-insert race of MLflow's SQL store."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from projects import tracking
+from lvtrack import tracking
 
 DUPLICATE = (
     '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'

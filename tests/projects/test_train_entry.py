@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
+from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED
 from projects import budget as budget_entry
 from projects import train as train_entry
-from projects.ledger import TAG_PLANNED, TAG_REFUSED
 
 
 def _train(args: list[str]):
@@ -63,12 +63,12 @@ def test_run_over_budget_is_refused_before_training(tracking_uri, base_args):
 def test_a_refused_run_never_loads_the_base_model(tracking_uri, base_args, monkeypatch):
     """Planning reads the base's config only; weights load after the ledger said yes (a 0.5B
     model takes a minute and GBs of memory on a CPU: not for a run that cannot start)."""
-    import projects.experiment
+    import lvtrack.experiment
 
     loads: list[str] = []
-    real = projects.experiment.load_base
+    real = lvtrack.experiment.load_base
     monkeypatch.setattr(
-        projects.experiment, "load_base", lambda spec, **kw: loads.append(spec) or real(spec, **kw)
+        lvtrack.experiment, "load_base", lambda spec, **kw: loads.append(spec) or real(spec, **kw)
     )
     refused = _train([*base_args, "--steps", "3", "--budget", "1e9"])
     assert refused.exit_code == 1 and "refused" in refused.output
@@ -100,8 +100,7 @@ def test_budget_refuses_once_spent_and_table_adds_up(tracking_uri, base_args):
 def test_budget_table_takes_runs_of_any_phase_tag(tracking_uri):
     """Phase tags are free text (a user's own runs, or none): the table still prints and logs."""
     client = MlflowClient()
-    mlflow.set_experiment("phases")
-    exp = mlflow.tracking.fluent._get_experiment_id()
+    exp = mlflow.set_experiment("phases").experiment_id
     for phase, flops in (("my phase?", 300.0), (None, 200.0)):
         tags = {TAG_PLANNED: "100", **({"phase": phase} if phase else {})}
         run = client.create_run(exp, tags=tags)

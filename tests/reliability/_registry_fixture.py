@@ -13,7 +13,7 @@ import mlflow
 from lvdata import LLMTimeCodec
 from lvmodel.lora import LoraSettings, apply_lora, save_adapter
 from lvmodel.tiny import random_tiny
-from projects import registry
+from lvtrack import registry
 
 CHAMPION_URI = f"models:/{registry.REGISTERED_MODEL}@champion"
 
@@ -33,12 +33,12 @@ def register_tiny_champion(workdir: Path, experiment: str = "reliability-registr
     save_adapter(apply_lora(model, settings), workdir / "adapter", settings)
     with mlflow.start_run(run_name="tiny forecaster"):
         mlflow.log_metric("val_mse_h5", 0.01)
-        info = registry.log_forecaster(
+        registry.log_forecaster(
             adapter_dir=workdir / "adapter",
             codec=LLMTimeCodec(alpha=0.6),
             base_spec=str(workdir / "base"),
+            registered_model_name=registry.REGISTERED_MODEL,
             validate=False,
         )
-    registry.register(info.model_uri, registry.REGISTERED_MODEL)
     registry.promote(registry.REGISTERED_MODEL, "val_mse_h5")
     return CHAMPION_URI

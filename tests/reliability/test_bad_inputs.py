@@ -14,7 +14,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +31,16 @@ from mlflow.tracking import MlflowClient
 
 import lvdata
 from lvdata.cli import main as lvdata_cli
+from lvtrack.ledger import METRIC_FLOPS, TAG_PLANNED, read_ledger
+from lvtrack.tracking import DEFAULT_EXPERIMENT
 from projects import baseline, final, promote, reference, sweep, train
 from projects import data as data_entry
-from projects.ledger import METRIC_FLOPS, TAG_PLANNED, read_ledger
-from projects.tracking import DEFAULT_EXPERIMENT
 from tests.reliability._registry_fixture import register_tiny_champion
 from tests.serving import post, serving
 from tests.stores import using_store
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDED_FLOPS = 123_456_789
-HUB_FAIL_FAST_S = 15.0
 
 COMMANDS: dict[str, click.Command] = {
     "train": train.main,
@@ -265,10 +263,10 @@ CLI_CASES = [
         ["refused", "planned", "remaining", "Lower steps, batch or context length"],
     ),
     case(
-        "data-decimals-9",
+        "data-seed-not-a-number",
         "data",
-        ["--data-file", "{data}", "--decimals", "9"],
-        ["--decimals", "9 is not in the range 0<=x<=6"],
+        ["--data-file", "{data}", "--seed", "abc"],
+        ["--seed", "'abc' is not a valid integer"],
         2,
     ),
     case(
@@ -458,9 +456,7 @@ def test_entry_point_refuses_bad_input(
     if bad is not None:
         values["bad"] = str(DATA_MAKERS[bad](tmp_path))
     before = spending(in_store)
-    started = time.monotonic()
     result: Result = CliRunner().invoke(COMMANDS[command], [_fill(a, values) for a in args])
-    elapsed = time.monotonic() - started
 
     # handled by click (a real process prints no traceback), with the expected exit code
     assert isinstance(result.exception, SystemExit), (result.exception, result.output[-2000:])
@@ -469,8 +465,9 @@ def test_entry_point_refuses_bad_input(
     assert "Error:" in result.output
     for fragment in fragments:
         assert _fill(fragment, values) in result.output, result.output[-2000:]
-    assert elapsed < HUB_FAIL_FAST_S  # fails fast: no retries, no training, no hub
-    assert spending(in_store) == before  # nothing charged, no run left RUNNING
+    # refused before anything ran: nothing charged, no run left RUNNING (the hub is probed once
+    # with a short timeout and never retried: tests/lvmodel/test_base.py)
+    assert spending(in_store) == before
 
 
 def test_entry_point_process_exits_cleanly(

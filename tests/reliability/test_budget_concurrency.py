@@ -2,7 +2,7 @@
 
 Eight `python -m projects.train` processes start at once against one store, with a budget that
 holds exactly three runs' plans. The ledger's admission lock (a registered model the store
-creates atomically, see projects/ledger.py) must let exactly three train and refuse the other
+creates atomically, see packages/lvtrack/src/lvtrack/ledger.py) must let exactly three train and refuse the other
 five cleanly. Two stores: a SQLite file, and an `mlflow server` on PostgreSQL reached over REST
 (the set-up a team shares, docs/team.md). A second test checks the lock alone: processes taking
 it in turn never overlap inside it.
@@ -21,8 +21,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from projects import train as train_entry
-from projects.ledger import (
+from lvtrack.ledger import (
     LOCK_PREFIX,
     METRIC_FLOPS,
     STALE_LOCK_S,
@@ -32,6 +31,7 @@ from projects.ledger import (
     budget_lock,
     read_ledger,
 )
+from projects import train as train_entry
 from tests.stores import using_store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ LOCK_WORKER = """
 import os, sys, time
 from pathlib import Path
 from mlflow.tracking import MlflowClient
-from projects.ledger import budget_lock
+from lvtrack.ledger import budget_lock
 
 exp_id, journal, rounds, procs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 client = MlflowClient()
@@ -270,7 +270,7 @@ import os, sys, time
 from pathlib import Path
 import mlflow
 import numpy as np
-from projects.tracking import log_dataset
+from lvtrack.tracking import log_dataset
 
 exp_id, sync, procs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 values = np.arange(24, dtype=np.float32).reshape(3, 4, 2)

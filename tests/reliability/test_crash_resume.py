@@ -28,10 +28,10 @@ from mlflow.entities import Run
 from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
+from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from projects import budget as budget_entry
 from projects import experiment, runs
 from projects import train as train_entry
-from projects.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from tests.stores import using_store
 
 pytestmark = pytest.mark.slow  # a few training processes, about a minute in all
@@ -44,7 +44,7 @@ RUN_ID = re.compile(r"training run ([0-9a-f]{32})")
 # `python -m projects.train ARGS`, stalled (sleeping) once step STALL's metrics are logged.
 STALLED_TRAIN = """
 import sys, time
-import projects.runs as runs
+import lvtrack.runs as runs
 stall = int(sys.argv.pop(1))
 log = runs.FlopsMeter.log
 def stalling(self, counted, step, metrics=None):

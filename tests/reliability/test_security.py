@@ -114,8 +114,8 @@ def test_scan_covers_the_source_tree() -> None:
     for expected in (
         "packages/lvmodel/src/lvmodel/checkpoint.py",
         "packages/lvmodel/src/lvmodel/lora.py",
-        "projects/registry.py",
-        "projects/lv_pyfunc.py",
+        "packages/lvtrack/src/lvtrack/registry.py",
+        "packages/lvtrack/src/lvtrack/lv_pyfunc.py",
     ):
         assert expected in files
 

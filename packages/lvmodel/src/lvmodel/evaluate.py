@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 import lvdata
-from lvflops import DEFAULT_LORA_TARGETS, ModelShape
-from lvmodel.forecast import Forecast, forecast, forecast_flops_bound, model_shape
+from lvmodel.forecast import Forecast, forecast
 from lvmodel.lora import LoraSettings
 from lvmodel.metrics import protocol_split, score
 
@@ -44,7 +43,8 @@ def evaluate_llm(
     num_samples: int = 1,
     progress: bool = False,
 ) -> Evaluation:
-    """Forecast every series with the LLM and score it (FLOPs from the KV-cache count)."""
+    """Forecast every series with the LLM and score it (FLOPs from the KV-cache count; the most
+    it can spend is :func:`lvmodel.plan.forecast_bound`)."""
     histories, truth = protocol_split(series, history_steps, horizon)
     result = forecast(
         model,
@@ -55,9 +55,7 @@ def evaluate_llm(
         context_length=context_length,
         num_samples=num_samples,
         batch_size=batch_size,
-        lora_rank=lora.rank if lora else None,
-        lora_targets=lora.targets if lora else DEFAULT_LORA_TARGETS,
-        lm_head_bias=bool(lora and lora.lm_head_bias),
+        lora=lora,
         progress=progress,
     )
     return Evaluation(
@@ -67,30 +65,4 @@ def evaluate_llm(
         predictions=result.values,
         flops=result.flops,
         result=result,
-    )
-
-
-def evaluation_flops_bound(
-    model: Any,
-    codec: lvdata.LLMTimeCodec,
-    n_series: int,
-    horizon: int,
-    context_length: int,
-    lora: LoraSettings | None = None,
-    num_samples: int = 1,
-) -> int:
-    """Most FLOPs `evaluate_llm` can spend on `n_series` series (for plans and caps).
-
-    `model` is the model or its :class:`lvflops.ModelShape` (a plan made before loading it).
-    """
-    return forecast_flops_bound(
-        model if isinstance(model, ModelShape) else model_shape(model),
-        n_series,
-        context_length,
-        horizon,
-        codec.decimals,
-        num_samples=num_samples,
-        lora_rank=lora.rank if lora else None,
-        lora_targets=lora.targets if lora else DEFAULT_LORA_TARGETS,
-        lm_head_bias=bool(lora and lora.lm_head_bias),
     )

@@ -14,7 +14,8 @@ keep being computed as padding until every row is done), and ``batch x num_sampl
 the KV cache and only the last position's logits (``logits_len=1``: ``generate`` asks the model
 for the last logits only), and attention over the key length the cache really holds (see
 :func:`generation_cache`). LoRA adapters and an LM-head bias cost FLOPs too, but the model is not
-inspected for them: pass ``lora_rank`` (and ``lora_targets``) and ``lm_head_bias`` to count them.
+inspected for them: pass ``lora`` (the :class:`~lvmodel.lora.LoraSettings`) to count them.
+The most a forecast can spend, before it runs, is :func:`lvmodel.plan.forecast_bound`.
 
 The KV cache depends on the device (:func:`generation_cache`): on the CPU a static cache sized for
 the batch (prompt + new tokens, built here and passed to ``generate``), on CUDA transformers'
@@ -44,7 +45,7 @@ import torch
 from transformers import StaticCache, StoppingCriteriaList
 
 from lvdata import LLMTimeCodec, tokenize_steps
-from lvflops import DEFAULT_LORA_TARGETS, ModelShape, generate_flops, static_cache_len
+from lvflops import generate_flops, static_cache_len
 from lvmodel.grammar import (
     DEFAULT_MAX_INT_DIGITS,
     LLMTimeGrammar,
@@ -55,15 +56,15 @@ from lvmodel.grammar import (
 from lvmodel.grammar import (
     pad_id as tokenizer_pad_id,
 )
+from lvmodel.lora import LoraSettings
+from lvmodel.plan import lora_flops_kwargs, model_shape
 
 __all__ = [
     "Forecast",
     "as_histories",
     "build_prompts",
     "forecast",
-    "forecast_flops_bound",
     "generation_cache",
-    "model_shape",
     "naive_generate_forecast",
     "truncate_history",
 ]
@@ -186,12 +187,6 @@ def _left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, 
 # -- model helpers ---------------------------------------------------------------------------------
 
 
-def model_shape(model: Any) -> ModelShape:
-    """:class:`lvflops.ModelShape` of a HF causal LM (of the base model for a PeftModel)."""
-    base = getattr(model, "get_base_model", lambda: model)()
-    return ModelShape.from_hf_config(base.config.to_dict())
-
-
 def _device(model: Any) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -213,56 +208,15 @@ def _static_cache(model: Any, cache_len: int) -> StaticCache:
     return StaticCache(config=base.config, max_cache_len=cache_len)
 
 
-def _flops_kwargs(
-    model: Any, lora_rank: int | None, lora_targets: Sequence[str], lm_head_bias: bool
-) -> dict[str, Any]:
-    if lora_rank is None and getattr(model, "peft_config", None):
+def _flops_kwargs(model: Any, lora: LoraSettings | None) -> dict[str, Any]:
+    """lvflops' keywords for a forecast's generation: the LoRA wrap's, and the last position's
+    logits only (``generate`` asks the model for those)."""
+    if lora is None and getattr(model, "peft_config", None):
         warnings.warn(
-            "forecasting with a PEFT model but lora_rank=None: LoRA FLOPs are not counted",
+            "forecasting with a PEFT model but lora=None: LoRA FLOPs are not counted",
             stacklevel=3,
         )
-    return {
-        "lora_rank": lora_rank,
-        "lora_targets": tuple(lora_targets),
-        "lm_head_bias": lm_head_bias,
-        "logits_len": 1,
-    }
-
-
-def forecast_flops_bound(
-    shape: ModelShape,
-    n_series: int,
-    prompt_tokens: int,
-    horizon: int,
-    decimals: int = 2,
-    num_samples: int = 1,
-    lora_rank: int | None = None,
-    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
-    lm_head_bias: bool = False,
-    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
-    n_vars: int = 2,
-) -> int:
-    """The most FLOPs :func:`forecast` can spend, for plans and caps, on any device.
-
-    Every prompt padded to ``prompt_tokens`` (the context limit), every row generating the
-    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`), and attention
-    over a static cache of ``prompt_tokens + new - 1`` slots at every step (what the CPU path
-    computes; the dynamic cache of the CUDA path attends to fewer keys). Generation cost is linear
-    in the rows, so the split into batches does not change the bound.
-    """
-    new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
-    return generate_flops(
-        shape,
-        prompt_tokens,
-        new,
-        batch=n_series * num_samples,
-        kv_cache=True,
-        cache_len=static_cache_len(prompt_tokens, new),
-        lora_rank=lora_rank,
-        lora_targets=tuple(lora_targets),
-        lm_head_bias=lm_head_bias,
-        logits_len=1,
-    ).total
+    return {**lora_flops_kwargs(lora), "logits_len": 1}
 
 
 def _row_lengths(gen: torch.Tensor, time_sep_id: int, horizon: int, pad_id: int) -> torch.Tensor:
@@ -300,11 +254,9 @@ def forecast(
     temperature: float = 1.0,
     batch_size: int = 16,
     seed: int = 0,
-    lora_rank: int | None = None,
-    lm_head_bias: bool = False,
+    lora: LoraSettings | None = None,
     progress: bool = False,
     max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
-    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
 ) -> Forecast:
     """Forecast ``horizon`` steps after each history with grammar-constrained generation.
 
@@ -324,9 +276,9 @@ def forecast(
             are batched in order of prompt length, so that a batch carries little padding.
         seed: sampling seed; batch ``i`` runs under ``torch.manual_seed(seed + i)`` in a forked
             RNG, so the same call gives the same result (on CPU) and the global RNG is untouched.
-        lora_rank, lora_targets, lm_head_bias: what the FLOPs count should include. The model
-            is not inspected: pass the LoRA rank of a PeftModel (a warning is given when a
-            PeftModel is forecast with ``lora_rank=None``).
+        lora: the LoRA wrap (and LM-head bias) the FLOPs count should include. The model is not
+            inspected: pass the settings of a PeftModel (a warning is given when a PeftModel is
+            forecast with ``lora=None``).
         progress: show a tqdm bar over batches.
         max_int_digits: integer digits a generated number may have (grammar).
 
@@ -339,35 +291,12 @@ def forecast(
         raise ValueError(f"need horizon, num_samples, batch_size >= 1: {horizon}, {num_samples}")
     start = time.perf_counter()
     prompts, kept = build_prompts(histories, codec, tokenizer, context_length)
-    n_vars = int(getattr(codec, "n_vars", 2))
-    grammar = LLMTimeGrammar(
-        tokenizer, codec.decimals, n_vars, max_int_digits, codec.var_sep, codec.time_sep
-    )
-    pad_id, device = grammar.pad_token_id, _device(model)
-    cache_kind = generation_cache(device)
-    shape = model_shape(model)
-    fkw = _flops_kwargs(model, lora_rank, lora_targets, lm_head_bias)
-    max_new = max_new_tokens_for(horizon, codec.decimals, max_int_digits, n_vars)
-    sampling = num_samples > 1
-    gen_kwargs: dict[str, Any] = {
-        "do_sample": sampling,
-        "max_new_tokens": max_new,
-        "num_return_sequences": num_samples,
-        "pad_token_id": pad_id,
-        "use_cache": True,
-        "repetition_penalty": 1.0,
-        "num_beams": 1,
-    }
-    if sampling:
-        gen_kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-
-    n = len(prompts)
+    gen = _Generator(model, tokenizer, codec, horizon, num_samples, temperature, max_int_digits)
+    tally = _Tally(len(prompts), num_samples, horizon, gen.n_vars)
+    fkw = _flops_kwargs(model, lora)
     # Batches of similar prompt lengths waste less compute on padding (kept order: stable sort).
-    order = sorted(range(n), key=lambda j: len(prompts[j]))
-    samples = np.full((n, num_samples, horizon, n_vars), np.nan)
-    texts: list[list[str]] = [[] for _ in range(n)]
-    flops = prompt_tokens = generated_tokens = 0
-    batches = range(0, n, batch_size)
+    order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
+    batches: Any = range(0, len(prompts), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
@@ -375,70 +304,142 @@ def forecast(
     with _ModelMode(model), torch.inference_mode():
         for i, lo in enumerate(batches):
             members = order[lo : lo + batch_size]
-            chunk = [prompts[j] for j in members]
-            ids, mask = _left_pad(chunk, pad_id)
-            processor = LLMTimeLogitsProcessor(grammar, horizon)
-            stop = StepsStoppingCriteria(grammar.time_sep_id, horizon, ids.shape[1])
-            cache: dict[str, Any] = {}
-            cache_len = None
-            if cache_kind == "static":  # sized for this batch: attention over exactly these slots
-                cache_len = static_cache_len(ids.shape[1], max_new)
-                cache["past_key_values"] = _static_cache(model, cache_len)
-            with (
-                torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-                warnings.catch_warnings(),
-            ):
-                # transformers >= 5.2x renames generate's `past_key_values` to `cache` and warns;
-                # the old name works in every version lvmodel supports (< 6).
-                warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)
-                torch.manual_seed(seed + i)
-                out = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    logits_processor=[processor],
-                    stopping_criteria=StoppingCriteriaList([stop]),
-                    **gen_kwargs,
-                    **cache,
-                )
-            gen = out[:, ids.shape[1] :].cpu()
-            lengths = _row_lengths(gen, grammar.time_sep_id, horizon, pad_id)
-            rows = gen.shape[0]
-            if gen.shape[1] > 0:
-                flops += generate_flops(
-                    shape,
+            ids, mask = _left_pad([prompts[j] for j in members], gen.pad_id)
+            out, cache_len = gen.generate(ids, mask, seed + i)
+            lengths = _row_lengths(out, gen.grammar.time_sep_id, horizon, gen.pad_id)
+            flops = 0
+            if out.shape[1] > 0:
+                flops = generate_flops(
+                    gen.shape,
                     ids.shape[1],
-                    gen.shape[1],
-                    batch=rows,
+                    out.shape[1],
+                    batch=out.shape[0],
                     kv_cache=True,
                     cache_len=cache_len,
                     **fkw,
                 ).total
-            prompt_tokens += int(mask.sum()) * num_samples
-            generated_tokens += int(lengths.sum())
-            decoded = tokenizer.batch_decode(
-                [gen[r, : int(lengths[r])].tolist() for r in range(rows)], skip_special_tokens=True
+            rows = [out[r, : int(lengths[r])].tolist() for r in range(out.shape[0])]
+            tally.add(members, rows, tokenizer, codec, flops, int(mask.sum()) * num_samples)
+    return tally.result(kept, time.perf_counter() - start)
+
+
+class _Generator:
+    """One `forecast` call's generation set-up: the grammar, the generate settings and the KV
+    cache kind for the model's device; :meth:`generate` runs one left-padded batch."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        codec: LLMTimeCodec,
+        horizon: int,
+        num_samples: int,
+        temperature: float,
+        max_int_digits: int,
+    ) -> None:
+        self.model, self.horizon = model, horizon
+        self.n_vars = int(getattr(codec, "n_vars", 2))
+        self.grammar = LLMTimeGrammar(
+            tokenizer, codec.decimals, self.n_vars, max_int_digits, codec.var_sep, codec.time_sep
+        )
+        self.pad_id, self.device = self.grammar.pad_token_id, _device(model)
+        self.cache_kind = generation_cache(self.device)
+        self.shape = model_shape(model)
+        self.max_new = max_new_tokens_for(horizon, codec.decimals, max_int_digits, self.n_vars)
+        sampling = num_samples > 1
+        self.kwargs: dict[str, Any] = {
+            "do_sample": sampling,
+            "max_new_tokens": self.max_new,
+            "num_return_sequences": num_samples,
+            "pad_token_id": self.pad_id,
+            "use_cache": True,
+            "repetition_penalty": 1.0,
+            "num_beams": 1,
+        }
+        if sampling:
+            self.kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+
+    def generate(
+        self, ids: torch.Tensor, mask: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, int | None]:
+        """The generated tokens of a batch (rows x new, on the CPU) and the static cache's
+        slots (None for the dynamic cache)."""
+        processor = LLMTimeLogitsProcessor(self.grammar, self.horizon)
+        stop = StepsStoppingCriteria(self.grammar.time_sep_id, self.horizon, ids.shape[1])
+        cache: dict[str, Any] = {}
+        cache_len = None
+        if self.cache_kind == "static":  # sized for this batch: attention over exactly these slots
+            cache_len = static_cache_len(ids.shape[1], self.max_new)
+            cache["past_key_values"] = _static_cache(self.model, cache_len)
+        device = self.device
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            warnings.catch_warnings(),
+        ):
+            # transformers >= 5.2x renames generate's `past_key_values` to `cache` and warns;
+            # the old name works in every version lvmodel supports (< 6).
+            warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                logits_processor=[processor],
+                stopping_criteria=StoppingCriteriaList([stop]),
+                **self.kwargs,
+                **cache,
             )
-            for b, j in enumerate(members):
-                texts[j] = decoded[b * num_samples : (b + 1) * num_samples]
-                for s, text in enumerate(texts[j]):
-                    samples[j, s] = codec.decode(text, steps=horizon)
-    if sampling:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
-            values = np.nanmedian(samples, axis=1)
-    else:
-        values = samples[:, 0].copy()
-    return Forecast(
-        values=values,
-        flops=int(flops),
-        prompt_tokens=prompt_tokens,
-        generated_tokens=generated_tokens,
-        texts=texts,
-        invalid=int(np.isnan(values).sum()),
-        history_steps=kept,
-        samples=samples if sampling else None,
-        seconds=time.perf_counter() - start,
-    )
+        return out[:, ids.shape[1] :].cpu(), cache_len
+
+
+class _Tally:
+    """What a forecast accumulates over its generate calls (decoded values, texts, FLOPs,
+    tokens), and the :class:`Forecast` it makes: the post-processing of both forecasters."""
+
+    def __init__(self, n: int, num_samples: int, horizon: int, n_vars: int) -> None:
+        self.num_samples, self.horizon = num_samples, horizon
+        self.samples = np.full((n, num_samples, horizon, n_vars), np.nan)
+        self.texts: list[list[str]] = [[] for _ in range(n)]
+        self.flops = self.prompt_tokens = self.generated_tokens = 0
+
+    def add(
+        self,
+        members: Sequence[int],
+        rows: list[list[int]],
+        tokenizer: Any,
+        codec: LLMTimeCodec,
+        flops: int,
+        prompt_tokens: int,
+    ) -> None:
+        """Decode the useful tokens of each generated row; rows come `num_samples` per member."""
+        decoded = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        k = self.num_samples
+        for b, j in enumerate(members):
+            self.texts[j] = decoded[b * k : (b + 1) * k]
+            for s, text in enumerate(self.texts[j]):
+                self.samples[j, s] = codec.decode(text, steps=self.horizon)
+        self.flops += flops
+        self.prompt_tokens += prompt_tokens
+        self.generated_tokens += sum(len(r) for r in rows)
+
+    def result(self, kept: list[int], seconds: float) -> Forecast:
+        sampling = self.num_samples > 1
+        if sampling:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
+                values = np.nanmedian(self.samples, axis=1)
+        else:
+            values = self.samples[:, 0].copy()
+        return Forecast(
+            values=values,
+            flops=int(self.flops),
+            prompt_tokens=self.prompt_tokens,
+            generated_tokens=self.generated_tokens,
+            texts=self.texts,
+            invalid=int(np.isnan(values).sum()),
+            history_steps=kept,
+            samples=self.samples if sampling else None,
+            seconds=seconds,
+        )
 
 
 def naive_generate_forecast(
@@ -449,10 +450,8 @@ def naive_generate_forecast(
     horizon: int,
     max_new_tokens: int,
     context_length: int | None = None,
-    lora_rank: int | None = None,
-    lm_head_bias: bool = False,
+    lora: LoraSettings | None = None,
     progress: bool = False,
-    lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS,
 ) -> Forecast:
     """Baseline for speed comparisons: one series at a time, unconstrained greedy decoding.
 
@@ -463,13 +462,10 @@ def naive_generate_forecast(
     """
     start = time.perf_counter()
     prompts, kept = build_prompts(histories, codec, tokenizer, context_length)
-    n_vars = int(getattr(codec, "n_vars", 2))
     pad_id, device = tokenizer_pad_id(tokenizer), _device(model)
     shape = model_shape(model)
-    fkw = _flops_kwargs(model, lora_rank, lora_targets, lm_head_bias)
-    values = np.full((len(prompts), horizon, n_vars), np.nan)
-    texts: list[list[str]] = []
-    flops = prompt_tokens = generated_tokens = 0
+    fkw = _flops_kwargs(model, lora)
+    tally = _Tally(len(prompts), 1, horizon, int(getattr(codec, "n_vars", 2)))
     items: Any = enumerate(prompts)
     if progress:
         from tqdm.auto import tqdm
@@ -489,20 +485,8 @@ def naive_generate_forecast(
                 use_cache=True,
             )
             gen = out[0, ids.shape[1] :].tolist()
+            flops = 0
             if gen:
-                flops += generate_flops(shape, len(prompt), len(gen), kv_cache=True, **fkw).total
-            prompt_tokens += len(prompt)
-            generated_tokens += len(gen)
-            text = tokenizer.decode(gen, skip_special_tokens=True)
-            texts.append([text])
-            values[b] = codec.decode(text, steps=horizon)
-    return Forecast(
-        values=values,
-        flops=int(flops),
-        prompt_tokens=prompt_tokens,
-        generated_tokens=generated_tokens,
-        texts=texts,
-        invalid=int(np.isnan(values).sum()),
-        history_steps=kept,
-        seconds=time.perf_counter() - start,
-    )
+                flops = generate_flops(shape, len(prompt), len(gen), kv_cache=True, **fkw).total
+            tally.add([b], [gen], tokenizer, codec, flops, len(prompt))
+    return tally.result(kept, time.perf_counter() - start)

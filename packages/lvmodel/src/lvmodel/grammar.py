@@ -111,11 +111,6 @@ class LLMTimeGrammar:
         self.transition = trans
         self.allowed_classes = allowed
 
-    def max_tokens_per_step(self) -> int:
-        """Most tokens one time step can take under the grammar."""
-        number = self.max_int_digits + (1 + self.decimals if self.decimals > 0 else 0)
-        return self.n_vars * (number + 1)
-
     def class_lookup(self, vocab_size: int) -> torch.Tensor:
         """(vocab_size,) token class of every id."""
         cls = torch.full((vocab_size,), _OTHER, dtype=torch.long)

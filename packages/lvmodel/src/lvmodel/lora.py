@@ -17,7 +17,7 @@ weight with a float32 bias, which fails outside autocast (a bf16 base on the CPU
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from lvflops import DEFAULT_LORA_TARGETS
 
 BIAS_FILE = "lm_head_bias.safetensors"
 BIAS_PARAM = "lv_bias"  # name of the bias parameter on the LM head module
@@ -39,14 +41,15 @@ class LoraSettings:
         rank: LoRA rank r.
         alpha: LoRA alpha; None means alpha = rank (scaling 1, as in the coursework's reference code).
         dropout: dropout on the LoRA input.
-        targets: module names to wrap (PEFT `target_modules`).
+        targets: module names to wrap (PEFT `target_modules`; default lvflops'
+            `DEFAULT_LORA_TARGETS`, q_proj and v_proj, the coursework's wrap).
         lm_head_bias: add a trainable bias to the LM head (counted in FLOPs as vocab adds per position).
     """
 
     rank: int = 4
     alpha: int | None = None
     dropout: float = 0.0
-    targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
+    targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     lm_head_bias: bool = True
 
     def __post_init__(self) -> None:
@@ -61,6 +64,15 @@ class LoraSettings:
     @property
     def lora_alpha(self) -> int:
         return self.rank if self.alpha is None else self.alpha
+
+    def flops_kwargs(self) -> dict[str, Any]:
+        """The keywords lvflops' cost functions take for this wrap (`lora_rank`, `lora_targets`,
+        `lm_head_bias`): the one place they are built from the settings."""
+        return {
+            "lora_rank": self.rank,
+            "lora_targets": self.targets,
+            "lm_head_bias": self.lm_head_bias,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "targets": list(self.targets)}

@@ -21,7 +21,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VAR_NAMES", "baseline_forecasts", "forecast_metrics", "last_values"]
+__all__ = [
+    "VAR_NAMES",
+    "baseline_forecasts",
+    "forecast_metrics",
+    "last_values",
+    "protocol_split",
+    "score",
+]
 
 VAR_NAMES = ("prey", "predator")
 """Names of the two variables in metric keys (others are ``var{j}``)."""

@@ -6,7 +6,10 @@ evaluate, checkpoint. Results leave through `on_metrics(step, metrics)`; nothing
 FLOPs are counted with lvflops for the shape actually run: each micro-batch is trimmed to its longest
 unpadded window, and the remaining padding is counted (it is computed). Training steps cost
 3 x (forward + cross-entropy loss) (coursework rule, `train_step_flops`), a validation-loss pass
-1 x (forward + loss) (`eval_flops`), forecasts their generation cost with the KV cache. Training stops *before* a step or an evaluation would cross `flops_cap`.
+1 x (forward + loss) (`eval_flops`), forecasts their generation cost with the KV cache. Training
+stops *before* a step or an evaluation would cross `flops_cap` (an in-run forecast is checked
+against its bound, `lvmodel.plan.forecast_bound`). What a whole run can spend, before it starts,
+is `lvmodel.plan.plan_run`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ from transformers.optimization import (
 )
 
 import lvdata
-from lvflops import ModelShape, eval_flops, train_step_flops
+from lvflops import eval_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
-from lvmodel.evaluate import evaluate_llm, evaluation_flops_bound
-from lvmodel.forecast import forecast_flops_bound, model_shape
+from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings
+from lvmodel.plan import forecast_bound, model_shape
 
 Schedule = Literal["constant", "cosine", "wsd"]
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -224,185 +227,212 @@ def fit(
             optimizer, schedule, RNG and FLOPs continue exactly where they were.
         progress: show a tqdm progress bar.
     """
-    device = next(model.parameters()).device
-    shape = model_shape(model)
-    fkw: dict[str, Any] = {
-        "lora_rank": lora.rank,
-        "lora_targets": lora.targets,
-        "lm_head_bias": lora.lm_head_bias,
-    }
-    encode = [codec.encode(s) for s in train_series]
-    train_w = lvdata.make_windows(encode, tokenizer, config.context_length, config.stride)
-    val_w = lvdata.make_windows(
-        [codec.encode(s) for s in val_series], tokenizer, config.context_length, config.stride
-    )
-    val_w = lvdata.Windows(
-        **{f.name: getattr(val_w, f.name)[: config.eval_windows] for f in fields(val_w)}
-    )
-    batches = Batches(train_w, config.batch_size, config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = make_scheduler(optimizer, config)
-    emit = on_metrics or (lambda step, metrics: None)
+    run = _Fit(model, tokenizer, codec, train_series, val_series, config, lora, on_metrics)
+    run.start(resume_from)
+    return run.loop(checkpoint_dir, progress)
 
-    state: dict[str, Any] = {
-        "step": 0,
-        "epoch": 0,
-        "cursor": 0,
-        "train_flops": 0,
-        "eval_flops": 0,
-        "history": [],
-        "stopped": "running",
-    }
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model, optimizer, scheduler)
-        batches.epoch, batches.cursor = state["epoch"], state["cursor"]
-    else:
-        torch.manual_seed(config.seed)
 
-    def record(metrics: dict[str, float]) -> None:
-        metrics["flops_cumulative"] = float(state["train_flops"] + state["eval_flops"])
-        state["history"].append({"step": state["step"], **metrics})
-        emit(state["step"], metrics)
+class _Fit:
+    """The stages of :func:`fit`: set up (data, optimizer, schedule), start or resume, loop
+    (batch -> cap check -> step -> report -> evaluate -> checkpoint), finish."""
 
-    def within_cap(extra: int) -> bool:
-        return config.flops_cap is None or (
-            state["train_flops"] + state["eval_flops"] + extra <= config.flops_cap
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        codec: lvdata.LLMTimeCodec,
+        train_series: np.ndarray,
+        val_series: np.ndarray,
+        config: TrainConfig,
+        lora: LoraSettings,
+        on_metrics: MetricsCallback | None,
+    ) -> None:
+        self.model, self.tokenizer, self.codec = model, tokenizer, codec
+        self.val_series, self.config, self.lora = val_series, config, lora
+        self.device = next(model.parameters()).device
+        self.shape = model_shape(model)
+        self.fkw = lora.flops_kwargs()
+        encode = [codec.encode(s) for s in train_series]
+        train_w = lvdata.make_windows(encode, tokenizer, config.context_length, config.stride)
+        val_w = lvdata.make_windows(
+            [codec.encode(s) for s in val_series], tokenizer, config.context_length, config.stride
         )
-
-    def due(every: int) -> bool:
-        return every > 0 and state["step"] % every == 0
-
-    def evaluate(final: bool) -> dict[str, float]:
-        """Validation loss and/or the forecasting metric, whichever is due (both at the end)."""
-        out: dict[str, float] = {}
-        if final or due(config.eval_every):
-            cost = sum(
-                eval_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
-                for b in _val_batches(val_w, config.batch_size)
-            )
-            if within_cap(cost):
-                out["val_loss"] = validation_loss(model, val_w, config.batch_size, device)
-                state["eval_flops"] += cost
-        if config.forecast_every >= 0 and (final or due(config.forecast_every)):
-            out.update(
-                _forecast_metrics(
-                    model, tokenizer, codec, val_series, config, lora, state, within_cap
-                )
-            )
-        return out
-
-    def checkpoint() -> str | None:
-        if checkpoint_dir is None:
-            return None
-        state.update(epoch=batches.epoch, cursor=batches.cursor, config=asdict(config))
-        return str(save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, lora))
-
-    bar = tqdm(
-        total=config.steps,
-        initial=state["step"],
-        disable=not progress,
-        desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    last_ckpt = None
-    while state["step"] < config.steps:
-        micro = [batches.next() for _ in range(config.grad_accum)]
-        step_cost = sum(
-            train_step_flops(shape, b["input_ids"].shape[1], len(b["input_ids"]), **fkw).total
-            for b in micro
+        self.val_w = lvdata.Windows(
+            **{f.name: getattr(val_w, f.name)[: config.eval_windows] for f in fields(val_w)}
         )
-        if not within_cap(step_cost):
-            state["stopped"] = "flops_cap"
-            break
+        self.batches = Batches(train_w, config.batch_size, config.seed)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self.emit = on_metrics or (lambda step, metrics: None)
+        self.state: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,
+            "cursor": 0,
+            "train_flops": 0,
+            "eval_flops": 0,
+            "history": [],
+            "stopped": "running",
+        }
+
+    def start(self, resume_from: str | Path | None) -> None:
+        """Seed a new run, or restore a checkpoint's model, optimizer, schedule and position."""
+        if resume_from is not None:
+            self.state = load_checkpoint(resume_from, self.model, self.optimizer, self.scheduler)
+            self.batches.epoch, self.batches.cursor = self.state["epoch"], self.state["cursor"]
+        else:
+            torch.manual_seed(self.config.seed)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def loop(self, checkpoint_dir: str | Path | None, progress: bool) -> FitResult:
+        config, state = self.config, self.state
+        bar = tqdm(
+            total=config.steps,
+            initial=state["step"],
+            disable=not progress,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        last_ckpt = None
+        while state["step"] < config.steps:
+            micro = [self.batches.next() for _ in range(config.grad_accum)]
+            step_cost = sum(
+                train_step_flops(
+                    self.shape, b["input_ids"].shape[1], len(b["input_ids"]), **self.fkw
+                ).total
+                for b in micro
+            )
+            if not self.within_cap(step_cost):
+                state["stopped"] = "flops_cap"
+                break
+            metrics = self.step(micro, step_cost)
+            is_last = state["step"] == config.steps
+            if is_last or self.due(config.eval_every) or self.due(config.forecast_every):
+                metrics.update(self.evaluate(final=is_last))
+            self.record(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=False)
+            if self.due(config.checkpoint_every) and not is_last:
+                last_ckpt = self.checkpoint(checkpoint_dir)
+        bar.close()
+        return self.finish(last_ckpt, checkpoint_dir)
+
+    def step(self, micro: list[dict[str, torch.Tensor]], step_cost: int) -> dict[str, float]:
+        """One optimizer step over the micro-batches; its metrics."""
+        config = self.config
         t0 = time.perf_counter()
-        model.train()
+        self.model.train()
         loss_sum, tokens = 0.0, 0
         for b in micro:
-            b = {k: v.to(device) for k, v in b.items()}
-            with autocast_for(device):
-                loss = model(**b).loss / config.grad_accum
+            b = {k: v.to(self.device) for k, v in b.items()}
+            with autocast_for(self.device):
+                loss = self.model(**b).loss / config.grad_accum
             loss.backward()
             loss_sum += float(loss.detach())
             tokens += int(b["attention_mask"].sum())
         if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        lr = float(scheduler.get_last_lr()[0])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] += 1
-        state["train_flops"] += step_cost
+            torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
+        lr = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] += 1
+        self.state["train_flops"] += step_cost
         dt = time.perf_counter() - t0
-        metrics = {"train_loss": loss_sum, "lr": lr, "tokens_per_s": tokens / max(dt, 1e-9)}
-        is_last = state["step"] == config.steps
-        if is_last or due(config.eval_every) or due(config.forecast_every):
-            metrics.update(evaluate(final=is_last))
-        record(metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.4f}", refresh=False)
-        if due(config.checkpoint_every) and not is_last:
-            last_ckpt = checkpoint()
-    bar.close()
-    if state["stopped"] == "running":
-        state["stopped"] = "completed"
-    elif state["history"] and "val_loss" not in state["history"][-1]:
-        record(evaluate(final=True))  # stopped by the cap: evaluate what we have, if affordable
-    last_ckpt = checkpoint() or last_ckpt
-    return FitResult(
-        steps=state["step"],
-        train_flops=state["train_flops"],
-        eval_flops=state["eval_flops"],
-        stopped=state["stopped"],
-        history=state["history"],
-        final=summarize(state["history"]),
-        checkpoint=last_ckpt,
-    )
+        return {"train_loss": loss_sum, "lr": lr, "tokens_per_s": tokens / max(dt, 1e-9)}
 
+    def finish(self, last_ckpt: str | None, checkpoint_dir: str | Path | None) -> FitResult:
+        state = self.state
+        if state["stopped"] == "running":
+            state["stopped"] = "completed"
+        elif state["history"] and "val_loss" not in state["history"][-1]:
+            self.record(self.evaluate(final=True))  # stopped by the cap: evaluate, if affordable
+        last_ckpt = self.checkpoint(checkpoint_dir) or last_ckpt
+        return FitResult(
+            steps=state["step"],
+            train_flops=state["train_flops"],
+            eval_flops=state["eval_flops"],
+            stopped=state["stopped"],
+            history=state["history"],
+            final=summarize(state["history"]),
+            checkpoint=last_ckpt,
+        )
 
-def planned_fit_flops(
-    shape: ModelShape,
-    config: TrainConfig,
-    lora: LoraSettings,
-    n_val_windows: int,
-    decimals: int = 2,
-) -> int:
-    """Upper bound of what `fit` will charge: for budget reservations before a run starts.
+    # -- helpers of the loop ----------------------------------------------------------------
 
-    Every step at full windows (`batch_size * grad_accum` x `context_length`, 3 x (forward +
-    loss)), the validation loss (forward + loss over `eval_windows` full windows) at each due step
-    plus the end, and the forecasting metric at each due step plus the end,
-    each forecast at its bound (`forecast_flops_bound`).
-    """
-    fkw: dict[str, Any] = {
-        "lora_rank": lora.rank,
-        "lora_targets": lora.targets,
-        "lm_head_bias": lora.lm_head_bias,
-    }
-    batch = config.batch_size * config.grad_accum
-    train = config.steps * train_step_flops(shape, config.context_length, batch, **fkw).total
+    def record(self, metrics: dict[str, float]) -> None:
+        state = self.state
+        metrics["flops_cumulative"] = float(state["train_flops"] + state["eval_flops"])
+        state["history"].append({"step": state["step"], **metrics})
+        self.emit(state["step"], metrics)
 
-    def evaluations(every: int) -> int:
-        return (config.steps // every if every > 0 else 0) + 1  # the end always evaluates
+    def within_cap(self, extra: int) -> bool:
+        cap = self.config.flops_cap
+        return cap is None or self.state["train_flops"] + self.state["eval_flops"] + extra <= cap
 
-    n_val = min(n_val_windows, config.eval_windows)
-    loss = evaluations(config.eval_every) * (
-        eval_flops(shape, config.context_length, n_val, **fkw).total if n_val else 0
-    )
-    fc = 0
-    if config.forecast_every >= 0:
-        fc = evaluations(config.forecast_every) * forecast_flops_bound(
-            shape,
-            config.forecast_series,
+    def due(self, every: int) -> bool:
+        return every > 0 and self.state["step"] % every == 0
+
+    def evaluate(self, final: bool) -> dict[str, float]:
+        """Validation loss and/or the forecasting metric, whichever is due (both at the end)."""
+        config, out = self.config, {}
+        if final or self.due(config.eval_every):
+            cost = sum(
+                eval_flops(
+                    self.shape, b["input_ids"].shape[1], len(b["input_ids"]), **self.fkw
+                ).total
+                for b in _val_batches(self.val_w, config.batch_size)
+            )
+            if self.within_cap(cost):
+                out["val_loss"] = validation_loss(
+                    self.model, self.val_w, config.batch_size, self.device
+                )
+                self.state["eval_flops"] += cost
+        if config.forecast_every >= 0 and (final or self.due(config.forecast_every)):
+            out.update(self.forecast_metrics())
+        return out
+
+    def forecast_metrics(self) -> dict[str, float]:
+        """The task metric on a fixed validation subset (seed 003: val loss alone misleads)."""
+        config = self.config
+        subset = self.val_series[: config.forecast_series]
+        bound = forecast_bound(
+            self.shape,
+            len(subset),
             config.context_length,
             config.forecast_horizon,
-            decimals,
-            lora_rank=lora.rank,
-            lora_targets=lora.targets,
-            lm_head_bias=lora.lm_head_bias,
+            self.codec.decimals,
+            self.lora,
         )
-    return train + loss + fc
+        if not self.within_cap(bound):
+            return {}
+        ev = evaluate_llm(
+            self.model,
+            self.tokenizer,
+            self.codec,
+            subset,
+            config.forecast_history,
+            config.forecast_horizon,
+            config.context_length,
+            self.lora,
+        )
+        self.state["eval_flops"] += ev.flops
+        return {f"val_{key}": float(v) for key, v in ev.metrics.items() if not math.isnan(v)}
+
+    def checkpoint(self, checkpoint_dir: str | Path | None) -> str | None:
+        if checkpoint_dir is None:
+            return None
+        self.state.update(
+            epoch=self.batches.epoch, cursor=self.batches.cursor, config=asdict(self.config)
+        )
+        saved = save_checkpoint(
+            checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state, self.lora
+        )
+        return str(saved)
 
 
 def _val_batches(windows: lvdata.Windows, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -431,37 +461,6 @@ def validation_loss(
         total += float(losses)
         count += int((labels != -100).sum())
     return total / max(count, 1)
-
-
-def _forecast_metrics(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    codec: lvdata.LLMTimeCodec,
-    val_series: np.ndarray,
-    config: TrainConfig,
-    lora: LoraSettings,
-    state: dict[str, Any],
-    within_cap: Callable[[int], bool],
-) -> dict[str, float]:
-    """The task metric on a fixed validation subset (seed 003: val loss alone misleads)."""
-    subset = val_series[: config.forecast_series]
-    bound = evaluation_flops_bound(
-        model, codec, len(subset), config.forecast_horizon, config.context_length, lora
-    )
-    if not within_cap(bound):
-        return {}
-    ev = evaluate_llm(
-        model,
-        tokenizer,
-        codec,
-        subset,
-        config.forecast_history,
-        config.forecast_horizon,
-        config.context_length,
-        lora,
-    )
-    state["eval_flops"] += ev.flops
-    return {f"val_{key}": float(v) for key, v in ev.metrics.items() if not math.isnan(v)}
 
 
 def summarize(history: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -7,7 +7,7 @@ protocol and the FLOPs budget. Entry-point parameters override single fields; an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -57,7 +57,6 @@ class Preset:
     warmup_steps: int = 20
     checkpoint_every: int = 50
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Preset] = {

@@ -1,6 +1,6 @@
 """The registered forecaster as an MLflow pyfunc "model from code" (`mlflow.models.set_model`).
 
-`projects.registry.log_forecaster` logs this file with four artifacts:
+`lvtrack.registry.log_forecaster` logs this file with four artifacts:
 
 - `adapter`: the LoRA adapter folder written by `lvmodel.lora.save_adapter`;
 - `codec`: the LLMTime codec as JSON (`LLMTimeCodec.to_dict`);
@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc.model import PythonModel
 
 COLUMNS = ("prey", "predator")
 MIN_HISTORY_STEPS = 2
@@ -133,13 +134,13 @@ def parse_histories(model_input: Any) -> list[np.ndarray]:
     return histories
 
 
-class LVForecaster(mlflow.pyfunc.PythonModel):
+class LVForecaster(PythonModel):
     """A LoRA-adapted causal LM forecasting predator-prey series through LLMTime text."""
 
     def load_context(self, context: Any) -> None:
         from lvdata import LLMTimeCodec
         from lvmodel.base import load_base, load_pinned
-        from lvmodel.lora import load_adapter
+        from lvmodel.lora import adapter_settings, load_adapter
 
         artifacts = context.artifacts
         self.settings: dict[str, Any] = json.loads(Path(artifacts["settings"]).read_text())
@@ -153,6 +154,7 @@ class LVForecaster(mlflow.pyfunc.PythonModel):
             origin = f"this model's {base.name} ({base})"
             model, self.tokenizer = load_pinned(ref, device=device, origin=origin)
         self.model = load_adapter(model, artifacts["adapter"])
+        self.lora = adapter_settings(artifacts["adapter"])  # what the FLOPs count includes
         self.model.eval()
 
     def predict(
@@ -179,9 +181,7 @@ class LVForecaster(mlflow.pyfunc.PythonModel):
             context_length=self.settings.get("context_length"),
             num_samples=num_samples,
             batch_size=int(self.settings.get("batch_size", 16)),
-            lora_rank=self.settings.get("lora_rank"),
-            lora_targets=tuple(self.settings.get("lora_targets", ("q_proj", "v_proj"))),
-            lm_head_bias=bool(self.settings.get("lm_head_bias", False)),
+            lora=self.lora,
         )
         values = np.asarray(result.values, dtype=np.float64)
         return pd.DataFrame(

@@ -20,9 +20,9 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from projects.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
-from projects.presets import Preset
-from projects.resume import (
+from lvtrack.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
+from lvtrack.presets import Preset
+from lvtrack.resume import (
     TAG_ATTEMPT,
     TAG_HOST,
     TAG_PID,
@@ -30,7 +30,7 @@ from projects.resume import (
     attempt_record,
     reserve_resumed,
 )
-from projects.tracking import setup_tracking
+from lvtrack.tracking import setup_tracking
 
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)
@@ -122,7 +122,7 @@ def budgeted_run(
 
     Ctrl-C, SIGTERM or SIGHUP end it KILLED and any other failure FAILED, with the FLOPs metered
     so far logged: no run is left RUNNING. With `resume`, the dead run is reopened instead and
-    re-reserves what it may still spend (`projects.resume.reserve_resumed`).
+    re-reserves what it may still spend (`lvtrack.resume.reserve_resumed`).
     """
     with killed_as_failure():
         if resume is None:

@@ -1,7 +1,7 @@
 """Log, register and promote the forecaster in the MLflow model registry.
 
 - :func:`log_forecaster` logs a LoRA adapter + codec + base model as the pyfunc of
-  `projects/lv_pyfunc.py` ("models from code") with an explicit signature, pinned pip requirements
+  `packages/lvtrack/src/lvtrack/lv_pyfunc.py` ("models from code") with an explicit signature, pinned pip requirements
   and the sources of lvdata, lvflops and lvmodel as `code_paths`, so that
   `mlflow.pyfunc.load_model("models:/lv-forecaster@champion")` works in a fresh process offline.
   The base is referenced, not copied (about 1 GB per version at Qwen scale): `base_ref.json` pins
@@ -9,7 +9,6 @@
   (`lvmodel.base.pin_base`); only the few-MB `tiny` base (and an in-memory `base_model=`) is
   bundled. By default the logged model is loaded and tried on an example before it is
   registered, so that a reference the loading side cannot resolve fails here.
-- :func:`register` registers a logged model and puts its FLOPs and metrics on the version as tags.
 - :func:`promote` moves an alias (`champion`) to the version with the best validation forecasting
   metric and records why on the version's tags; running it again changes nothing.
 """
@@ -36,7 +35,7 @@ from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
-from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 import lvdata
 import lvflops
@@ -84,10 +83,10 @@ class RegistryError(RuntimeError):
 
 def forecaster_signature(horizon: int = 5, num_samples: int = 1) -> ModelSignature:
     """Input and output: `prey`, `predator` as arrays of doubles; params `horizon`, `num_samples`."""
-    columns = [ColSpec(Array(DataType.double), name) for name in COLUMNS]
+    columns: list[ColSpec | TensorSpec] = [ColSpec(Array(DataType.double), n) for n in COLUMNS]
     return ModelSignature(
         inputs=Schema(columns),
-        outputs=Schema([ColSpec(Array(DataType.double), name) for name in COLUMNS]),
+        outputs=Schema(list(columns)),
         params=ParamSchema(
             [
                 ParamSpec("horizon", DataType.long, int(horizon)),
@@ -115,7 +114,7 @@ def code_paths() -> list[str]:
     when loading, so a fresh process imports these copies even where the packages are not
     installed (and prefers them over installed ones).
     """
-    return [str(Path(pkg.__file__).parent) for pkg in (lvdata, lvflops, lvmodel)]
+    return [str(Path(str(pkg.__file__)).parent) for pkg in (lvdata, lvflops, lvmodel)]
 
 
 def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
@@ -128,7 +127,7 @@ def save_base(model: Any, tokenizer: Any, directory: str | Path) -> Path:
     from peft import PeftModel
 
     directory = Path(directory)
-    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
     state = inner.state_dict()
     with torch.device("meta"):  # the plain architecture's tensor names (no memory, no init cost)
         expected = set(type(inner)(inner.config).state_dict())
@@ -299,12 +298,14 @@ def log_forecaster(
         base_spec: what `lvmodel.base.load_base` was given. `"tiny"` is bundled (safetensors +
             tokenizer, a few MB); a hub id, a local folder or a `.gguf` path is pinned in
             `base_ref.json` (hub id + commit; absolute path + sha256) and must be present where
-            the model is loaded (see `projects/lv_pyfunc.py`).
+            the model is loaded (see `packages/lvtrack/src/lvtrack/lv_pyfunc.py`).
         base_model, tokenizer: bundle this in-memory base instead (LoRA layers, if present,
             are stripped); `base_spec` is then only recorded.
         settings: context_length, horizon (default of the `horizon` param), num_samples,
             batch_size, ...; LoRA rank/targets/lm_head_bias come from the adapter.
-        registered_model_name: also register the model (see :func:`register` for the tags).
+        registered_model_name: also register the model as a new version of this name, tagged
+            with `tags` and the source run's final metrics (explicit tags win), so that
+            :func:`promote` compares versions from their tags alone.
         tags: tags of the logged model, and of the registered version if any.
         validate: log an input example, which MLflow checks by loading the model in this
             process and predicting it; a failure raises `RegistryError` before anything is
@@ -346,7 +347,7 @@ def log_forecaster(
             tags=model_tags,
         )
     if registered_model_name is not None:  # only now: a model that failed `validate` is not
-        version = register(info.model_uri, registered_model_name, {**model_tags, **(tags or {})})
+        version = _register(info.model_uri, registered_model_name, {**model_tags, **(tags or {})})
         info.registered_model_version = int(version.version)
     return info
 
@@ -363,26 +364,24 @@ def _tag_value(value: Any) -> str:
 def _tag_version(client: MlflowClient, name: str, ver: str, tags: dict[str, Any]) -> ModelVersion:
     """Set `tags`, then the source run's final metrics under their own names (unless tagged)."""
     mv = client.get_model_version(name, ver)
-    merged = {k: _tag_value(v) for k, v in tags.items()}
+    merged: dict[str, str] = {k: _tag_value(v) for k, v in tags.items()}
     if mv.run_id:
-        for key, value in client.get_run(mv.run_id).data.metrics.items():
-            merged.setdefault(key, _tag_value(value))
+        for key, metric in client.get_run(mv.run_id).data.metrics.items():
+            merged.setdefault(key, _tag_value(metric))
     for key, value in merged.items():
         if mv.tags.get(key) != value:
             client.set_model_version_tag(name, ver, key, value)
     return client.get_model_version(name, ver)
 
 
-def register(
-    model_uri: str, name: str = REGISTERED_MODEL, tags: dict[str, Any] | None = None
-) -> ModelVersion:
+def _register(model_uri: str, name: str, tags: dict[str, Any]) -> ModelVersion:
     """Register `model_uri` as a new version of `name`; tag it with `tags` (FLOPs, metrics).
 
     The source run's final metrics are added as tags too (explicit `tags` win), so that
     :func:`promote` can compare versions from their tags alone.
     """
     mv = mlflow.register_model(model_uri, name)
-    return _tag_version(MlflowClient(), name, str(mv.version), tags or {})
+    return _tag_version(MlflowClient(), name, str(mv.version), tags)
 
 
 # -- promoting --------------------------------------------------------------------------------

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from projects.ledger import TAG_PHASE
+from lvtrack.ledger import TAG_PHASE
 
 #: The validation forecasting metric that picks settings and the champion (lower is better):
 #: MSE over the 5-step horizon with invalid values replaced by persistence, so a model cannot
@@ -26,20 +25,14 @@ class Best:
     value: float
 
 
-def experiment_id() -> str:
-    """The active experiment (set by `setup_tracking` or `mlflow run`)."""
-    exp = mlflow.tracking.fluent._get_experiment_id()
-    if exp is None:
-        raise RuntimeError("no active MLflow experiment")
-    return str(exp)
-
-
-def finished_runs(phase: str, preset: str, client: MlflowClient | None = None) -> list[Run]:
-    """FINISHED runs of a phase and preset in the active experiment, newest first."""
+def finished_runs(
+    experiment_id: str, phase: str, preset: str, client: MlflowClient | None = None
+) -> list[Run]:
+    """FINISHED runs of a phase and preset in the experiment, newest first."""
     client = client or MlflowClient()
     return list(
         client.search_runs(
-            [experiment_id()],
+            [experiment_id],
             filter_string=(
                 f"tags.`{TAG_PHASE}` = '{phase}' and tags.preset = '{preset}' "
                 "and attributes.status = 'FINISHED'"
@@ -50,11 +43,13 @@ def finished_runs(phase: str, preset: str, client: MlflowClient | None = None) -
     )
 
 
-def best_of(phase: str, preset: str, metric: str = SELECTION_METRIC) -> Best | None:
+def best_of(
+    experiment_id: str, phase: str, preset: str, metric: str = SELECTION_METRIC
+) -> Best | None:
     """The finished run of `phase` with the lowest `metric`, or None if there is none."""
     scored = [
         r
-        for r in finished_runs(phase, preset)
+        for r in finished_runs(experiment_id, phase, preset)
         if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])
     ]
     if not scored:

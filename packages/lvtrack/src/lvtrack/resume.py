@@ -37,7 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lvmodel.checkpoint import latest_checkpoint
-from projects.ledger import (
+from lvtrack.ledger import (
     METRIC_FLOPS,
     OPEN_STATUSES,
     TAG_BUDGET,

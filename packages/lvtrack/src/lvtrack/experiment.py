@@ -1,7 +1,7 @@
 """What every training entry point does, in plain stages: data -> base -> plan -> reserve -> fit ->
-evaluate -> log. The click commands in this folder only parse parameters and call `train_run`.
+evaluate -> log. The training entry points (`projects/`) only parse parameters and call `train_run`.
 
-A run that dies can be resumed (`train_run(..., resume=...)`, see `projects.resume`): the same
+A run that dies can be resumed (`train_run(..., resume=...)`, see `lvtrack.resume`): the same
 MLflow run is reopened and `fit` continues from its newest checkpoint.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,158 +20,30 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
-import lvdata
-from lvflops import train_step_flops
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
-from lvmodel.evaluate import Evaluation, evaluate_llm, evaluation_flops_bound
-from lvmodel.forecast import model_shape
+from lvmodel.evaluate import Evaluation, evaluate_llm
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
-from lvmodel.train import FitResult, TrainConfig, fit, planned_fit_flops
-from projects.data import ensure_data
-from projects.ledger import METRIC_FLOPS
-from projects.plots import plot_curves, plot_forecasts
-from projects.presets import Preset, get_preset
-from projects.registry import REGISTERED_MODEL, RegistryError, log_forecaster
-from projects.resume import (
+from lvmodel.plan import RunPlan
+from lvmodel.train import FitResult, fit
+from lvtrack.datafile import Prepared, prepare_data
+from lvtrack.ledger import METRIC_FLOPS
+from lvtrack.planning import request_plan
+from lvtrack.plots import plot_curves, plot_forecasts
+from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster
+from lvtrack.request import PRESET_PARAMS, TrainRequest, settings_conflicts
+from lvtrack.resume import (
     METRIC_REWORK,
     TAG_CHECKPOINTS,
     TAG_RESUMES,
     TAG_WORK_RUN,
     Resume,
+    ResumeError,
     checkpoint_root,
+    find_resumable,
     resume_hint,
 )
-from projects.runs import FlopsMeter, budgeted_run, entry_parent
-from projects.tracking import array_digest, log_dataset, setup_tracking
-
-# Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
-# resumed run rebuilds exactly the run that died from its parameters.
-PRESET_PARAMS = ("eval_series", "eval_windows", "eval_every", "forecast_every", "forecast_series")
-
-
-@dataclass
-class TrainRequest:
-    """One training run: the preset plus what the entry point overrides."""
-
-    preset: Preset
-    phase: str
-    run_name: str
-    lr: float
-    rank: int
-    context_length: int
-    steps: int
-    batch_size: int
-    seed: int = 0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    data_file: str = "data/lotka_volterra_data.h5"
-    evaluate_test: bool = False
-    register: bool = False
-    base_model: str = ""
-    checkpoint_every: int = 0
-
-    @classmethod
-    def from_preset(
-        cls, preset: Preset, phase: str, run_name: str, steps: int, **overrides: Any
-    ) -> TrainRequest:
-        """A request with the preset's lr, rank, context, batch and schedule unless overridden."""
-        fields: dict[str, Any] = {
-            "lr": preset.lr,
-            "rank": preset.rank,
-            "context_length": preset.context_length,
-            "batch_size": preset.batch_size,
-            "schedule": preset.schedule,
-            "warmup_steps": preset.warmup_steps,
-            "checkpoint_every": preset.checkpoint_every,
-        }
-        return cls(
-            preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
-        )
-
-    @classmethod
-    def from_params(cls, params: dict[str, str], budget: float = -1) -> TrainRequest:
-        """The request a run was started with, rebuilt from its logged parameters (for resuming).
-
-        `budget` (-1: the logged one) may differ: it is the experiment's limit, not the run's.
-        """
-        preset = get_preset(params["preset"])
-        integer = {k: int(params[k]) for k in PRESET_PARAMS if k in params}
-        preset = replace(
-            preset,
-            budget=float(budget) if budget not in (-1, -1.0) else float(params["budget"]),
-            history_steps=int(params["history_steps"]),
-            horizon=int(params["horizon"]),
-            lora_targets=tuple(params["lora_targets"].split(",")),
-            **integer,  # type: ignore[arg-type]
-        )
-        return cls(
-            preset=preset,
-            phase=params["phase"],
-            run_name=params["run_name"],
-            lr=float(params["lr"]),
-            rank=int(params["rank"]),
-            context_length=int(params["context_length"]),
-            steps=int(params["steps"]),
-            batch_size=int(params["batch_size"]),
-            seed=int(params["seed"]),
-            schedule=params["schedule"],
-            warmup_steps=int(params["warmup_steps"]),
-            data_file=params["data_file"],
-            evaluate_test=params["evaluate_test"] == "True",
-            register=params["register"] == "True",
-            base_model=params["base_model"],
-            checkpoint_every=int(params.get("checkpoint_every", 0)),
-        )
-
-    @property
-    def base(self) -> str:
-        return self.base_model or self.preset.base_model
-
-    def train_config(self) -> TrainConfig:
-        p = self.preset
-        return TrainConfig(
-            steps=self.steps,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            context_length=self.context_length,
-            schedule=self.schedule,  # type: ignore[arg-type]
-            warmup_steps=min(self.warmup_steps, self.steps - 1),
-            seed=self.seed,
-            eval_every=p.eval_every,
-            eval_windows=p.eval_windows,
-            forecast_every=p.forecast_every,
-            forecast_series=p.forecast_series,
-            forecast_history=p.history_steps,
-            forecast_horizon=p.horizon,
-            checkpoint_every=max(self.checkpoint_every, 0),
-        )
-
-
-@dataclass
-class Prepared:
-    """Data, split and codec of the experiment (the same for every run)."""
-
-    traj: lvdata.Trajectories
-    parts: lvdata.Split
-    codec: lvdata.LLMTimeCodec
-    data_path: Path
-
-    def series(self, split: str) -> np.ndarray:
-        return self.traj.values[getattr(self.parts, split)]
-
-
-def prepare_data(data_file: str, seed: int = 0) -> Prepared:
-    """The data file (generated if missing), the trajectory-level split and the codec."""
-    path = Path(data_file)
-    traj, _ = ensure_data(path, n_systems=1000, seed=seed)
-    parts = lvdata.split(traj.n_series, seed=0)
-    codec = lvdata.LLMTimeCodec.fit(traj.values[parts.train])
-    return Prepared(traj=traj, parts=parts, codec=codec, data_path=path)
-
-
-def scored_series(prep: Prepared, split: str, preset: Preset) -> np.ndarray:
-    s = prep.series(split)
-    return s[: preset.eval_series] if preset.eval_series else s
+from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent
+from lvtrack.tracking import array_digest, log_dataset, setup_tracking
 
 
 def log_common(prep: Prepared, params: dict[str, Any]) -> None:
@@ -215,7 +87,7 @@ def train_run(
 ) -> dict[str, float]:
     """Run one budgeted LoRA training run end to end; returns its final metrics.
 
-    With `resume` (see `projects.resume.find_resumable`), reopen that run instead of starting one
+    With `resume` (see `lvtrack.resume.find_resumable`), reopen that run instead of starting one
     and continue from its newest checkpoint; `req` must be its request (`TrainRequest.from_params`).
     """
     preset = req.preset
@@ -232,17 +104,12 @@ def train_run(
         shape = base_shape(req.base)  # the config only: weights load once the ledger admits it
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
-    lora = LoraSettings(rank=req.rank, targets=preset.lora_targets)
-    config = req.train_config()
+    lora = req.lora()
     if resume:
-        check_resumable_config(resume, asdict(config))
-    val = scored_series(prep, "val", preset)
-    test = scored_series(prep, "test", preset)
-    planned = planned_fit_flops(shape, config, lora, config.eval_windows, prep.codec.decimals)
-    for series in (val, test) if req.evaluate_test else (val,):
-        planned += evaluation_flops_bound(
-            shape, prep.codec, len(series), preset.horizon, req.context_length, lora
-        )
+        check_resumable_config(resume, asdict(req.train_config()))
+    val = prep.scored("val", preset)
+    test = prep.scored("test", preset)
+    plan = request_plan(req, shape, prep.codec.decimals, len(val), len(test))
     params = {k: v for k, v in asdict(req).items() if k not in ("preset",)}
     params.update(
         preset=preset.name,
@@ -266,7 +133,7 @@ def train_run(
             req.run_name,
             req.phase,
             preset,
-            planned,
+            plan.total,
             lambda: log_common(prep, params),
             nested or parent is not None,
             tags,
@@ -315,14 +182,35 @@ def train_run(
             prep.codec,
             prep.series("train"),
             val,
-            config,
+            req.train_config(),
             lora,
             on_metrics=on_metrics,
             checkpoint_dir=ckpt_dir,
             resume_from=resume.checkpoint if resume else None,
             progress=sys.stderr.isatty(),
         )
-        return finish_run(req, prep, model, tok, lora, result, val, test, meter)
+        return finish_run(req, prep, model, tok, lora, result, val, test, plan, meter)
+
+
+def resume_run(
+    run_id: str, budget: float, given: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, float]:
+    """Resume training run `run_id` with its logged settings; the settings `given` on the
+    command line (those not at their `defaults`) must agree with them. `budget` may differ."""
+    setup_tracking()
+    try:
+        resume = find_resumable(MlflowClient(), run_id)
+    except ResumeError as err:
+        raise click.ClickException(str(err)) from None
+    for note in resume.notes:
+        click.echo(f"note: {note}", err=True)
+    req = TrainRequest.from_params(resume.params, budget=budget)
+    if conflicts := settings_conflicts(req, given, defaults):
+        raise click.ClickException(
+            f"run {resume.run_id} resumes with the settings it was started with; these differ: "
+            f"{'; '.join(conflicts)}. Leave them out (--budget may change)."
+        )
+    return train_run(req, resume=resume)
 
 
 def follow_experiment(resume: Resume) -> None:
@@ -361,6 +249,7 @@ def finish_run(
     result: FitResult,
     val: np.ndarray,
     test: np.ndarray,
+    plan: RunPlan,
     meter: FlopsMeter | None = None,
 ) -> dict[str, float]:
     """Evaluate on validation (and test), log metrics, plots, the FLOPs breakdown and adapter.
@@ -402,17 +291,9 @@ def finish_run(
     mlflow.set_tag("stopped", result.stopped)
     if result.history:
         mlflow.log_figure(plot_curves(result.history), "plots/curves.png")
-    step_cost = train_step_flops(
-        model_shape(model),
-        req.context_length,
-        req.batch_size,
-        lora_rank=lora.rank,
-        lora_targets=lora.targets,
-        lm_head_bias=lora.lm_head_bias,
-    )
     mlflow.log_dict(
         {
-            "train_step_at_full_context": step_cost.as_dict(),
+            "planned": plan.as_dict(),  # what the ledger reserved for this run, by part
             "train": result.train_flops,
             "eval_in_training": result.eval_flops,
             "eval_final": eval_flops,

@@ -10,24 +10,30 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.data.numpy_dataset import from_numpy
+from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lv-forecast"
 
 
-def setup_tracking(experiment: str | None = None) -> None:
-    """Use $MLFLOW_TRACKING_URI when set (`mlflow run` sets it), else SQLite beside the project.
+def setup_tracking(experiment: str | None = None) -> str:
+    """Use $MLFLOW_TRACKING_URI when set (`mlflow run` sets it), else SQLite beside the project;
+    returns the id of the experiment runs go to.
 
     MLflow 3.17 refuses the plain ./mlruns file store by default, hence SQLite. The experiment is
-    $MLFLOW_EXPERIMENT_NAME, else `lv-forecast`, unless `mlflow run` already selected one
-    (MLFLOW_EXPERIMENT_ID).
+    the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID, or its run's), else
+    $MLFLOW_EXPERIMENT_NAME, else `lv-forecast`. (MLflow has no public getter of the active
+    experiment: callers keep the id this returns.)
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
-    if "MLFLOW_EXPERIMENT_ID" not in os.environ and "MLFLOW_RUN_ID" not in os.environ:
-        mlflow.set_experiment(
-            experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-        )
+    if chosen := os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return chosen
+    if run_id := os.environ.get("MLFLOW_RUN_ID"):
+        return str(MlflowClient().get_run(run_id).info.experiment_id)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    return str(mlflow.set_experiment(name).experiment_id)
 
 
 def array_digest(values: np.ndarray) -> str:
@@ -45,9 +51,7 @@ def log_dataset(values: np.ndarray, path: Path, name: str, context: str) -> str:
         # MLflow 3.17 registers its local-file source class twice and warns that a local path
         # "can be interpreted in multiple ways"; both candidates are the same class.
         warnings.filterwarnings("ignore", message="The specified dataset source")
-        dataset = mlflow.data.from_numpy(
-            values, source=str(path.resolve()), name=name, digest=digest
-        )
+        dataset = from_numpy(values, source=str(path.resolve()), name=name, digest=digest)
     _log_input_retrying(dataset, context)
     return digest
 

@@ -1,11 +1,13 @@
-"""Figures logged as run artifacts (matplotlib, headless)."""
+"""Figures logged as run artifacts (matplotlib, headless).
+
+Every figure is a plain :class:`matplotlib.figure.Figure`, not one made through `pyplot`: pyplot
+keeps each figure it makes in a global registry until it is closed, so a process that plots in a
+loop (the in-process sweep) would hold every figure. These are freed with their last reference,
+and need no backend (`fig.savefig`, which `mlflow.log_figure` calls, draws with Agg).
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -17,7 +19,8 @@ def plot_series_grid(time: np.ndarray, series: np.ndarray, title: str = "") -> F
     n = len(series)
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    fig = Figure(figsize=(4 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, s in zip(axes.flat, series, strict=False):
         for v, name in enumerate(NAMES):
             ax.plot(time, s[:, v], label=name)
@@ -42,7 +45,8 @@ def plot_forecasts(
     cols = min(n, 3)
     rows = -(-n // cols)
     k, h = histories.shape[1], truth.shape[1]
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, hist, tru, pred in zip(axes.flat, histories, truth, predictions, strict=False):
         for v, (name, color) in enumerate(zip(NAMES, ("tab:blue", "tab:orange"), strict=True)):
             ax.plot(time[:k], hist[:, v], color=color, label=name)
@@ -60,7 +64,8 @@ def plot_forecasts(
 
 def plot_curves(history: list[dict[str, float]]) -> Figure:
     """Training and validation loss, and the validation forecasting metric, against step."""
-    fig, (ax_loss, ax_mse) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig = Figure(figsize=(10, 3.5))
+    ax_loss, ax_mse = fig.subplots(1, 2)
     for key, style in (("train_loss", "-"), ("val_loss", "o-")):
         pts = [(r["step"], r[key]) for r in history if key in r]
         if pts:
@@ -86,7 +91,8 @@ def plot_grid(
 ) -> Figure:
     """Heat map of a sweep's metric over learning rate x LoRA rank (log colour scale)."""
     grid = np.array([[scores.get((lr, r), np.nan) for r in ranks] for lr in lrs])
-    fig, ax = plt.subplots(figsize=(1.6 * len(ranks) + 2, 1.0 * len(lrs) + 1.5))
+    fig = Figure(figsize=(1.6 * len(ranks) + 2, 1.0 * len(lrs) + 1.5))
+    ax = fig.subplots()
     im = ax.imshow(np.log10(grid), cmap="viridis_r")
     ax.set_xticks(range(len(ranks)), [str(r) for r in ranks])
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])

@@ -1,10 +1,13 @@
-"""Click options shared by the entry points."""
+"""Click options shared by the entry points, and the checks of their values."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import click
 
-from projects.presets import PRESETS
+from lvtrack.presets import PRESETS
 
 preset_option = click.option(
     "--preset",
@@ -22,7 +25,9 @@ data_option = click.option(
     show_default=True,
     help="Data file; generated when missing.",
 )
-seed_option = click.option("--seed", default=0, show_default=True, type=int)
+seed_option = click.option(
+    "--seed", default=0, show_default=True, type=int, help="Seed of the LoRA init and batches."
+)
 eval_series_option = click.option(
     "--eval-series",
     default=-1,
@@ -30,6 +35,20 @@ eval_series_option = click.option(
     help="Score at most N validation/test series; also caps the in-training forecast series and "
     "validation-loss windows (-1: the preset's; for quick runs of a large model).",
 )
+
+
+def steps_option(what: str) -> Callable[[Any], Any]:
+    """`--steps` (-1: `what`, the preset's value it replaces)."""
+    return click.option("--steps", default=-1, type=int, help=f"Optimizer steps (-1: {what}).")
+
+
+def run_options(command: Any) -> Any:
+    """The options every training entry point takes: preset, base model, data file, seed and
+    the evaluation cut (`--eval-series`), before the entry point's own."""
+    # Click lists options in the reverse of the order they are applied: the last applied first.
+    for option in (eval_series_option, seed_option, data_option, base_option, preset_option):
+        command = option(command)
+    return command
 
 
 # The shortest useful training/forecasting context: two time steps of two 2-decimal values

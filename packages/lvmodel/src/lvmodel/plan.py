@@ -1,0 +1,136 @@
+"""FLOPs plans: the most a forecast or a training run can spend, before it runs.
+
+The one home of every plan: the MLflow layer reserves :func:`plan_run`'s total in its budget
+ledger, `fit` checks its in-run forecasts against :func:`forecast_bound` before running them, and
+the `plan` entry point adds plans up by phase. Everything is counted with lvflops under the
+coursework rules; a plan is an upper bound of what :func:`lvmodel.forecast.forecast` and
+:func:`lvmodel.train.fit` then meter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from lvflops import ModelShape, eval_flops, generate_flops, static_cache_len, train_step_flops
+from lvmodel.grammar import DEFAULT_MAX_INT_DIGITS, max_new_tokens_for
+from lvmodel.lora import LoraSettings
+
+if TYPE_CHECKING:  # train.py imports this module: no import cycle at run time
+    from lvmodel.train import TrainConfig
+
+__all__ = ["RunPlan", "forecast_bound", "lora_flops_kwargs", "model_shape", "plan_run"]
+
+
+def model_shape(model: Any) -> ModelShape:
+    """:class:`lvflops.ModelShape` of a HF causal LM (of the base model for a PeftModel)."""
+    base = getattr(model, "get_base_model", lambda: model)()
+    return ModelShape.from_hf_config(base.config.to_dict())
+
+
+def lora_flops_kwargs(lora: LoraSettings | None) -> dict[str, Any]:
+    """lvflops' LoRA keywords for `lora` (none for a model without LoRA)."""
+    return lora.flops_kwargs() if lora is not None else {}
+
+
+def forecast_bound(
+    shape: ModelShape,
+    n_series: int,
+    context_length: int,
+    horizon: int,
+    decimals: int = 2,
+    lora: LoraSettings | None = None,
+    num_samples: int = 1,
+    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
+    n_vars: int = 2,
+) -> int:
+    """The most FLOPs :func:`~lvmodel.forecast.forecast` can spend on `n_series` series, on any
+    device.
+
+    Every prompt padded to `context_length` (the context limit), every row generating the
+    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`), and attention
+    over a static cache of `context_length + new - 1` slots at every step (what the CPU path
+    computes; the dynamic cache of the CUDA path attends to fewer keys). Generation cost is linear
+    in the rows, so the split into batches does not change the bound.
+    """
+    new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
+    return generate_flops(
+        shape,
+        context_length,
+        new,
+        batch=n_series * num_samples,
+        kv_cache=True,
+        cache_len=static_cache_len(context_length, new),
+        logits_len=1,
+        **lora_flops_kwargs(lora),
+    ).total
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The most a training run can spend, by part (FLOPs).
+
+    Attributes:
+        train: every optimizer step at full windows (3 x (forward + loss)).
+        val_loss: the in-run validation-loss passes (each due step, plus the end).
+        val_forecast: the in-run forecasting metric (each due step, plus the end).
+        final_eval: the final evaluation of each split (split -> its forecasts' bound).
+    """
+
+    train: int
+    val_loss: int
+    val_forecast: int
+    final_eval: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val_loss + self.val_forecast + sum(self.final_eval.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "train": self.train,
+            "val_loss": self.val_loss,
+            "val_forecast": self.val_forecast,
+            "final_eval": dict(self.final_eval),
+            "total": self.total,
+        }
+
+
+def _evaluations(steps: int, every: int) -> int:
+    """How many times an evaluation due every `every` steps runs: each due step plus the end."""
+    return (steps // every if every > 0 else 0) + 1
+
+
+def plan_run(
+    shape: ModelShape,
+    config: TrainConfig,
+    lora: LoraSettings | None,
+    decimals: int,
+    final_series: Mapping[str, int],
+    horizon: int,
+) -> RunPlan:
+    """The plan of one training run: `fit` with `config`, then a forecast of `final_series[split]`
+    series of each split at the run's context length.
+
+    Training steps at full windows (`batch_size * grad_accum` x `context_length`); the validation
+    loss over `eval_windows` full windows at each due step plus the end; the forecasting metric
+    (unless `forecast_every` is -1) over `forecast_series` series at each due step plus the end.
+    """
+    kw = lora_flops_kwargs(lora)
+    ctx = config.context_length
+    batch = config.batch_size * config.grad_accum
+    train = config.steps * train_step_flops(shape, ctx, batch, **kw).total
+    val_loss = _evaluations(config.steps, config.eval_every) * (
+        eval_flops(shape, ctx, config.eval_windows, **kw).total
+    )
+    val_forecast = 0
+    if config.forecast_every >= 0:
+        val_forecast = _evaluations(config.steps, config.forecast_every) * forecast_bound(
+            shape, config.forecast_series, ctx, config.forecast_horizon, decimals, lora
+        )
+    final = {
+        split: forecast_bound(shape, n, ctx, horizon, decimals, lora)
+        for split, n in final_series.items()
+    }
+    return RunPlan(train=train, val_loss=val_loss, val_forecast=val_forecast, final_eval=final)

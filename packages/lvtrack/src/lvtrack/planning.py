@@ -1,0 +1,103 @@
+"""FLOPs plans of runs and of a whole experiment, before anything runs.
+
+One plan per run, computed once: :func:`request_plan` (a training run: `lvmodel.plan_run` on the
+request's settings) and :func:`baseline_plan` (zero-shot evaluations). `train_run` reserves
+the first in the ledger, the `baseline` entry point the second, and :func:`experiment_plan` adds
+them up over the preset's phases for the `plan` entry point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lvflops import ModelShape
+from lvmodel.plan import RunPlan, forecast_bound, plan_run
+from lvtrack.presets import Preset
+from lvtrack.request import TrainRequest
+
+
+def request_plan(
+    req: TrainRequest, shape: ModelShape, decimals: int, n_val: int, n_test: int
+) -> RunPlan:
+    """The most FLOPs the training run `req` can spend: training at full windows, its in-run
+    evaluations, and its final forecasts of `n_val` validation (and `n_test` test) series."""
+    final = {"val": n_val, **({"test": n_test} if req.evaluate_test else {})}
+    return plan_run(shape, req.train_config(), req.lora(), decimals, final, req.preset.horizon)
+
+
+def baseline_plan(
+    preset: Preset, shape: ModelShape, decimals: int, n_val: int, context_length: int
+) -> int:
+    """The most FLOPs a zero-shot evaluation of `n_val` series at `context_length` can spend."""
+    return forecast_bound(shape, n_val, context_length, preset.horizon, decimals)
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    phase: str
+    runs: int
+    flops: int
+    note: str = ""
+
+
+def experiment_plan(
+    preset: Preset, shape: ModelShape, decimals: int, n_val: int, n_test: int
+) -> list[PhasePlan]:
+    """Each phase of the pipeline as the preset runs it: the runs it starts and their plans.
+
+    The sweep's cells use their own lr and rank; the context runs and `final` use the preset's
+    rank (they take the sweep's best, unknown before it runs: a rank above the preset's costs
+    a little more LoRA arithmetic, noted in the table).
+    """
+
+    def plan(phase: str, steps: int, **overrides: object) -> int:
+        req = TrainRequest.from_preset(preset, phase, phase, steps, **overrides)
+        return request_plan(req, shape, decimals, n_val, n_test).total
+
+    sweep = [
+        plan("sweep", preset.sweep_steps, lr=lr, rank=rank)
+        for lr in preset.sweep_lrs
+        for rank in preset.sweep_ranks
+    ]
+    contexts = [
+        plan("context", preset.context_steps, context_length=ctx) for ctx in preset.contexts
+    ]
+    at_rank = f"at rank {preset.rank}"
+    return [
+        PhasePlan(
+            "baseline",
+            len(preset.contexts),
+            sum(baseline_plan(preset, shape, decimals, n_val, c) for c in preset.contexts),
+        ),
+        PhasePlan("initial", 1, plan("initial", preset.initial_steps)),
+        PhasePlan("sweep", len(sweep), sum(sweep)),
+        PhasePlan("context", len(contexts), sum(contexts), at_rank),
+        PhasePlan(
+            "final",
+            1,
+            plan("final", preset.final_steps, evaluate_test=True),
+            f"{at_rank}, context {preset.context_length}",
+        ),
+    ]
+
+
+def plan_table(phases: list[PhasePlan], budget: float) -> str:
+    """A markdown table: phase, runs, planned FLOPs, share of the budget; the total and what the
+    plan leaves unspent."""
+    lines = [
+        "| phase | runs | planned FLOPs | share of budget | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for p in phases:
+        lines.append(
+            f"| {p.phase} | {p.runs} | {p.flops:.3e} | {p.flops / budget:.2%} | {p.note} |"
+        )
+    total = sum(p.flops for p in phases)
+    runs = sum(p.runs for p in phases)
+    lines.append(f"| **total** | {runs} | {total:.3e} | {total / budget:.2%} | |")
+    before_final = total - phases[-1].flops if phases and phases[-1].phase == "final" else total
+    lines.append(
+        f"\nBudget {budget:.3e} FLOPs; the plan leaves {budget - total:.3e} unspent "
+        f"({(budget - total) / budget:.2%}); before `final`, {budget - before_final:.3e} remain."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""A training run's request: the preset plus what an entry point overrides, and back from the
+parameters a run logged (for resuming)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from lvmodel.lora import LoraSettings
+from lvmodel.train import TrainConfig
+from lvtrack.presets import Preset, get_preset
+
+# Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
+# resumed run rebuilds exactly the run that died from its parameters.
+PRESET_PARAMS = ("eval_series", "eval_windows", "eval_every", "forecast_every", "forecast_series")
+
+
+@dataclass
+class TrainRequest:
+    """One training run: the preset plus what the entry point overrides."""
+
+    preset: Preset
+    phase: str
+    run_name: str
+    lr: float
+    rank: int
+    context_length: int
+    steps: int
+    batch_size: int
+    seed: int = 0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    data_file: str = "data/lotka_volterra_data.h5"
+    evaluate_test: bool = False
+    register: bool = False
+    base_model: str = ""
+    checkpoint_every: int = 0
+
+    @classmethod
+    def from_preset(
+        cls, preset: Preset, phase: str, run_name: str, steps: int, **overrides: Any
+    ) -> TrainRequest:
+        """A request with the preset's lr, rank, context, batch and schedule unless overridden."""
+        fields: dict[str, Any] = {
+            "lr": preset.lr,
+            "rank": preset.rank,
+            "context_length": preset.context_length,
+            "batch_size": preset.batch_size,
+            "schedule": preset.schedule,
+            "warmup_steps": preset.warmup_steps,
+            "checkpoint_every": preset.checkpoint_every,
+        }
+        return cls(
+            preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
+        )
+
+    @classmethod
+    def from_params(cls, params: dict[str, str], budget: float = -1) -> TrainRequest:
+        """The request a run was started with, rebuilt from its logged parameters (for resuming).
+
+        `budget` (-1: the logged one) may differ: it is the experiment's limit, not the run's.
+        """
+        preset = get_preset(params["preset"])
+        integer = {k: int(params[k]) for k in PRESET_PARAMS if k in params}
+        preset = replace(
+            preset,
+            budget=float(budget) if budget not in (-1, -1.0) else float(params["budget"]),
+            history_steps=int(params["history_steps"]),
+            horizon=int(params["horizon"]),
+            lora_targets=tuple(params["lora_targets"].split(",")),
+            **integer,  # type: ignore[arg-type]
+        )
+        return cls(
+            preset=preset,
+            phase=params["phase"],
+            run_name=params["run_name"],
+            lr=float(params["lr"]),
+            rank=int(params["rank"]),
+            context_length=int(params["context_length"]),
+            steps=int(params["steps"]),
+            batch_size=int(params["batch_size"]),
+            seed=int(params["seed"]),
+            schedule=params["schedule"],
+            warmup_steps=int(params["warmup_steps"]),
+            data_file=params["data_file"],
+            evaluate_test=params["evaluate_test"] == "True",
+            register=params["register"] == "True",
+            base_model=params["base_model"],
+            checkpoint_every=int(params.get("checkpoint_every", 0)),
+        )
+
+    @property
+    def base(self) -> str:
+        return self.base_model or self.preset.base_model
+
+    def lora(self) -> LoraSettings:
+        """The LoRA wrap of this run: its rank on the preset's target modules."""
+        return LoraSettings(rank=self.rank, targets=self.preset.lora_targets)
+
+    def train_config(self) -> TrainConfig:
+        p = self.preset
+        return TrainConfig(
+            steps=self.steps,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            context_length=self.context_length,
+            schedule=self.schedule,  # type: ignore[arg-type]
+            warmup_steps=min(self.warmup_steps, self.steps - 1),
+            seed=self.seed,
+            eval_every=p.eval_every,
+            eval_windows=p.eval_windows,
+            forecast_every=p.forecast_every,
+            forecast_series=p.forecast_series,
+            forecast_history=p.history_steps,
+            forecast_horizon=p.horizon,
+            checkpoint_every=max(self.checkpoint_every, 0),
+        )
+
+
+def settings_conflicts(
+    req: TrainRequest, given: dict[str, Any], defaults: dict[str, Any]
+) -> list[str]:
+    """Settings given on the command line (anything but the option's default) that differ from
+    the resumed run's request `req`. Defaults count as "not given": `mlflow run` passes every
+    parameter."""
+    # The run's value of each setting: the request's field of the same name, but the preset's
+    # name and the base model it resolves to.
+    logged = {name: getattr(req, name) for name in given if name != "eval_series"}
+    logged.update(preset=req.preset.name, base_model=req.base, eval_series=req.preset.eval_series)
+    out = []
+    for name, value in given.items():
+        if value == defaults.get(name) or value == logged[name]:
+            continue
+        if (
+            name in ("base_model", "data_file")
+            and Path(value).resolve() == Path(str(logged[name])).resolve()
+        ):
+            continue
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {logged[name]})")
+    return out

@@ -1,0 +1,67 @@
+"""FLOPs plans: each part of a run's plan, against lvflops' costs assembled here by hand."""
+
+from __future__ import annotations
+
+from lvflops import ModelShape, eval_flops, generate_flops, train_step_flops
+from lvmodel.lora import LoraSettings
+from lvmodel.plan import RunPlan, forecast_bound, plan_run
+from lvmodel.train import TrainConfig
+
+SHAPE = ModelShape(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    vocab_size=128,
+    tie_word_embeddings=True,
+)
+LORA = LoraSettings(rank=2, lm_head_bias=True)
+KW = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
+
+
+def _gen(n_rows: int, ctx: int, new: int, **kw) -> int:
+    return generate_flops(
+        SHAPE, ctx, new, batch=n_rows, kv_cache=True, cache_len=ctx + new - 1, logits_len=1, **kw
+    ).total
+
+
+def test_forecast_bound_is_every_row_at_the_grammars_longest_continuation():
+    # horizon 3, 2 decimals: 3 steps x 2 numbers x ("dd" "." "dd" + separator) = 36 tokens
+    assert forecast_bound(SHAPE, 5, 64, 3) == _gen(5, 64, 36)
+    assert forecast_bound(SHAPE, 5, 64, 3, lora=LORA, num_samples=4) == _gen(20, 64, 36, **KW)
+    # 0 decimals: "dd" + separator = 3 tokens a number
+    assert forecast_bound(SHAPE, 1, 64, 1, decimals=0) == _gen(1, 64, 6)
+
+
+def test_plan_run_counts_each_part():
+    config = TrainConfig(
+        steps=10,
+        batch_size=4,
+        grad_accum=2,
+        context_length=64,
+        eval_every=4,  # at 4, 8 and the end
+        eval_windows=6,
+        forecast_every=5,  # at 5, 10 and the end
+        forecast_series=3,
+        forecast_horizon=2,
+    )
+    plan = plan_run(SHAPE, config, LORA, 2, {"val": 7, "test": 9}, horizon=5)
+    assert isinstance(plan, RunPlan)
+    assert plan.train == 10 * train_step_flops(SHAPE, 64, 8, **KW).total
+    assert plan.val_loss == 3 * eval_flops(SHAPE, 64, 6, **KW).total
+    assert plan.val_forecast == 3 * _gen(3, 64, 24, **KW)  # 2 steps x 12 tokens
+    assert plan.final_eval == {"val": _gen(7, 64, 60, **KW), "test": _gen(9, 64, 60, **KW)}
+    assert plan.total == plan.train + plan.val_loss + plan.val_forecast + sum(
+        plan.final_eval.values()
+    )
+    assert plan.as_dict()["total"] == plan.total
+
+
+def test_no_forecasts_and_no_lora():
+    config = TrainConfig(steps=3, batch_size=2, context_length=32, eval_every=0, forecast_every=-1)
+    plan = plan_run(SHAPE, config, None, 2, {}, horizon=5)
+    assert plan.val_forecast == 0 and plan.final_eval == {}
+    assert plan.val_loss == eval_flops(SHAPE, 32, config.eval_windows).total  # the end only
+    assert plan.total == 3 * train_step_flops(SHAPE, 32, 2).total + plan.val_loss

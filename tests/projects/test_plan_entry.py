@@ -1,0 +1,67 @@
+"""The `plan` entry point: each phase's plan, the same numbers the runs then reserve."""
+
+from __future__ import annotations
+
+import mlflow
+from click.testing import CliRunner
+
+from lvflops import ModelShape, eval_flops, generate_flops, train_step_flops
+from lvmodel.base import base_shape
+from lvtrack.ledger import TAG_PLANNED
+from projects import initial as initial_entry
+from projects import plan as plan_entry
+
+
+def _row(output: str, phase: str) -> list[str]:
+    line = next(ln for ln in output.splitlines() if ln.startswith(f"| {phase} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _micro_initial_by_hand(shape: ModelShape, n_val: int) -> int:
+    """micro's initial run assembled from lvflops' costs by hand: 4 steps of batch 4 x 128 tokens,
+    one validation-loss pass at the end over micro's 64 windows (eval_every 0), no
+    in-run forecasts (forecast_every -1), the final forecasts of the validation series: prompts
+    of 128 tokens, 60 new tokens at most (5 steps x (2 x "dd.dd" + 2 separators) = 5 x 12), a
+    static cache of 128 + 60 - 1 slots. LoRA rank 2 on q_proj and v_proj, and the trainable
+    lm_head bias (the coursework's reference code)."""
+    lora = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
+    train = 4 * train_step_flops(shape, 128, 4, **lora).total
+    loss = eval_flops(shape, 128, 64, **lora).total
+    gen = generate_flops(
+        shape, 128, 60, batch=n_val, kv_cache=True, cache_len=187, logits_len=1, **lora
+    ).total
+    return train + loss + gen
+
+
+def test_plan_prints_every_phase_and_the_runs_reserve_it(tracking_uri, micro_args, random_tiny_dir):
+    result = CliRunner().invoke(
+        plan_entry.main,
+        ["--preset", "micro", "--base-model", str(random_tiny_dir), "--n-series", "60"],
+    )
+    assert result.exit_code == 0, result.output
+    shape = base_shape(str(random_tiny_dir))
+    n_val = 6  # 60 series split 48/6/6; micro scores at most 8
+    initial = _row(result.output, "initial")
+    assert initial[1] == "1"
+    assert float(initial[2]) == float(f"{_micro_initial_by_hand(shape, n_val):.3e}")
+    rows = {p: _row(result.output, p) for p in ("baseline", "initial", "sweep", "context", "final")}
+    assert rows["sweep"][1] == "4" and rows["context"][1] == "2" and rows["baseline"][1] == "2"
+    total = _row(result.output, "**total**")
+    assert abs(float(total[2]) - sum(float(r[2]) for r in rows.values())) <= 5e-3 * float(total[2])
+    assert "before `final`" in result.output
+
+    # The initial run reserves exactly that plan in the ledger.
+    ran = CliRunner().invoke(initial_entry.main, micro_args)
+    assert ran.exit_code == 0, ran.output
+    (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
+    assert int(float(run.data.tags[TAG_PLANNED])) == _micro_initial_by_hand(shape, n_val)
+
+
+def test_plan_of_the_coursework_model_needs_no_hub(monkeypatch):
+    """Offline with no cached config, the default base's shape is lvflops' Qwen2.5-0.5B."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(plan_entry.main, ["--preset", "qwen"])
+    assert result.exit_code == 0, result.output
+    assert "QWEN2_5_0_5B" in result.output
+    total = float(_row(result.output, "**total**")[2])
+    assert 1e16 < total < 1e17  # the coursework preset plans within its 1e17 budget
