@@ -3,7 +3,7 @@
 The work is what the ``reference`` entry point asks of ``rm_ode`` (``projects/reference.py``): fit
 to the first ``K`` steps of every validation and test series of the coursework split
 (``lvdata.split(n, seed=0)``, 100 + 100 series), forecast the next ``H = 5``; the presets' history
-length is ``K = 50``, DESIGN's anchors also use ``K = 76``. Two implementations do it:
+length is ``K = 50``, DESIGN's anchors also use ``K = 76`` (``-k 50 -k 76``). Two implementations do it:
 
 * ``hand``: :class:`lvmodel.rosenzweig.RMOde` (batched over histories: a vectorised RK4 for the
   candidate scores and the Jacobians, a hand-written batched Levenberg-Marquardt, LSODA residuals
@@ -18,7 +18,9 @@ length is ``K = 50``, DESIGN's anchors also use ``K = 76``. Two implementations 
 
 All are scored with :func:`lvmodel.reference.evaluate` (MSE in original units at horizon H),
 beside DESIGN's anchors and the rounding floor (the MSE of 2-decimal LLMTime text of the truth,
-with the project's alpha fitted on the training split). One process, one core each.
+with the project's alpha fitted on the training split). The fits run one after the other in one
+process; the figures measured with ``-k 50 -k 76`` are in :mod:`lvmodel.rosenzweig` (comment
+above ``rm_rk4``) and in ``packages/lvmodel/README.md``.
 
 Usage: python benchmarks/rm_fit.py [--data FILE] [-k 50 -k 76] [--split val --split test]
        [--series N] [--method hand --method scipy --method scipy-1start]

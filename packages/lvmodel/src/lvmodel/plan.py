@@ -85,9 +85,11 @@ class RunPlan:
 
     @property
     def total(self) -> int:
+        """Every part together: what a budget ledger reserves for the run."""
         return self.train + self.val_loss + self.val_forecast + sum(self.final_eval.values())
 
     def as_dict(self) -> dict[str, Any]:
+        """The parts and the total, as plain values (for logging and JSON)."""
         return {
             "train": self.train,
             "val_loss": self.val_loss,
