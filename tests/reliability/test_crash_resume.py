@@ -28,9 +28,9 @@ from mlflow.entities import Run
 from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
+from lvtrack import experiment, runs
 from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from projects import budget as budget_entry
-from projects import experiment, runs
 from projects import train as train_entry
 from tests.stores import using_store
 
