@@ -17,20 +17,31 @@ from lvtrack.tracking import setup_tracking
 
 @click.command()
 @run_options
-@steps_option("the preset's final_steps")
+@steps_option("the preset's final_steps; 0: as many as the budget has left")
+@click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
 def main(
-    preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
+    preset: str,
+    base_model: str,
+    data_file: str,
+    seed: int,
+    steps: int,
+    budget: float,
+    eval_series: int,
 ) -> None:
-    """Settings: the best finished `context` run (lr, rank, context), else the best `sweep` run
+    """Settings: the best completed `search` trial (lr, rank, context), else the best finished
+    `context` run (lr, rank, context), else the best `sweep` run
     (lr, rank) at the preset's context, else the preset's defaults. Trains for the preset's
-    final steps, scores the validation and the test split, and registers the model as
+    final steps (qwen and tiny: as many as what is left of the budget affords after the run's
+    evaluations), scores the validation and the test split, and registers the model as
     `lv-forecaster`; then points the alias `champion` at the registered version with the best
     validation metric (what the `promote` entry point does)."""
-    check_train_values(steps=steps, eval_series=eval_series)
-    p = get_preset(preset, final_steps=steps, eval_series=eval_series)
+    check_train_values(steps=steps or -1, budget=budget, eval_series=eval_series)
+    p = get_preset(preset, final_steps=steps, budget=budget, eval_series=eval_series)
     exp_id = setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
-    if best := best_of(exp_id, "context", p.name):
+    if best := best_of(exp_id, "search", p.name):  # a completed trial (its top rung's score)
+        lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"search:{best.run_id}"
+    elif best := best_of(exp_id, "context", p.name):
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"
     elif best := best_of(exp_id, "sweep", p.name):
         lr, rank, source = best.lr, best.rank, f"sweep:{best.run_id}"

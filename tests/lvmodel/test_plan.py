@@ -43,7 +43,7 @@ def test_plan_run_counts_each_part():
         context_length=64,
         eval_every=4,  # at 4, 8 and the end
         eval_windows=6,
-        forecast_every=5,  # at 5, 10 and the end
+        forecast_every=5,  # at 5 and 10 (the end: evaluated once)
         forecast_series=3,
         forecast_horizon=2,
     )
@@ -51,7 +51,7 @@ def test_plan_run_counts_each_part():
     assert isinstance(plan, RunPlan)
     assert plan.train == 10 * train_step_flops(SHAPE, 64, 8, **KW).total
     assert plan.val_loss == 3 * eval_flops(SHAPE, 64, 6, **KW).total
-    assert plan.val_forecast == 3 * _gen(3, 64, 24, **KW)  # 2 steps x 12 tokens
+    assert plan.val_forecast == 2 * _gen(3, 64, 24, **KW)  # 2 steps x 12 tokens
     assert plan.final_eval == {"val": _gen(7, 64, 60, **KW), "test": _gen(9, 64, 60, **KW)}
     assert plan.total == plan.train + plan.val_loss + plan.val_forecast + sum(
         plan.final_eval.values()
@@ -65,3 +65,20 @@ def test_no_forecasts_and_no_lora():
     assert plan.val_forecast == 0 and plan.final_eval == {}
     assert plan.val_loss == eval_flops(SHAPE, 32, config.eval_windows).total  # the end only
     assert plan.total == 3 * train_step_flops(SHAPE, 32, 2).total + plan.val_loss
+
+
+def _linear_plan(steps: int) -> RunPlan:
+    """A plan of 7 FLOPs a step plus 30 of evaluations, and 5 more every 4 steps."""
+    return RunPlan(train=7 * steps, val_loss=5 * (steps // 4), val_forecast=0, final_eval={"v": 30})
+
+
+def test_affordable_steps_is_the_largest_that_fits():
+    from lvmodel.plan import affordable_steps
+
+    # 100 steps: 700 + 125 + 30 = 855; 101 steps: 707 + 125 + 30 = 862; 102: 714+125+30 = 869
+    assert affordable_steps(861, _linear_plan) == 100
+    assert affordable_steps(862, _linear_plan) == 101
+    assert affordable_steps(868, _linear_plan) == 101
+    assert affordable_steps(37, _linear_plan) == 1  # one step and the evaluations: 7 + 30
+    assert affordable_steps(36, _linear_plan) == 0  # not even one
+    assert affordable_steps(10**12, _linear_plan, most=50) == 50  # capped

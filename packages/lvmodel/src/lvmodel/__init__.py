@@ -58,6 +58,7 @@ _API = {
     # FLOPs plans
     "RunPlan": "lvmodel.plan",
     "plan_run": "lvmodel.plan",
+    "affordable_steps": "lvmodel.plan",
     "forecast_bound": "lvmodel.plan",
     "model_shape": "lvmodel.plan",
 }
@@ -72,6 +73,7 @@ __all__ = [
     "LoraSettings",
     "RunPlan",
     "TrainConfig",
+    "affordable_steps",
     "apply_lora",
     "base_shape",
     "baseline_forecasts",
@@ -104,7 +106,7 @@ if TYPE_CHECKING:
         protocol_split,
         score,
     )
-    from lvmodel.plan import RunPlan, forecast_bound, model_shape, plan_run
+    from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, model_shape, plan_run
     from lvmodel.reference import REFERENCE_FORECASTERS, make_reference, select_on_validation
     from lvmodel.train import FitResult, TrainConfig, fit
 

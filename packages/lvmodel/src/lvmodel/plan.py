@@ -9,7 +9,7 @@ coursework rules; a plan is an upper bound of what :func:`lvmodel.forecast.forec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,14 @@ from lvmodel.lora import LoraSettings
 if TYPE_CHECKING:  # train.py imports this module: no import cycle at run time
     from lvmodel.train import TrainConfig
 
-__all__ = ["RunPlan", "forecast_bound", "lora_flops_kwargs", "model_shape", "plan_run"]
+__all__ = [
+    "RunPlan",
+    "affordable_steps",
+    "forecast_bound",
+    "lora_flops_kwargs",
+    "model_shape",
+    "plan_run",
+]
 
 
 def model_shape(model: Any) -> ModelShape:
@@ -99,9 +106,13 @@ class RunPlan:
         }
 
 
-def _evaluations(steps: int, every: int) -> int:
-    """How many times an evaluation due every `every` steps runs: each due step plus the end."""
-    return (steps // every if every > 0 else 0) + 1
+def _evaluations(steps: int, every: int, at_end: bool = True) -> int:
+    """How many times an evaluation due every `every` steps runs: each due step plus the end
+    (unless the run does not evaluate at its end)."""
+    due = steps // every if every > 0 else 0
+    if at_end and not (every > 0 and steps % every == 0):
+        due += 1  # the end, unless it was a due step already
+    return due
 
 
 def plan_run(
@@ -116,19 +127,22 @@ def plan_run(
     series of each split at the run's context length.
 
     Training steps at full windows (`batch_size * grad_accum` x `context_length`); the validation
-    loss over `eval_windows` full windows at each due step plus the end; the forecasting metric
-    (unless `forecast_every` is -1) over `forecast_series` series at each due step plus the end.
+    loss over `eval_windows` full windows at each due step and at the end (once when the end is
+    due anyway; not at all with `evaluate_at_end` off, where only due steps count); the
+    forecasting metric (unless `forecast_every` is -1) over `forecast_series` series likewise.
     """
     kw = lora_flops_kwargs(lora)
     ctx = config.context_length
     batch = config.batch_size * config.grad_accum
     train = config.steps * train_step_flops(shape, ctx, batch, **kw).total
-    val_loss = _evaluations(config.steps, config.eval_every) * (
+    val_loss = _evaluations(config.steps, config.eval_every, config.evaluate_at_end) * (
         eval_flops(shape, ctx, config.eval_windows, **kw).total
     )
     val_forecast = 0
     if config.forecast_every >= 0:
-        val_forecast = _evaluations(config.steps, config.forecast_every) * forecast_bound(
+        val_forecast = _evaluations(
+            config.steps, config.forecast_every, config.evaluate_at_end
+        ) * forecast_bound(
             shape, config.forecast_series, ctx, config.forecast_horizon, decimals, lora
         )
     final = {
@@ -136,3 +150,25 @@ def plan_run(
         for split, n in final_series.items()
     }
     return RunPlan(train=train, val_loss=val_loss, val_forecast=val_forecast, final_eval=final)
+
+
+def affordable_steps(flops: float, plan_of: Callable[[int], RunPlan], most: int = 10**8) -> int:
+    """The most optimizer steps whose whole plan (`plan_of(steps).total`: training, in-run and final
+    evaluations) fits in `flops`; 0 when not even one step does.
+
+    A plan's total grows with its steps, so a bisection over [1, `most`] finds it in about 27
+    plans (each pure arithmetic): what `final` trains when the budget, not a step count, sets its
+    length.
+    """
+    if plan_of(1).total > flops:
+        return 0
+    low, high = 1, most  # plan_of(low) fits; find the largest that does
+    if plan_of(high).total <= flops:
+        return high
+    while high - low > 1:
+        mid = (low + high) // 2
+        if plan_of(mid).total <= flops:
+            low = mid
+        else:
+            high = mid
+    return low

@@ -67,6 +67,9 @@ class TrainConfig:
         forecast_horizon: steps forecast for that metric.
         checkpoint_every: save a checkpoint every K steps (0: never; the end is always saved
             when a checkpoint directory is given).
+        evaluate_at_end: evaluate (validation loss, and the forecasting metric unless
+            `forecast_every` is -1) after the last step; off for a segment of a longer run
+            (`lvmodel.rungs`).
         flops_cap: stop before the metered FLOPs (training + evaluation) would exceed this.
     """
 
@@ -90,6 +93,7 @@ class TrainConfig:
     forecast_history: int = 50
     forecast_horizon: int = 5
     checkpoint_every: int = 0
+    evaluate_at_end: bool = True
     flops_cap: float | None = None
 
     def __post_init__(self) -> None:
@@ -311,8 +315,9 @@ class _Fit:
                 break
             metrics = self.step(micro, step_cost)
             is_last = state["step"] == config.steps
-            if is_last or self.due(config.eval_every) or self.due(config.forecast_every):
-                metrics.update(self.evaluate(final=is_last))
+            final = is_last and config.evaluate_at_end
+            if final or self.due(config.eval_every) or self.due(config.forecast_every):
+                metrics.update(self.evaluate(final=final))
             self.record(metrics)
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=False)
@@ -349,7 +354,11 @@ class _Fit:
         state = self.state
         if state["stopped"] == "running":
             state["stopped"] = "completed"
-        elif state["history"] and "val_loss" not in state["history"][-1]:
+        elif (
+            self.config.evaluate_at_end
+            and state["history"]
+            and "val_loss" not in state["history"][-1]
+        ):
             self.record(self.evaluate(final=True))  # stopped by the cap: evaluate, if affordable
         last_ckpt = self.checkpoint(checkpoint_dir) or last_ckpt
         return FitResult(

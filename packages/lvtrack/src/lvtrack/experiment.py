@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,8 @@ from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapte
 from lvmodel.plan import RunPlan
 from lvmodel.train import FitResult, fit
 from lvtrack.datafile import Prepared, prepare_data
-from lvtrack.ledger import METRIC_FLOPS
-from lvtrack.planning import request_plan
+from lvtrack.ledger import METRIC_FLOPS, read_ledger
+from lvtrack.planning import budget_steps, request_plan
 from lvtrack.plots import plot_curves, plot_forecasts
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster
 from lvtrack.request import PRESET_PARAMS, TrainRequest, settings_conflicts
@@ -44,6 +44,8 @@ from lvtrack.resume import (
 )
 from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent
 from lvtrack.tracking import array_digest, log_dataset, setup_tracking
+
+TAG_STEPS_FROM = "lv.steps_from"  # "budget": the run's steps were what the budget had left
 
 
 def log_common(prep: Prepared, params: dict[str, Any]) -> None:
@@ -91,7 +93,7 @@ def train_run(
     and continue from its newest checkpoint; `req` must be its request (`TrainRequest.from_params`).
     """
     preset = req.preset
-    setup_tracking()
+    exp_id = setup_tracking()
     if resume:
         follow_experiment(resume)
     prep = prepare_data(req.data_file)
@@ -109,6 +111,9 @@ def train_run(
         check_resumable_config(resume, asdict(req.train_config()))
     val = prep.scored("val", preset)
     test = prep.scored("test", preset)
+    by_budget = req.steps == 0
+    if by_budget:  # as many steps as what is left of the budget affords
+        req = steps_from_budget(req, shape, prep.codec.decimals, len(val), len(test), exp_id)
     plan = request_plan(req, shape, prep.codec.decimals, len(val), len(test))
     params = {k: v for k, v in asdict(req).items() if k not in ("preset",)}
     params.update(
@@ -125,6 +130,7 @@ def train_run(
     tags = {
         "base_model": req.base,
         **({"settings_from": settings_source} if settings_source else {}),
+        **({TAG_STEPS_FROM: "budget"} if by_budget else {}),
     }
     parent_tags = {TAG_RESUMES: resume.run_id} if resume else {}
     with (
@@ -190,6 +196,31 @@ def train_run(
             progress=sys.stderr.isatty(),
         )
         return finish_run(req, prep, model, tok, lora, result, val, test, plan, meter)
+
+
+def steps_from_budget(
+    req: TrainRequest, shape: Any, decimals: int, n_val: int, n_test: int, experiment_id: str
+) -> TrainRequest:
+    """`req` with the most steps whose plan fits what the experiment's ledger has left.
+
+    Read without the ledger's lock: a run admitted meanwhile makes the reservation fail with the
+    ledger's refusal, which names what is left (run it again).
+    """
+    left = read_ledger(MlflowClient(), experiment_id, int(req.preset.budget)).remaining
+    steps = budget_steps(req, shape, decimals, n_val, n_test, left)
+    if steps == 0:
+        one = request_plan(replace(req, steps=1), shape, decimals, n_val, n_test).total
+        raise click.ClickException(
+            f"the budget has {max(left, 0):.3e} FLOPs left of {req.preset.budget:.3e}: not enough "
+            f"for one training step and the run's evaluations ({one:.3e}). Raise the budget or "
+            "use another experiment (see `mlflow run . -e budget` for what was spent)."
+        )
+    click.echo(
+        f"{req.phase}: {steps} steps, what the {left:.3e} FLOPs left of the budget afford "
+        "(training, in-run and final evaluations)",
+        err=True,
+    )
+    return replace(req, steps=steps)
 
 
 def resume_run(

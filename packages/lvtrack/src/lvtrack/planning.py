@@ -8,10 +8,10 @@ them up over the preset's phases for the `plan` entry point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lvflops import ModelShape
-from lvmodel.plan import RunPlan, forecast_bound, plan_run
+from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, plan_run
 from lvtrack.presets import Preset
 from lvtrack.request import TrainRequest
 
@@ -23,6 +23,17 @@ def request_plan(
     evaluations, and its final forecasts of `n_val` validation (and `n_test` test) series."""
     final = {"val": n_val, **({"test": n_test} if req.evaluate_test else {})}
     return plan_run(shape, req.train_config(), req.lora(), decimals, final, req.preset.horizon)
+
+
+def budget_steps(
+    req: TrainRequest, shape: ModelShape, decimals: int, n_val: int, n_test: int, flops: float
+) -> int:
+    """The most steps `req` can train with its whole plan (training, in-run and final
+    evaluations) within `flops`: the length of a run whose budget, not a step count, is given
+    (`steps=0`, what `final` does by default). 0 when not even one step fits."""
+    return affordable_steps(
+        flops, lambda steps: request_plan(replace(req, steps=steps), shape, decimals, n_val, n_test)
+    )
 
 
 def baseline_plan(
@@ -63,7 +74,7 @@ def experiment_plan(
         plan("context", preset.context_steps, context_length=ctx) for ctx in preset.contexts
     ]
     at_rank = f"at rank {preset.rank}"
-    return [
+    before = [
         PhasePlan(
             "baseline",
             len(preset.contexts),
@@ -72,13 +83,16 @@ def experiment_plan(
         PhasePlan("initial", 1, plan("initial", preset.initial_steps)),
         PhasePlan("sweep", len(sweep), sum(sweep)),
         PhasePlan("context", len(contexts), sum(contexts), at_rank),
-        PhasePlan(
-            "final",
-            1,
-            plan("final", preset.final_steps, evaluate_test=True),
-            f"{at_rank}, context {preset.context_length}",
-        ),
     ]
+    note = f"{at_rank}, context {preset.context_length}"
+    steps = preset.final_steps
+    if steps == 0:  # what is left after the other phases
+        final = TrainRequest.from_preset(preset, "final", "final", 0, evaluate_test=True)
+        left = preset.budget - sum(p.flops for p in before)
+        steps = budget_steps(final, shape, decimals, n_val, n_test, left)
+        note = f"{steps} steps: what the budget has left; {note}"
+    final_flops = plan("final", steps, evaluate_test=True) if steps else 0
+    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note)]
 
 
 def plan_table(phases: list[PhasePlan], budget: float) -> str:

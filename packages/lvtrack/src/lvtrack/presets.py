@@ -19,7 +19,9 @@ class Preset:
         base_model: hub id, local directory, .gguf file, or "tiny".
         budget: FLOPs for all budgeted runs of the experiment together.
         lr, rank, batch_size, context_length: the coursework defaults (initial run).
-        initial_steps, sweep_steps, context_steps, final_steps: optimizer steps of each phase.
+        initial_steps, sweep_steps, context_steps, final_steps: optimizer steps of each phase;
+            `final_steps` 0: as many as what is left of the budget affords (after the final
+            run's evaluations), so that the experiment spends its whole budget.
         sweep_lrs, sweep_ranks: the lr x rank grid.
         contexts: the context-length sweep (tokens); `baseline` evaluates at these too.
         history_steps, horizon: the forecasting protocol (first K steps in, next H out).
@@ -30,6 +32,9 @@ class Preset:
         checkpoint_every: training checkpoints every N steps (0: only at the end), for resuming a
             run that died (`--resume-run-id`); the newest two are kept.
         lora_targets: modules LoRA wraps (the coursework: q_proj and v_proj).
+        search_space: what `search` varies (`lvtrack.search_space` syntax): lr range, ranks,
+            contexts.
+        search_trials: trials of a search (over all its workers).
     """
 
     name: str
@@ -42,7 +47,7 @@ class Preset:
     initial_steps: int = 1000
     sweep_steps: int = 500
     context_steps: int = 500
-    final_steps: int = 3000
+    final_steps: int = 0
     sweep_lrs: tuple[float, ...] = (1e-5, 5e-5, 1e-4)
     sweep_ranks: tuple[int, ...] = (2, 4, 8)
     contexts: tuple[int, ...] = (128, 512, 768)
@@ -57,6 +62,9 @@ class Preset:
     warmup_steps: int = 20
     checkpoint_every: int = 50
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    # The coursework grid's lrs (1e-5..1e-4) and beyond, its ranks, its contexts.
+    search_space: str = "lr=1e-5:1e-3;rank=2,4,8;context=128,512,768"
+    search_trials: int = 12
 
 
 PRESETS: dict[str, Preset] = {
@@ -66,11 +74,12 @@ PRESETS: dict[str, Preset] = {
     # LoRA wraps every linear layer here: the 0.8M-parameter tiny base barely moves with q/v alone
     # (val MSE 0.31 -> 0.30 in 1200 steps), while all seven at rank 16 reach 0.25 in 300 steps at
     # context 256, 0.18 in 600 steps and 0.066 in 1500 steps at context 512 (validation, K=50,
-    # H=5). `final` gets 1000 steps: a fresh clone's `final` (base build included) stays < 10 min.
+    # H=5). The budget sizes `final` (what is left): about 2,800 steps (5e13 / 1.8e10 a step at
+    # context 256) when run alone, about 1,800 after the grid phases: minutes on 2 CPU cores.
     "tiny": Preset(
         name="tiny",
         base_model="tiny",
-        budget=2e14,
+        budget=5e13,
         lr=3e-3,
         rank=16,
         batch_size=8,
@@ -78,7 +87,6 @@ PRESETS: dict[str, Preset] = {
         initial_steps=150,
         sweep_steps=60,
         context_steps=60,
-        final_steps=1000,
         sweep_lrs=(1e-3, 3e-3, 1e-2),
         sweep_ranks=(4, 16, 32),
         contexts=(128, 256, 512),
@@ -88,6 +96,7 @@ PRESETS: dict[str, Preset] = {
         forecast_series=16,
         warmup_steps=10,
         lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        search_space="lr=3e-4:3e-2;rank=4,16,32;context=128,256,512",
     ),
     # Smoke-test scale: seconds per run on 2 cores, results meaningless. For tests and set-up checks.
     "micro": Preset(
@@ -111,6 +120,8 @@ PRESETS: dict[str, Preset] = {
         forecast_series=4,
         warmup_steps=0,
         checkpoint_every=2,
+        search_space="lr=1e-3:1e-2;rank=2,4",
+        search_trials=4,
     ),
 }
 

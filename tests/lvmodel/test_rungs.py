@@ -1,0 +1,165 @@
+"""WSD rungs: the stable phase continues exactly across rungs, each rung is scored on a decay
+branched from it, and the FLOPs add up to the stable run plus its branches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import lvdata
+from lvflops import ModelShape, eval_flops, train_step_flops
+from lvmodel.lora import LoraSettings, apply_lora, trainable_state
+from lvmodel.plan import forecast_bound
+from lvmodel.rungs import WsdRungs, decay_steps_for
+from lvmodel.tiny_tokenizer import build_tiny_tokenizer
+from lvmodel.train import TrainConfig, fit
+
+LORA = LoraSettings(rank=2)
+SHAPE = ModelShape(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    intermediate_size=64,
+    vocab_size=128,
+    tie_word_embeddings=True,
+)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        tie_word_embeddings=True,
+    )
+    return apply_lora(Qwen2ForCausalLM(cfg), LORA)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, lvdata.LLMTimeCodec]:
+    # 30-step series of 10 tokens a step: every 64-token window is full, so every step's FLOPs
+    # are those of a full batch (the hand count below relies on it).
+    traj = lvdata.simulate(n_systems=12, n_steps=30, seed=1)
+    codec = lvdata.LLMTimeCodec.fit(traj.values[:10])
+    return traj.values[:10], traj.values[10:], codec
+
+
+CONFIG = TrainConfig(
+    lr=5e-3,
+    batch_size=2,
+    context_length=64,
+    warmup_steps=2,
+    eval_windows=4,
+    forecast_series=2,
+    forecast_history=20,
+    forecast_horizon=2,
+    seed=3,
+)
+
+
+def test_decay_steps_are_a_share_of_the_stable_phase():
+    assert decay_steps_for(10, 0.2) == 2
+    assert decay_steps_for(12, 0.2) == 2  # 2.4 rounds down
+    assert decay_steps_for(13, 0.2) == 3  # 2.6 rounds up
+    assert decay_steps_for(2, 0.2) == 1  # at least one
+
+
+def test_rungs_continue_the_stable_phase_and_score_decayed_branches(data, tmp_path):
+    train, val, codec = data
+    tok = build_tiny_tokenizer()
+    model = _model()
+    shapes: list[tuple[int, int]] = []  # (batch, length) of every training forward
+
+    def spy(module, args, kwargs):
+        if module.training:
+            shapes.append(tuple(kwargs["input_ids"].shape))
+
+    model.get_base_model().register_forward_pre_hook(spy, with_kwargs=True)
+    seen: list[tuple[int, dict]] = []
+    rungs = WsdRungs(
+        model,
+        tok,
+        codec,
+        train,
+        val,
+        CONFIG,
+        LORA,
+        tmp_path,
+        decay_fraction=0.25,
+        on_metrics=lambda s, m: seen.append((s, m)),
+    )
+    first = rungs.rung(4)
+    trained_first = len(shapes)
+    second = rungs.rung(8)
+    assert (first.stable_steps, first.decay_steps) == (4, 1)
+    assert (second.stable_steps, second.decay_steps) == (8, 2)
+    # The stable phase is reported step by step (1..8, once each: branches are not).
+    assert [s for s, _ in seen] == list(range(1, 9))
+    assert {m["lr"] for s, m in seen if s > 2} == {5e-3}  # constant after the 2 warmup steps
+    # Each branch decays the lr linearly to 0 and ends with the forecasting metric.
+    lrs = [row["lr"] for row in second.branch.history if row["step"] > 8]
+    assert lrs == pytest.approx([5e-3, 2.5e-3])
+    assert {"val_loss", "val_mse_filled"} <= set(second.metrics)
+    assert second.branch.steps == 10
+
+    # The stable phase at rung 1 is exactly one 8-step constant run: a promoted trial continues
+    # its stable phase, it does not restart it nor carry the decayed weights on.
+    reference = _model()
+    fit(
+        reference,
+        tok,
+        codec,
+        train,
+        val,
+        replace(CONFIG, steps=8, schedule="constant", eval_every=0, forecast_every=-1),
+        LORA,
+        progress=False,
+    )
+    stable = trainable_state(_loaded(second.stable_checkpoint))
+    for name, tensor in trainable_state(reference).items():
+        torch.testing.assert_close(stable[name], tensor, rtol=0, atol=0)
+
+    # FLOPs, by hand from lvflops: every training forward the model ran (4 + 1 steps, then
+    # 4 + 2; the shape of each as run), and each branch's evaluation: the validation loss over
+    # at most 4 windows of 64 tokens, and forecasts of 2 series below their bound.
+    kw = LORA.flops_kwargs()
+    assert len(shapes) == 4 + 1 + 4 + 2
+    steps = [train_step_flops(SHAPE, n, b, **kw).total for b, n in shapes]
+    loss = eval_flops(SHAPE, 64, 4, **kw).total
+    bound = forecast_bound(SHAPE, 2, 64, 2, codec.decimals, LORA)
+    for r in (first, second):
+        assert 0 < r.branch.eval_flops <= loss + bound
+    assert first.flops == sum(steps[:trained_first]) + first.branch.eval_flops
+    assert second.flops == sum(steps[trained_first:]) + second.branch.eval_flops
+    assert second.total_flops == first.flops + second.flops == rungs.total_flops
+
+
+def _loaded(checkpoint: str) -> torch.nn.Module:
+    """A fresh model with a checkpoint's trainable tensors."""
+    from safetensors.torch import load_file
+
+    from lvmodel.lora import load_trainable_state
+
+    model = _model()
+    load_trainable_state(model, load_file(f"{checkpoint}/trainable.safetensors"))
+    return model
+
+
+def test_a_rung_must_grow_the_stable_phase(data, tmp_path):
+    train, val, codec = data
+    rungs = WsdRungs(_model(), build_tiny_tokenizer(), codec, train, val, CONFIG, LORA, tmp_path)
+    with pytest.raises(ValueError, match="more than 2 stable steps"):
+        rungs.rung(2)  # not past the warmup
+    rungs.rung(3)
+    with pytest.raises(ValueError, match="more than 3 stable steps"):
+        rungs.rung(3)
