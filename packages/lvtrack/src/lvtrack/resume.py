@@ -18,6 +18,15 @@ most, S + (its plan - C), against what the other runs hold; if that no longer fi
 refused and the run keeps what it spent (it is not marked `lv.refused`, which would zero its
 charge).
 
+One trainer at a time: the re-reservation also claims the resume (tag `lv.resume_claim`,
+host:pid:time of the claimer), in the same fenced admission (`lvtrack.ledger.fenced`). Under the
+lock the claimer re-reads the run, and the resume is refused (ResumeClaimed, nothing changed) when
+the claim is no longer the one `find_resumable` saw (another process claimed the run meanwhile,
+on any host) or when it belongs to a live process of this project on this host. So of two
+resumes of one run started together, exactly one trains. A RUNNING run whose last attempt ran on
+another host and that nobody claims meanwhile is resumed with a note, as before: this host cannot
+tell whether that attempt is dead.
+
 A dead run that will not be resumed keeps holding its reservation (RUNNING counts as its plan):
 `release_dead_run` (`python -m projects.budget --release RUN_ID`) closes it FAILED so that it holds
 only what it spent. It can still be resumed afterwards.
@@ -28,6 +37,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +54,10 @@ from lvtrack.ledger import (
     TAG_BUDGET,
     TAG_PLANNED,
     TAG_REFUSED,
+    BudgetLock,
     BudgetRefused,
     budget_lock,
+    fenced,
     read_ledger,
 )
 
@@ -56,11 +69,16 @@ TAG_PID = "lv.pid"
 TAG_WORK_RUN = "lv.work_run"
 TAG_RESUMES = "lv.resumes"
 TAG_RELEASED = "lv.released"
+TAG_CLAIM = "lv.resume_claim"  # host:pid:time of the process that last claimed the run's resume
 METRIC_REWORK = "flops_rework"
 
 
 class ResumeError(RuntimeError):
     """The run cannot be resumed (the message says why and what to do instead)."""
+
+
+class ResumeClaimed(ResumeError):
+    """Another process claimed the run's resume: only one process may train a run."""
 
 
 def checkpoint_root() -> Path:
@@ -141,6 +159,27 @@ def _alive_here(tags: dict[str, str]) -> int | None:
     return pid if pid is not None and _runs_project(pid) else None
 
 
+def _claim_here(claim: str) -> int | None:
+    """The pid of a resume claim's process if it runs this project on this host (not this one)."""
+    parts = claim.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return None
+    pid = int(parts[1])
+    return pid if pid != os.getpid() and _runs_project(pid) else None
+
+
+def _claimer(claim: str) -> str:
+    """A resume claim in words: 'pid P on host H, N s ago'."""
+    parts = claim.rsplit(":", 2)
+    if len(parts) != 3:
+        return repr(claim)
+    try:
+        ago = f", {time.time() - float(parts[2]):.0f} s ago"
+    except ValueError:
+        ago = ""
+    return f"pid {parts[1]} on host {parts[0]}{ago}"
+
+
 def gone_here(tags: dict[str, str]) -> bool:
     """The run's last attempt ran on this host and its process no longer runs."""
     pid = _pid_here(tags)
@@ -190,7 +229,7 @@ def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> 
         raise ReleaseError(
             f"run {run_id} is {status}: it holds only what it spent; nothing to release"
         )
-    if pid := _alive_here(tags):
+    if pid := _alive_here(tags) or _claim_here(tags.get(TAG_CLAIM, "")):
         raise ReleaseError(f"run {run_id} is still running (pid {pid} on this host); stop it first")
     host = tags.get(TAG_HOST, "?")
     if host != socket.gethostname() and not force:
@@ -200,8 +239,14 @@ def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> 
         )
     spent, step = _flops_logged(client, run_id)
     with budget_lock(client, run.info.experiment_id):
-        if client.get_run(run_id).info.status not in OPEN_STATUSES:
+        now = client.get_run(run_id)
+        if now.info.status not in OPEN_STATUSES:
             raise ReleaseError(f"run {run_id} was closed meanwhile; nothing to release")
+        if (claim := now.data.tags.get(TAG_CLAIM, "")) != tags.get(TAG_CLAIM, ""):
+            raise ReleaseError(
+                f"run {run_id} was claimed meanwhile by a resume ({_claimer(claim)}): it trains "
+                f"again; not released"
+            )
         client.set_tag(run_id, TAG_RELEASED, f"{socket.gethostname()}:{os.getpid()}")
         _close_dead(client, run_id, spent, step)
     return spent
@@ -236,6 +281,11 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
         raise ResumeError(f"run {run_id} already FINISHED; nothing to resume")
     if status == "RUNNING" and (pid := _alive_here(tags)):
         raise ResumeError(f"run {run_id} is still running (pid {pid} on this host)")
+    if pid := _claim_here(tags.get(TAG_CLAIM, "")):
+        raise ResumeClaimed(
+            f"run {run_id} is being resumed by another process (pid {pid} on this host): only "
+            f"one process may train a run"
+        )
     notes = []
     if status == "RUNNING" and tags.get(TAG_HOST, "") != socket.gethostname():
         notes.append(
@@ -276,20 +326,45 @@ def _data_digest(run: Run) -> str | None:
     return inputs[0].dataset.digest if inputs else None
 
 
-def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: int) -> int:
-    """Under the budget lock: re-reserve what the resumed run may hold and mark it RUNNING.
+def _check_claim(resume: Resume, run: Run) -> None:
+    """ResumeClaimed if another process claimed the run since `find_resumable` looked at it, or
+    holds its claim and runs on this host; ResumeError if it finished meanwhile."""
+    claim, seen = run.data.tags.get(TAG_CLAIM, ""), resume.tags.get(TAG_CLAIM, "")
+    if claim != seen:
+        raise ResumeClaimed(
+            f"run {resume.run_id} was claimed by another resume ({_claimer(claim)}) after this "
+            f"process looked at it: only one process may train a run, this one stops. If that "
+            f"process is gone, resume again: {resume_hint(resume.run_id, resume.experiment_id)}"
+        )
+    if pid := _claim_here(claim):
+        raise ResumeClaimed(
+            f"run {resume.run_id} is being resumed by another process (pid {pid} on this host, "
+            f"claim {claim}): only one process may train a run, this one stops"
+        )
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {resume.run_id} FINISHED meanwhile; nothing to resume")
 
-    Returns the reservation. Raises BudgetRefused when it no longer fits: the run keeps its status
-    and its spending, except that a RUNNING run (dead, or this would not be reached) is closed
-    FAILED so that it stops holding its old reservation.
+
+def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: int) -> int:
+    """Under the budget lock, fenced: claim the run's resume, re-reserve what the resumed run may
+    hold and mark it RUNNING (see the module docstring).
+
+    Returns the reservation. Raises ResumeClaimed (changing nothing) when another process claimed
+    the run; BudgetRefused when it no longer fits: the run keeps its status and its spending,
+    except that a RUNNING run (dead, or this would not be reached) is closed FAILED so that it
+    stops holding its old reservation.
     """
     need = resume.need(planned)
-    with budget_lock(client, resume.experiment_id):
+    claim = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
+    status = [resume.status]  # the run's status as read under the lock
+
+    def attempt(lock: BudgetLock) -> tuple[int, Callable[[], object]]:
+        run = client.get_run(resume.run_id)
+        _check_claim(resume, run)
+        status[0] = run.info.status
         ledger = read_ledger(client, resume.experiment_id, budget)
         others = sum(e.charge for e in ledger.entries if e.run_id != resume.run_id)
         if others + need > budget:
-            if resume.status in OPEN_STATUSES:
-                _close_dead(client, resume.run_id, resume.spent, resume.last_step)
             raise BudgetRefused(
                 f"FLOPs budget refused resuming run {resume.run_id}: it has spent "
                 f"{resume.spent:.3e} and may still spend {need - resume.spent:.3e} (the rest of "
@@ -297,10 +372,29 @@ def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: 
                 f"{budget - others - resume.spent:.3e} of {budget:.3e}. Raise the budget "
                 f"(--budget) to resume it."
             )
+        tags = run.data.tags
+        before = {key: tags.get(key) for key in (TAG_CLAIM, TAG_PLANNED)}
+        client.set_tag(resume.run_id, TAG_CLAIM, claim)
         client.set_tag(resume.run_id, TAG_PLANNED, str(need))
-        client.set_tag(resume.run_id, TAG_BUDGET, str(int(budget)))
         client.update_run(resume.run_id, status="RUNNING")
-    return need
+
+        def undo() -> None:
+            client.update_run(resume.run_id, status=run.info.status)
+            for key, value in before.items():
+                if value is None:
+                    client.delete_tag(resume.run_id, key)
+                else:
+                    client.set_tag(resume.run_id, key, value)
+
+        return need, undo
+
+    def refuse() -> None:
+        if status[0] in OPEN_STATUSES:
+            _close_dead(client, resume.run_id, resume.spent, resume.last_step)
+
+    reserved = fenced(client, resume.experiment_id, attempt, refuse)
+    client.set_tag(resume.run_id, TAG_BUDGET, str(int(budget)))
+    return reserved
 
 
 def attempt_record(resume: Resume, planned: int, parent: str | None) -> dict[str, Any]:

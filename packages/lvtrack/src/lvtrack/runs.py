@@ -27,6 +27,7 @@ from lvtrack.resume import (
     TAG_HOST,
     TAG_PID,
     Resume,
+    ResumeError,
     attempt_record,
     reserve_resumed,
 )
@@ -187,7 +188,7 @@ def _reopen(
     client = MlflowClient()
     try:
         reserve_resumed(client, resume, planned, int(preset.budget))
-    except BudgetRefused as err:
+    except (BudgetRefused, ResumeError) as err:  # refused, or claimed by another process
         raise click.ClickException(str(err)) from None
     parent = mlflow.active_run()
     parent_id = parent.info.run_id if parent is not None and nested else None
