@@ -1,6 +1,7 @@
 """`pipeline` entry point: the coursework sequence, each step an MLflow project run.
 
-data -> reference -> baseline -> initial -> sweep -> context -> final -> promote -> budget.
+data -> reference -> baseline -> initial -> sweep -> context -> final -> promote -> budget, or
+with `--method search` the budget-aware search in place of sweep and context.
 A step that already finished in this experiment is reused (`lvtrack.steps`), so a pipeline that
 died half-way resumes where it stopped.
 """
@@ -34,6 +35,13 @@ from lvtrack.tracking import setup_tracking
 @click.option("--lrs", default="", help="The sweep's learning rates (default: the preset's).")
 @click.option("--ranks", default="", help="The sweep's LoRA ranks (default: the preset's).")
 @eval_series_option
+@click.option(
+    "--method",
+    default="grid",
+    show_default=True,
+    type=click.Choice(sorted(STEPS)),
+    help="How settings are chosen: the coursework's grid (sweep, context) or the search.",
+)
 def main(
     preset: str,
     base_model: str,
@@ -42,6 +50,7 @@ def main(
     lrs: str,
     ranks: str,
     eval_series: int,
+    method: str,
 ) -> None:
     """Run (or reuse) every step of the experiment in order."""
     check_train_values(steps=steps, eval_series=eval_series)
@@ -52,8 +61,10 @@ def main(
     experiment_id = setup_tracking()
     done: dict[str, str] = {}
     with mlflow.start_run(run_name="pipeline"):
-        mlflow.set_tags({"phase": "pipeline", "preset": preset, "mlflow.runName": "pipeline"})
-        for step in STEPS:
+        mlflow.set_tags(
+            {"phase": "pipeline", "preset": preset, "mlflow.runName": "pipeline", "method": method}
+        )
+        for step in STEPS[method]:
             previous = already_ran(experiment_id, step, preset) if step in PHASES else None
             if previous:
                 click.echo(

@@ -12,9 +12,16 @@ import lvdata
 from lvflops import QWEN2_5_0_5B
 from lvmodel.base import DEFAULT_BASE, BaseModelError, base_shape
 from lvtrack.datafile import DECIMALS, DEFAULT_SYSTEMS, SPLIT_SEED
-from lvtrack.options import base_option, check_train_values, eval_series_option, preset_option
+from lvtrack.options import (
+    base_option,
+    check_train_values,
+    eval_series_option,
+    preset_option,
+    search_options,
+)
 from lvtrack.planning import experiment_plan, plan_table
 from lvtrack.presets import get_preset
+from lvtrack.search import search_settings
 
 
 @click.command()
@@ -29,10 +36,20 @@ from lvtrack.presets import get_preset
 )
 @click.option("--budget", default=-1.0, type=float, help="Budget in FLOPs (-1: the preset's).")
 @eval_series_option
-def main(preset: str, base_model: str, n_series: int, budget: float, eval_series: int) -> None:
-    """Print the experiment's FLOPs plan by phase for the preset."""
+@click.option(
+    "--method", default="grid", show_default=True, type=click.Choice(["grid", "search"]),
+    help="The pipeline's way of choosing settings (see `pipeline --method`).",
+)  # fmt: skip
+@search_options
+def main(
+    preset: str, base_model: str, n_series: int, budget: float, eval_series: int, method: str,
+    **search: object,
+) -> None:  # fmt: skip
+    """Print the experiment's FLOPs plan by phase for the preset (and search settings)."""
     check_train_values(budget=budget, eval_series=eval_series)
     p = get_preset(preset, budget=budget, eval_series=eval_series)
+    space, trials, share = search.pop("space"), search.pop("trials"), search.pop("share")
+    p, settings = search_settings(p, str(space), int(str(trials)), float(str(share)), **search)
     base = base_model or p.base_model
     try:
         shape = base_shape(base)
@@ -46,7 +63,9 @@ def main(preset: str, base_model: str, n_series: int, budget: float, eval_series
         shape = QWEN2_5_0_5B
     parts = lvdata.split(n_series, seed=SPLIT_SEED)
     n_val, n_test = (min(len(s), p.eval_series or len(s)) for s in (parts.val, parts.test))
-    phases = experiment_plan(p, shape, DECIMALS, n_val, n_test)
+    phases = experiment_plan(
+        p, shape, DECIMALS, n_val, n_test, settings if method == "search" else None
+    )
     click.echo(f"plan of preset {p.name} on {base} ({n_val} val / {n_test} test series scored)")
     click.echo(plan_table(phases, p.budget))
 

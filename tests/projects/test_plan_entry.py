@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mlflow
+import pytest
 from click.testing import CliRunner
 
 from lvflops import ModelShape, eval_flops, generate_flops, train_step_flops
@@ -71,3 +72,24 @@ def test_plan_of_the_coursework_model_needs_no_hub(monkeypatch):
     assert "steps: what the budget has left" in final[4]
     unspent = float(result.output.split("the plan leaves ")[1].split()[0])
     assert 0 <= unspent < 6.8e12
+
+
+def test_plan_of_the_search_pipeline_gives_final_what_the_search_leaves(random_tiny_dir):
+    result = CliRunner().invoke(
+        plan_entry.main,
+        [
+            "--preset", "micro", "--base-model", str(random_tiny_dir), "--n-series", "60",
+            "--method", "search", "--share", "0.02", "--trials", "5",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    search = _row(result.output, "search")
+    assert search[1] == "5"
+    assert float(search[2]) == 0.02 * 5e13  # micro's budget: the search's share, all of it
+    assert "5 trials, 3 rungs of" in search[4]
+    assert not any(ln.startswith(("| sweep |", "| context |")) for ln in result.output.splitlines())
+    before = sum(float(_row(result.output, ph)[2]) for ph in ("baseline", "initial", "search"))
+    left = float(result.output.split("before `final`, ")[1].split()[0])
+    assert left == pytest.approx(5e13 - before, rel=1e-3)  # what `final --steps 0` would take
+    bad = CliRunner().invoke(plan_entry.main, ["--preset", "micro", "--space", "lr=2:1"])
+    assert bad.exit_code != 0 and "LOW < HIGH" in bad.output

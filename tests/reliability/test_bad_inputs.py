@@ -250,10 +250,10 @@ CLI_CASES = [
         2,
     ),
     case(
-        "final-steps-0",
+        "final-steps-negative",  # (0 is valid for final: what the budget has left)
         "final",
-        [*MICRO, "--steps", "0"],
-        ["--steps", "at least 1", "got 0"],
+        [*MICRO, "--steps", "-3"],
+        ["--steps", "at least 1", "got -3"],
         2,
     ),
     case(

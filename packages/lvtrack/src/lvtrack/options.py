@@ -113,3 +113,34 @@ def parse_list(text: str, kind: type, param: str) -> tuple:
             param_hint=param,
         )
     return values
+
+
+def search_options(command: Any) -> Any:
+    """The options that shape a search (`search`, and `plan --method search`): its space,
+    sampler, trials and rungs, and its share of the budget (checked in `lvtrack.search`)."""
+    options = (
+        click.option(
+            "--space",
+            default="",
+            help="Search space, e.g. 'lr=1e-4:1e-2;rank=4,8;context=256' (default: the preset's).",
+        ),
+        click.option(
+            "--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "grid"])
+        ),
+        click.option("--trials", default=-1, type=int, help="Trials in all (-1: the preset's)."),
+        click.option("--rungs", default=3, show_default=True, type=click.IntRange(min=1)),
+        click.option("--eta", default=3, show_default=True, type=click.IntRange(min=2)),
+        click.option(
+            "--share", default=-1.0, help="The search's share of the budget (-1: the preset's)."
+        ),
+        click.option(
+            "--decay-fraction",
+            default=0.2,
+            show_default=True,
+            type=click.FloatRange(0, 1, min_open=True),
+            help="Each rung's decay branch, as a share of its stable steps.",
+        ),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command

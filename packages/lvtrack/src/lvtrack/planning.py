@@ -14,6 +14,7 @@ from lvflops import ModelShape
 from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, plan_run
 from lvtrack.presets import Preset
 from lvtrack.request import TrainRequest
+from lvtrack.search import SearchSettings, first_rung_flops
 
 
 def request_plan(
@@ -52,13 +53,19 @@ class PhasePlan:
 
 
 def experiment_plan(
-    preset: Preset, shape: ModelShape, decimals: int, n_val: int, n_test: int
+    preset: Preset,
+    shape: ModelShape,
+    decimals: int,
+    n_val: int,
+    n_test: int,
+    search: SearchSettings | None = None,
 ) -> list[PhasePlan]:
     """Each phase of the pipeline as the preset runs it: the runs it starts and their plans.
 
     The sweep's cells use their own lr and rank; the context runs and `final` use the preset's
     rank (they take the sweep's best, unknown before it runs: a rank above the preset's costs
-    a little more LoRA arithmetic, noted in the table).
+    a little more LoRA arithmetic, noted in the table). With `search`, the search takes the
+    place of sweep and context, planned at its share of the budget (what its trials may hold).
     """
 
     def plan(phase: str, steps: int, **overrides: object) -> int:
@@ -81,9 +88,23 @@ def experiment_plan(
             sum(baseline_plan(preset, shape, decimals, n_val, c) for c in preset.contexts),
         ),
         PhasePlan("initial", 1, plan("initial", preset.initial_steps)),
-        PhasePlan("sweep", len(sweep), sum(sweep)),
-        PhasePlan("context", len(contexts), sum(contexts), at_rank),
     ]
+    if search is None:
+        before += [
+            PhasePlan("sweep", len(sweep), sum(sweep)),
+            PhasePlan("context", len(contexts), sum(contexts), at_rank),
+        ]
+    else:
+        r0 = first_rung_flops(shape, preset, search, decimals)
+        before.append(
+            PhasePlan(
+                "search",
+                search.trials,
+                int(search.share * preset.budget),
+                f"{search.sampler}: {search.trials} trials, {search.rungs} rungs of "
+                f"{r0:.2e} x {search.eta}^k training FLOPs",
+            )
+        )
     note = f"{at_rank}, context {preset.context_length}"
     steps = preset.final_steps
     if steps == 0:  # what is left after the other phases

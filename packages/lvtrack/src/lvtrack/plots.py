@@ -8,6 +8,9 @@ and need no backend (`fig.savefig`, which `mlflow.log_figure` calls, draws with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -102,5 +105,66 @@ def plot_grid(
         for j in range(len(ranks)):
             ax.text(j, i, f"{grid[i, j]:.2e}", ha="center", va="center", fontsize=8, color="w")
     fig.colorbar(im, ax=ax, label=f"log10 {metric}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_search_history(trials: Sequence[Any]) -> Figure:
+    """A search's trials in order: each rung score reached (pruned trials grey), the completed
+    trials' scores, and the best so far. `trials`: Optuna `FrozenTrial`s."""
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    best, best_x, best_y = np.inf, [], []
+    for t in trials:
+        marks = sorted(t.intermediate_values.items())
+        if marks:
+            ax.plot([t.number] * len(marks), [v for _, v in marks], ".", color="0.7", ms=4)
+        if t.state.name == "COMPLETE" and t.value is not None:
+            ax.plot(t.number, t.value, "o", color="C0", ms=5)
+            best = min(best, t.value)
+        if np.isfinite(best):
+            best_x.append(t.number)
+            best_y.append(best)
+    if best_x:
+        ax.step(best_x, best_y, where="post", color="C3", label="best completed")
+        ax.legend()
+    ax.set_xlabel("trial")
+    ax.set_ylabel("val MSE (filled), decayed branch")
+    ax.set_yscale("log")
+    ax.set_title("optimization history (grey: rung scores of every trial)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_rungs(trials: Sequence[Any], rung_flops: Sequence[float]) -> Figure:
+    """How far trials went: per rung (its training FLOPs), the trials scored there and the
+    trials that stopped there (pruned, or completed at the top)."""
+    reached = [0] * len(rung_flops)
+    stopped: dict[str, list[int]] = {
+        "pruned": [0] * len(rung_flops),
+        "completed": [0] * len(rung_flops),
+    }
+    for t in trials:
+        n = len(t.intermediate_values)
+        if t.state.name == "COMPLETE":
+            n = len(rung_flops)  # the top rung is scored but not reported
+        if n == 0:
+            continue
+        for k in range(min(n, len(rung_flops))):
+            reached[k] += 1
+        kind = "completed" if t.state.name == "COMPLETE" else "pruned"
+        stopped[kind][min(n, len(rung_flops)) - 1] += 1
+    fig = Figure(figsize=(7, 3.5))
+    ax = fig.subplots()
+    x = np.arange(len(rung_flops))
+    ax.bar(x - 0.2, reached, 0.4, label="scored at the rung")
+    ax.bar(x + 0.2, stopped["pruned"], 0.4, label="pruned there", color="C1")
+    ax.bar(
+        x + 0.2, stopped["completed"], 0.4, bottom=stopped["pruned"], label="completed", color="C2"
+    )
+    ax.set_xticks(x, [f"rung {k}\n{f:.2e} FLOPs" for k, f in enumerate(rung_flops)])
+    ax.set_ylabel("trials")
+    ax.legend()
+    ax.set_title("successive halving: trials per rung")
     fig.tight_layout()
     return fig

@@ -35,6 +35,7 @@ class Preset:
         search_space: what `search` varies (`lvtrack.search_space` syntax): lr range, ranks,
             contexts.
         search_trials: trials of a search (over all its workers).
+        search_share: the search's share of the budget (its rungs are sized from it).
     """
 
     name: str
@@ -65,6 +66,7 @@ class Preset:
     # The coursework grid's lrs (1e-5..1e-4) and beyond, its ranks, its contexts.
     search_space: str = "lr=1e-5:1e-3;rank=2,4,8;context=128,512,768"
     search_trials: int = 12
+    search_share: float = 0.25
 
 
 PRESETS: dict[str, Preset] = {
@@ -122,6 +124,7 @@ PRESETS: dict[str, Preset] = {
         checkpoint_every=2,
         search_space="lr=1e-3:1e-2;rank=2,4",
         search_trials=4,
+        search_share=0.01,  # 5e11: rungs of ~10 and ~30 steps
     ),
 }
 

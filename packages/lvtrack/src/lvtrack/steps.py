@@ -10,20 +10,15 @@ from mlflow.tracking import MlflowClient
 
 from lvtrack.ledger import TAG_PHASE
 
-#: Every step is an MLproject entry point; the first seven are also run phases (their runs'
-#: `phase` tag), which is how a finished one is found.
-STEPS = (
-    "data",
-    "reference",
-    "baseline",
-    "initial",
-    "sweep",
-    "context",
-    "final",
-    "promote",
-    "budget",
-)
-PHASES = frozenset(STEPS[:7])
+#: Every step is an MLproject entry point; all but `promote` and `budget` are also run phases
+#: (their runs' `phase` tag), which is how a finished one is found. The settings are chosen by
+#: the coursework's grid (`sweep`, then `context`) or by the budget-aware `search`.
+_CHOSEN_BY = {"grid": ("sweep", "context"), "search": ("search",)}
+STEPS = {
+    method: ("data", "reference", "baseline", "initial", *chosen_by, "final", "promote", "budget")
+    for method, chosen_by in _CHOSEN_BY.items()
+}
+PHASES = frozenset(s for steps in STEPS.values() for s in steps) - {"promote", "budget"}
 #: The cuts each step takes (`pipeline --steps/--lrs/--ranks/--eval-series`).
 CUTS = {
     "baseline": ("eval_series",),
@@ -31,6 +26,7 @@ CUTS = {
     "sweep": ("steps", "lrs", "ranks", "eval_series"),
     "context": ("steps", "eval_series"),
     "final": ("steps", "eval_series"),
+    "search": ("eval_series",),
 }
 
 

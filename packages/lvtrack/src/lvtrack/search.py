@@ -1,0 +1,584 @@
+"""Budget-aware search on Optuna: successive halving at FLOPs rungs, each trial an MLflow child run
+charged to the ledger, any number of workers on one study.
+
+- The study lives in an RDB storage (:func:`default_storage`: SQLite beside the tracking DB, or
+  a database of its own on the PostgreSQL server behind the tracking store); every worker started
+  with the same study name and storage joins it. Optuna's heartbeat marks a dead worker's trial
+  failed, and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` queues it again for another
+  worker; the dead trial's MLflow run is closed with what it logged, so its FLOPs count once.
+- Rungs are measured in FLOPs: rung k trains the trial's stable phase to `rung_flops * eta**k`
+  training FLOPs (as many steps as that buys at the trial's rank and context) and is scored on
+  a short decay branched from there (`lvmodel.rungs.WsdRungs`): `val_mse_filled` at the
+  preset's horizon on the fixed validation subset of the forecasting metric, never the
+  validation loss. Optuna's asynchronous successive-halving pruner compares trials at each rung
+  (`trial.report(value, step=eta**k)`: the rung's FLOPs in units of the first rung's, since
+  Optuna stores steps as 32-bit integers on PostgreSQL); a promoted trial continues its stable
+  phase.
+- Each trial reserves in the ledger only what its next rung can spend and asks again when
+  promoted; a refusal (the experiment's budget, or the search's share of it) ends it as pruned
+  for budget, with what it spent charged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import mlflow
+import optuna
+import torch
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from lvflops import ModelShape, train_step_flops
+from lvmodel.base import BaseModelError, base_shape, load_base
+from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.plan import plan_run
+from lvmodel.rungs import WsdRungs, decay_steps_for
+from lvmodel.train import TrainConfig
+from lvtrack.datafile import Prepared, prepare_data
+from lvtrack.ledger import (
+    TAG_PHASE,
+    BudgetRefused,
+    budget_lock,
+    extend_reservation,
+    read_ledger,
+)
+from lvtrack.plots import plot_rungs, plot_search_history
+from lvtrack.presets import Preset
+from lvtrack.request import TrainRequest
+from lvtrack.resume import ReleaseError, checkpoint_root, release_dead_run
+from lvtrack.runs import budgeted_run
+from lvtrack.search_space import SearchSpace, SearchSpaceError, parse_space
+from lvtrack.selection import SELECTION_METRIC
+
+PHASE = "search"
+TAG_STUDY = "optuna.study"
+TAG_TRIAL = "optuna.trial_number"
+TAG_TRIAL_STATE = "lv.trial_state"  # completed, pruned, pruned for budget
+ATTR_RUN = "mlflow_run_id"  # trial attribute: the trial's MLflow run
+ATTR_PARENT = "lv.mlflow_parent_run_id"  # study attribute: the search's parent run
+ATTR_SPACE = "lv.space"  # study attribute: the space it was created with
+SCORE = "val_mse_filled"  # the rung score, from the decayed branch's forecasting metric
+
+
+class SearchError(click.ClickException):
+    """A search that cannot start (named input, what to do); raised before anything is charged."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a search runs.
+
+    Attributes:
+        space: what it varies.
+        trials: trials of the study in all (over every worker).
+        rungs: rungs of successive halving (a trial that reaches the top one completes there).
+        eta: the reduction factor: a third of a rung's trials go on at 3.
+        share: the search's share of the experiment's budget (the rung size follows from it).
+        decay_fraction: each rung's decay branch, as a share of its stable steps.
+        sampler: "tpe" (Optuna's TPE) or "grid" (the coursework grid: the preset's sweep lrs).
+        study, storage: the Optuna study's name and RDB storage URL.
+        seed: the LoRA init and batch seed of every trial, and the sampler's.
+        heartbeat_s: seconds between a worker's heartbeats; a trial whose worker missed three
+            is failed and retried by another worker.
+    """
+
+    space: SearchSpace
+    trials: int
+    study: str = ""
+    storage: str = ""
+    rungs: int = 3
+    eta: int = 3
+    share: float = 0.25
+    decay_fraction: float = 0.2
+    sampler: str = "tpe"
+    seed: int = 0
+    heartbeat_s: int = 30
+
+
+def rung_flops(
+    search_flops: float, trials: int, rungs: int, eta: int, decay: float, evaluation: float = 0
+) -> int:
+    """The first rung's training FLOPs r0 so that successive halving spends about
+    `search_flops`; 0 when the evaluations alone would take it all.
+
+    Rung k trains to eta**k x r0 and holds about n / eta**k of the n trials, but at least one
+    (asynchronous halving promotes the first trials it sees): c_k = max(1, n / eta**k). The
+    stable phases cost r0 x sum c_k (eta**k - eta**(k-1)), the decay branches r0 x `decay` x
+    sum c_k eta**k, and each scored rung one `evaluation` (validation loss and forecasting
+    metric): sum c_k of them. The ledger and the search's share stop trials beyond it.
+    """
+    counts = [max(1.0, trials / eta**k) for k in range(rungs)]
+    stable = sum(c * (eta**k - (eta ** (k - 1) if k else 0)) for k, c in enumerate(counts))
+    branches = decay * sum(c * eta**k for k, c in enumerate(counts))
+    left = search_flops - evaluation * sum(counts)
+    return max(0, int(left / (stable + branches)))
+
+
+def evaluation_flops(shape: ModelShape, preset: Preset, space: SearchSpace, decimals: int) -> int:
+    """The most one rung's scoring can cost (validation loss, forecasting metric) at the
+    space's longest context and largest rank."""
+    lora = LoraSettings(rank=max(space.ranks), targets=max(space.targets, key=len))
+    config = TrainConfig(
+        steps=1,
+        context_length=max(space.contexts),
+        batch_size=preset.batch_size,
+        eval_every=0,
+        eval_windows=preset.eval_windows,
+        forecast_every=0,
+        forecast_series=preset.forecast_series,
+        forecast_history=preset.history_steps,
+        forecast_horizon=preset.horizon,
+    )
+    plan = plan_run(shape, config, lora, decimals, {}, preset.horizon)
+    return plan.val_loss + plan.val_forecast
+
+
+def first_rung_flops(
+    shape: ModelShape, preset: Preset, settings: SearchSettings, decimals: int
+) -> int:
+    """The first rung's training FLOPs for this search (:func:`rung_flops` on its share of the
+    preset's budget); a :class:`SearchError` when its evaluations alone would take it all."""
+    evaluation = evaluation_flops(shape, preset, settings.space, decimals)
+    r0 = rung_flops(
+        settings.share * preset.budget, settings.trials, settings.rungs, settings.eta,
+        settings.decay_fraction, evaluation,
+    )  # fmt: skip
+    if r0 == 0:
+        raise SearchError(
+            f"the search's share ({settings.share:g} of {preset.budget:.3e} FLOPs) does not "
+            f"cover the {settings.trials} trials' rung evaluations ({evaluation:.3e} each): "
+            "raise --share or --budget, or lower --trials or --rungs"
+        )
+    return r0
+
+
+def search_settings(
+    preset: Preset, space: str, trials: int, share: float, **given: Any
+) -> tuple[Preset, SearchSettings]:
+    """The preset (with the search's share) and the settings from the search options (see
+    `lvtrack.options.search_options`); bad values are `click.BadParameter`s naming the option.
+    `given` holds the rest of SearchSettings' fields (rungs, eta, sampler, study, storage...)."""
+    if trials != -1 and trials < 1:
+        raise click.BadParameter(f"must be at least 1, got {trials}", param_hint="--trials")
+    if share != -1 and not 0 < share <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {share:g}", param_hint="--share")
+    if share != -1:
+        preset = replace(preset, search_share=share)
+    try:
+        parsed = parse_space(space or preset.search_space, preset)
+    except SearchSpaceError as err:
+        raise click.BadParameter(str(err), param_hint="--space") from None
+    settings = SearchSettings(
+        space=parsed,
+        trials=preset.search_trials if trials == -1 else trials,
+        share=preset.search_share,
+        **given,
+    )
+    return preset, settings
+
+
+def default_storage(tracking_uri: str) -> str:
+    """SQLite `optuna.db` beside a SQLite tracking DB; a database `<name>_optuna` on the same
+    server for a PostgreSQL tracking store. Anything else (an `http://` tracking server) needs
+    `--storage`: the server's backend is not visible from here."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme == "sqlite":
+        db = Path(parts.path[1:] if parts.path.startswith("/") else parts.path)
+        return f"sqlite:///{db.with_name('optuna.db')}"
+    if parts.scheme.startswith("postgresql"):
+        name = parts.path.lstrip("/") or "postgres"
+        return urlunsplit(parts._replace(path=f"/{name}_optuna"))
+    raise SearchError(
+        f"the tracking store {tracking_uri} does not say where the Optuna study can live: give "
+        "--storage (e.g. postgresql://user@host:5432/optuna, a database every worker reaches)"
+    )
+
+
+def _ensure_postgres_database(url: str) -> None:
+    """Create the storage's PostgreSQL database when missing (the server is the tracking one)."""
+    import sqlalchemy
+
+    parts = urlsplit(url)
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
+    name = parts.path.lstrip("/")
+    with engine.connect() as conn:
+        found = conn.execute(
+            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+        ).first()
+        if not found:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+
+
+def _driver_url(url: str) -> str:
+    """`postgresql://` with the driver installed beside MLflow (psycopg 3; SQLAlchemy's default
+    for the bare scheme is psycopg2, which the project does not install)."""
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def open_storage(url: str, heartbeat_s: int = 30, attempts: int = 3) -> RDBStorage:
+    """The study's storage, with a heartbeat (a dead worker's trial fails after 3 beats missed)
+    and the retry of failed trials; a storage that does not answer is a :class:`SearchError`.
+
+    Workers that start together on a new storage race to create its tables: a loser retries
+    (the tables are then there)."""
+    target = _driver_url(url)
+    for attempt in range(attempts):
+        try:
+            if urlsplit(target).scheme.startswith("postgresql"):
+                _ensure_postgres_database(target)
+            engine: dict[str, Any] = {}
+            if target.startswith("sqlite"):
+                engine = {"connect_args": {"timeout": 60}}  # several workers on one file
+            with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(
+                    target,
+                    engine_kwargs=engine,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=3 * heartbeat_s,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+                )
+        except Exception as err:  # sqlalchemy's errors, a bad URL, a server that does not answer
+            text = str(err)
+            racing = "already exists" in text or "UNIQUE constraint" in text or "locked" in text
+            if racing and attempt < attempts - 1:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise SearchError(
+                f"the Optuna storage {url} does not answer ({type(err).__name__}: "
+                f"{text.splitlines()[0][:200] if text else ''}); check the URL and that the "
+                "server runs, or leave --storage empty for SQLite beside the tracking DB"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def open_study(settings: SearchSettings, preset: Preset) -> optuna.Study:
+    """Create the study or join it; a study made with another space is a :class:`SearchError`."""
+    storage = open_storage(settings.storage, settings.heartbeat_s)
+    space = settings.space
+    if settings.sampler == "grid":
+        grid = space.grid(tuple(lr for lr in preset.sweep_lrs if _inside(lr, space.lr)))
+        if "lr" in space.distributions() and not grid["lr"]:
+            raise SearchError(
+                f"the grid sampler takes the preset's lrs {preset.sweep_lrs}; none lies in the "
+                f"space's lr range {space.lr[0]:g}:{space.lr[1]:g}"
+            )
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.GridSampler(grid, seed=settings.seed)
+    else:
+        # Each worker's sampler gets its own seed (the trials it finds in the study): workers
+        # must not draw the same first trials; one worker alone is deterministic.
+        try:
+            known = optuna.load_study(study_name=settings.study, storage=storage)
+            offset = len(known.trials)
+        except KeyError:
+            offset = 0
+        sampler = optuna.samplers.TPESampler(seed=settings.seed + offset)
+    study = optuna.create_study(
+        study_name=settings.study,
+        storage=storage,
+        sampler=sampler,
+        pruner=optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=1,
+            reduction_factor=settings.eta,  # steps: rung FLOPs / the first rung's
+        ),
+        direction="minimize",
+        load_if_exists=True,
+    )
+    made_with = study.user_attrs.get(ATTR_SPACE)
+    if made_with is None:
+        study.set_user_attr(ATTR_SPACE, space.fingerprint())
+        study.set_user_attr("lv.sampler", settings.sampler)
+    elif made_with != space.fingerprint():
+        raise SearchError(
+            f"study {settings.study!r} in {settings.storage} was created with another search "
+            f"space ({made_with}); this worker's is {space.fingerprint()}. Use the same "
+            "--space, or another --study name"
+        )
+    return study
+
+
+def _log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params(params)
+
+
+def _inside(value: float, bounds: tuple[float, float]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+class Search:
+    """One worker of a search: its trials, each a budgeted child run of the search's parent."""
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        preset: Preset,
+        data_file: str,
+        base_model: str,
+        experiment_id: str,
+    ) -> None:
+        self.settings, self.preset = settings, preset
+        self.data_file, self.base = data_file, base_model or preset.base_model
+        self.experiment_id = experiment_id
+        self.client = MlflowClient()
+        self.prep: Prepared = prepare_data(data_file)
+        try:
+            self.shape: ModelShape = base_shape(self.base)
+        except BaseModelError as err:
+            raise SearchError(str(err)) from None
+        self.search_flops = settings.share * preset.budget
+        self.val = self.prep.scored("val", preset)
+        self.r0 = first_rung_flops(self.shape, preset, settings, self.prep.codec.decimals)
+        self.parent_id = ""
+
+    # -- the study and the parent run ------------------------------------------------------
+
+    def attach(self, study: optuna.Study, worker_run_id: str) -> str:
+        """The search's parent run: the first worker's own run; later workers' runs become its
+        children. Decided under the experiment's budget lock (one parent however many start)."""
+        with budget_lock(self.client, self.experiment_id):
+            parent = study.user_attrs.get(ATTR_PARENT)
+            if parent is None:
+                study.set_user_attr(ATTR_PARENT, worker_run_id)
+                parent = worker_run_id
+        if parent != worker_run_id:
+            self.client.set_tag(worker_run_id, MLFLOW_PARENT_RUN_ID, parent)
+        self.parent_id = str(parent)
+        return self.parent_id
+
+    def rung_steps(self, context: int, batch: int, warmup: int, lora: LoraSettings) -> list[int]:
+        """Stable steps at each rung: what the rung's training FLOPs buy at full windows (at
+        least one step past the warmup and the rung before)."""
+        step = train_step_flops(self.shape, context, batch, **lora.flops_kwargs()).total
+        steps: list[int] = []
+        for k in range(self.settings.rungs):
+            target = self.r0 * self.settings.eta**k
+            floor = max(steps[-1] if steps else 0, warmup) + 1
+            steps.append(max(floor, int(target // step)))
+        return steps
+
+    def rung_plan(self, config: TrainConfig, lora: LoraSettings, start: int, stable: int) -> int:
+        """The most rung `stable` can spend after `start` stable steps: the new stable steps,
+        the decay branch, its validation loss and forecasting metric."""
+        decay = decay_steps_for(stable, self.settings.decay_fraction)
+        branch = replace(
+            config, steps=stable - start + decay, eval_every=0, forecast_every=0,
+            evaluate_at_end=True,
+        )  # fmt: skip
+        return plan_run(
+            self.shape, branch, lora, self.prep.codec.decimals, {}, self.preset.horizon
+        ).total
+
+    def search_charged(self) -> int:
+        """What the search's trials hold of the budget now (spent and reserved)."""
+        ledger = read_ledger(self.client, self.experiment_id, int(self.preset.budget))
+        return ledger.by_phase().get(PHASE, (0, 0))[1]
+
+    # -- one trial -------------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float:
+        s, p = self.settings, self.preset
+        picked = s.space.suggest(trial)
+        self._close_failed_original(trial)
+        preset = replace(p, lora_targets=picked["targets"])
+        name = f"trial {trial.number} lr={picked['lr']:.3g} r={picked['rank']}"
+        if len(s.space.contexts) > 1:
+            name += f" ctx={picked['context_length']}"
+        req = TrainRequest.from_preset(
+            preset,
+            PHASE,
+            name,
+            1,
+            lr=picked["lr"],
+            rank=picked["rank"],
+            context_length=picked["context_length"],
+            schedule="wsd",
+            seed=s.seed,
+            data_file=self.data_file,
+            base_model=self.base,
+        )
+        lora = req.lora()
+        steps = self.rung_steps(req.context_length, req.batch_size, p.warmup_steps, lora)
+        req = replace(req, steps=steps[-1])
+        config = req.train_config()
+        first = self.rung_plan(config, lora, 0, steps[0])
+        if self.search_charged() + first > self.search_flops:
+            trial.set_user_attr("pruned_for", "budget")
+            trial.study.stop()  # the search's share is spent: no more trials on this worker
+            raise optuna.TrialPruned("the search's share of the budget is spent")
+        tags = {
+            MLFLOW_PARENT_RUN_ID: self.parent_id,
+            TAG_STUDY: trial.study.study_name,
+            TAG_TRIAL: str(trial.number),
+            "base_model": self.base,
+        }
+        params = {
+            "lr": picked["lr"],
+            "rank": picked["rank"],
+            "context_length": picked["context_length"],
+            "lora_targets": ",".join(picked["targets"]),
+            "batch_size": req.batch_size,
+            "warmup_steps": config.warmup_steps,
+            "seed": s.seed,
+            "rung_steps": ",".join(map(str, steps)),
+            "rung_flops": ",".join(f"{self.r0 * s.eta**k:.4g}" for k in range(s.rungs)),
+            "decay_fraction": s.decay_fraction,
+            "preset": p.name,
+            "optuna_trial": trial.number,
+        }
+        outcome: str = "completed"
+        value = math.nan
+        # Nested under this worker's run (the active one), then re-parented by the tag.
+        with budgeted_run(name, PHASE, p, first, lambda: _log_params(params), True, tags) as (
+            run,
+            meter,
+        ):
+            trial.set_user_attr(ATTR_RUN, run.info.run_id)
+            outcome, value = self._train(
+                trial, req, config, lora, steps, meter, run.info.run_id, first
+            )
+            mlflow.set_tag(TAG_TRIAL_STATE, outcome)
+        if outcome != "completed":
+            raise optuna.TrialPruned(outcome)
+        return value
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        req: TrainRequest,
+        config: TrainConfig,
+        lora: LoraSettings,
+        steps: list[int],
+        meter: Any,
+        run_id: str,
+        planned: int,
+    ) -> tuple[str, float]:
+        """Rung after rung until pruned, refused or at the top; (outcome, last rung's score)."""
+        s = self.settings
+        try:
+            base, tok = load_base(req.base)
+        except BaseModelError as err:
+            raise click.ClickException(str(err)) from None
+        torch.manual_seed(s.seed)
+        model: Any = apply_lora(base, lora)
+        trainer: WsdRungs
+
+        def on_metrics(step: int, metrics: dict[str, float]) -> None:
+            counted = trainer.branch_flops + metrics["flops_cumulative"]
+            meter.log(counted, step, {k: v for k, v in metrics.items() if k != "flops_cumulative"})
+
+        trainer = WsdRungs(
+            model,
+            tok,
+            self.prep.codec,
+            self.prep.series("train"),
+            self.val,
+            config,
+            lora,
+            checkpoint_root() / run_id,
+            decay_fraction=s.decay_fraction,
+            on_metrics=on_metrics,
+            progress=sys.stderr.isatty(),
+        )
+        value = math.nan
+        for k, stable in enumerate(steps):
+            if k > 0:
+                want = int(meter.spent) + self.rung_plan(config, lora, steps[k - 1], stable)
+                others = self.search_charged() - max(planned, int(meter.spent))
+                if others + want > self.search_flops:
+                    return "pruned for budget (the search's share)", value
+                try:
+                    extend_reservation(
+                        self.client, run_id, self.experiment_id, want, int(self.preset.budget)
+                    )
+                except BudgetRefused as err:
+                    click.echo(f"trial {trial.number}: {err}", err=True)
+                    return "pruned for budget", value
+                planned = want
+            result = trainer.rung(stable)
+            value = float(result.metrics.get(SCORE, math.nan))
+            meter.log(
+                result.total_flops,
+                stable,
+                {f"rung_{SCORE}_h{self.preset.horizon}": value, "rung": float(k)},
+            )
+            if k == len(steps) - 1:  # the top rung: no further pruning; `final` compares these
+                mlflow.log_metric(SELECTION_METRIC, value, step=stable)
+                return "completed", value
+            trial.report(value, step=s.eta**k)  # FLOPs in units of rung 0's
+            if trial.should_prune():
+                return f"pruned at rung {k}", value
+        return "completed", value
+
+    def _close_failed_original(self, trial: optuna.Trial) -> None:
+        """A retried trial (its worker died): close the dead trial's run FAILED with what it
+        logged, so that its FLOPs count once and its reservation is given back."""
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            failed = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        if failed is None:
+            return
+        found = [t for t in trial.study.get_trials(deepcopy=False) if t.number == failed]
+        original = found[0] if found else None
+        run_id = original.user_attrs.get(ATTR_RUN) if original else None
+        if not run_id:
+            return
+        try:
+            spent = release_dead_run(self.client, str(run_id), force=True)
+        except ReleaseError as err:
+            click.echo(f"trial {trial.number}: the failed trial's run: {err}", err=True)
+        else:
+            click.echo(
+                f"trial {trial.number} retries trial {failed} (its worker died): its run "
+                f"{run_id} closed FAILED, {spent:.3e} FLOPs charged once",
+                err=True,
+            )
+
+    # -- the whole worker ------------------------------------------------------------------
+
+    def run(self, study: optuna.Study) -> None:
+        """Run trials until the study holds `trials` finished ones (or the share is spent)."""
+        stop = optuna.study.MaxTrialsCallback(
+            self.settings.trials,
+            states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING),
+        )
+        study.optimize(self.objective, n_trials=self.settings.trials, callbacks=[stop])
+
+    def log_study(self, study: optuna.Study) -> dict[str, Any]:
+        """The study's plots and best trial, logged to the parent run (every worker rewrites
+        them as it ends: the last one leaves the whole study)."""
+        trials = study.get_trials(deepcopy=False)
+        self.client.log_figure(self.parent_id, plot_search_history(trials), "plots/history.png")
+        rungs = [self.r0 * self.settings.eta**k for k in range(self.settings.rungs)]
+        self.client.log_figure(self.parent_id, plot_rungs(trials, rungs), "plots/rungs.png")
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        summary: dict[str, Any] = {
+            "trials": len(trials),
+            "completed": len(done),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "search_flops": float(self.search_charged()),
+        }
+        if done:
+            best = min(done, key=lambda t: t.value if t.value is not None else math.inf)
+            summary.update(best_value=best.value, best_trial=best.number, **best.params)
+            self.client.set_tag(self.parent_id, "best_run_id", best.user_attrs.get(ATTR_RUN, ""))
+            for key, value in best.params.items():
+                self.client.set_tag(self.parent_id, f"best_{key}", str(value))
+            self.client.log_metric(self.parent_id, f"best_{SCORE}", float(best.value or math.nan))
+        self.client.set_tag(self.parent_id, TAG_PHASE, PHASE)
+        return summary

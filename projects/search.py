@@ -1,0 +1,74 @@
+"""`search` entry point: budget-aware search on Optuna (successive halving at FLOPs rungs).
+
+Start it on as many machines as you like with the same `--study` and `--storage` (and tracking
+store): they share one study and one budget (docs/team.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+
+import click
+import mlflow
+
+from lvtrack.options import check_train_values, run_options, search_options
+from lvtrack.presets import get_preset
+from lvtrack.runs import parent_run
+from lvtrack.search import Search, default_storage, open_study, search_settings
+from lvtrack.tracking import setup_tracking
+
+
+@click.command()
+@run_options
+@search_options
+@click.option("--study", default="", help="Optuna study name (default: per experiment and preset).")
+@click.option("--storage", default="", help="Optuna RDB storage URL (default: beside tracking).")
+@click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
+@click.option(
+    "--heartbeat", default=30, show_default=True, type=click.IntRange(min=1),
+    help="Seconds between heartbeats; a dead worker's trial is retried after three missed.",
+)  # fmt: skip
+def main(
+    preset: str, base_model: str, data_file: str, seed: int, eval_series: int, space: str,
+    sampler: str, trials: int, rungs: int, eta: int, share: float, decay_fraction: float,
+    study: str, storage: str, budget: float, heartbeat: int,
+) -> None:  # fmt: skip
+    """Search lr, rank and context (the preset's space by default) with successive halving at
+    FLOPs rungs; every trial is a child run of the search's parent run, charged to the ledger."""
+    check_train_values(budget=budget, eval_series=eval_series)
+    p, settings = search_settings(
+        get_preset(preset, budget=budget, eval_series=eval_series), space, trials, share,
+        rungs=rungs, eta=eta, decay_fraction=decay_fraction, sampler=sampler, seed=seed,
+        heartbeat_s=heartbeat,
+    )  # fmt: skip
+    exp_id = setup_tracking()
+    settings = replace(
+        settings,
+        study=study or f"lv-{exp_id}-{p.name}-{sampler}",
+        storage=storage or default_storage(mlflow.get_tracking_uri()),
+    )
+    opened = open_study(settings, p)  # refuses a storage that does not answer, another space
+    worker = Search(settings, p, data_file, base_model, exp_id)
+    resolved = {
+        **{k: v for k, v in asdict(settings).items() if k != "space"},
+        "space": settings.space.fingerprint(),
+        "preset": p.name,
+        "rung_flops": worker.r0,
+    }
+    with parent_run("search", "search", resolved, p.name) as run:
+        mlflow.set_tags({"optuna.study": settings.study, "lv.search_worker": "true"})
+        parent = worker.attach(opened, run.info.run_id)
+        click.echo(
+            f"search: study {settings.study} in {settings.storage}; parent run {parent}; "
+            f"rungs of {worker.r0:.3e} x {eta}^k training FLOPs",
+            err=True,
+        )
+        worker.run(opened)
+        summary = worker.log_study(opened)
+        mlflow.log_dict(summary, "search.json")
+    click.echo(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
