@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import mlflow
 import pytest
@@ -29,3 +30,11 @@ def using_store(mp: pytest.MonkeyPatch, uri: str) -> Iterator[str]:
         while mlflow.active_run():
             mlflow.end_run()
         mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # back to the default
+
+
+@dataclass(frozen=True)
+class Store:
+    """A tracking store several processes of a test share: its kind and URI."""
+
+    kind: str
+    uri: str

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+import lvdata
 from lvmodel.base import load_base
 from lvmodel.tiny import ensure_tiny_base, random_tiny
 
@@ -40,3 +42,12 @@ def tiny_base(tiny_base_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenize
 @pytest.fixture(name="random_tiny")
 def random_tiny_fixture() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return random_tiny(seed=0)
+
+
+@pytest.fixture(scope="module")
+def toy_data() -> tuple[np.ndarray, np.ndarray, lvdata.LLMTimeCodec]:
+    """(train, val, codec): 10 + 2 generated 30-step series and the codec of the 10, for training
+    tests on the toy model (`tests/lvmodel/_toy.py`)."""
+    traj = lvdata.simulate(n_systems=12, n_steps=30, seed=1)
+    codec = lvdata.LLMTimeCodec.fit(traj.values[:10])
+    return traj.values[:10], traj.values[10:], codec

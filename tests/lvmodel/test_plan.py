@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from lvflops import ModelShape, eval_flops, generate_flops, train_step_flops
+from lvflops import eval_flops, generate_flops, train_step_flops
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import RunPlan, forecast_bound, plan_run
 from lvmodel.train import TrainConfig
+from tests.lvmodel._toy import TOY_SHAPE
 
-SHAPE = ModelShape(
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    vocab_size=128,
-    tie_word_embeddings=True,
-)
+SHAPE = TOY_SHAPE
 LORA = LoraSettings(rank=2, lm_head_bias=True)
 KW = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
 

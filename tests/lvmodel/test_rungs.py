@@ -5,53 +5,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import lvdata
-from lvflops import ModelShape, eval_flops, train_step_flops
-from lvmodel.lora import LoraSettings, apply_lora, trainable_state
+from lvflops import eval_flops, train_step_flops
+from lvmodel.lora import LoraSettings, trainable_state
 from lvmodel.plan import forecast_bound
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from lvmodel.train import TrainConfig, fit
+from tests.lvmodel._toy import TOY_SHAPE, toy_model
 
 LORA = LoraSettings(rank=2)
-SHAPE = ModelShape(
-    hidden_size=32,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    intermediate_size=64,
-    vocab_size=128,
-    tie_word_embeddings=True,
-)
+SHAPE = TOY_SHAPE
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        tie_word_embeddings=True,
-    )
-    return apply_lora(Qwen2ForCausalLM(cfg), LORA)
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, lvdata.LLMTimeCodec]:
-    # 30-step series of 10 tokens a step: every 64-token window is full, so every step's FLOPs
-    # are those of a full batch (the hand count below relies on it).
-    traj = lvdata.simulate(n_systems=12, n_steps=30, seed=1)
-    codec = lvdata.LLMTimeCodec.fit(traj.values[:10])
-    return traj.values[:10], traj.values[10:], codec
+    return toy_model(LORA)
 
 
 CONFIG = TrainConfig(
@@ -74,8 +44,8 @@ def test_decay_steps_are_a_share_of_the_stable_phase():
     assert decay_steps_for(2, 0.2) == 1  # at least one
 
 
-def test_rungs_continue_the_stable_phase_and_score_decayed_branches(data, tmp_path):
-    train, val, codec = data
+def test_rungs_continue_the_stable_phase_and_score_decayed_branches(toy_data, tmp_path):
+    train, val, codec = toy_data
     tok = build_tiny_tokenizer()
     model = _model()
     shapes: list[tuple[int, int]] = []  # (batch, length) of every training forward
@@ -155,8 +125,8 @@ def _loaded(checkpoint: str) -> torch.nn.Module:
     return model
 
 
-def test_a_rung_must_grow_the_stable_phase(data, tmp_path):
-    train, val, codec = data
+def test_a_rung_must_grow_the_stable_phase(toy_data, tmp_path):
+    train, val, codec = toy_data
     rungs = WsdRungs(_model(), build_tiny_tokenizer(), codec, train, val, CONFIG, LORA, tmp_path)
     with pytest.raises(ValueError, match="more than 2 stable steps"):
         rungs.rung(2)  # not past the warmup

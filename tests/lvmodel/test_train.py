@@ -5,38 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-import lvdata
 from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
-from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.lora import LoraSettings
 from lvmodel.plan import plan_run
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from lvmodel.train import TrainConfig, fit, make_scheduler
+from tests.lvmodel._toy import toy_model
 
 LORA = LoraSettings(rank=2, lm_head_bias=True)
 
 
 def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        tie_word_embeddings=True,
-    )
-    return apply_lora(Qwen2ForCausalLM(cfg), LORA)
-
-
-@pytest.fixture(scope="module")
-def data() -> tuple[np.ndarray, np.ndarray, lvdata.LLMTimeCodec]:
-    traj = lvdata.simulate(n_systems=12, n_steps=30, seed=1)
-    codec = lvdata.LLMTimeCodec.fit(traj.values[:10])
-    return traj.values[:10], traj.values[10:], codec
+    return toy_model(LORA)
 
 
 def _config(**kw) -> TrainConfig:
@@ -53,8 +35,8 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def test_fit_lowers_loss_and_meters_flops(data):
-    train, val, codec = data
+def test_fit_lowers_loss_and_meters_flops(toy_data):
+    train, val, codec = toy_data
     model = _model()
     ran: list[tuple[bool, tuple[int, int]]] = []  # (training?, input shape) of every forward
 
@@ -99,8 +81,8 @@ def test_fit_lowers_loss_and_meters_flops(data):
     assert seen[-1][1]["flops_cumulative"] == result.total_flops
 
 
-def test_flops_cap_stops_before_crossing(data):
-    train, val, codec = data
+def test_flops_cap_stops_before_crossing(toy_data):
+    train, val, codec = toy_data
     model = _model()
     shape = ModelShape.from_hf_config(model.get_base_model().config.to_dict())
     step = train_step_flops(shape, 64, 2, lora_rank=2, lm_head_bias=True).total
@@ -146,8 +128,8 @@ class _Killed(Exception):
     pass
 
 
-def test_resume_reproduces_uninterrupted_run(data, tmp_path):
-    train, val, codec = data
+def test_resume_reproduces_uninterrupted_run(toy_data, tmp_path):
+    train, val, codec = toy_data
     cfg = _config(steps=8, checkpoint_every=2, eval_every=4)
     tok = build_tiny_tokenizer()
     full = fit(_model(), tok, codec, train, val, cfg, LORA, progress=False)
@@ -190,8 +172,8 @@ def test_resume_reproduces_uninterrupted_run(data, tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-000008"
 
 
-def test_forecast_metric_is_reported_and_charged(data):
-    train, val, codec = data
+def test_forecast_metric_is_reported_and_charged(toy_data):
+    train, val, codec = toy_data
     cfg = _config(
         steps=4,
         eval_every=0,

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.serving import free_port, stop, wait_until_up
+from tests.stores import Store
 
 APT_TIMEOUT_S = 600
 SERVER_START_TIMEOUT_S = 180
@@ -198,3 +199,11 @@ def mlflow_server(
         yield TrackingServer(url=url, backend_uri=postgres.uri, artifacts=artifacts, log=log)
     finally:
         stop(proc, timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """One tracking store shared by every process of a test: a SQLite file or a REST server."""
+    if request.param == "postgres":
+        return Store("postgres", request.getfixturevalue("mlflow_server").url)
+    return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -32,7 +32,7 @@ from lvtrack.ledger import (
     read_ledger,
 )
 from projects import train as train_entry
-from tests.stores import using_store
+from tests.stores import Store, using_store
 
 REPO = Path(__file__).resolve().parents[2]
 N_PROCS = 8
@@ -41,20 +41,6 @@ STEPS = 2
 RACE_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Store:
-    kind: str
-    uri: str
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """One tracking store shared by every process of a test: a SQLite file or a REST server."""
-    if request.param == "postgres":
-        return Store("postgres", request.getfixturevalue("mlflow_server").url)
-    return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 @pytest.fixture(scope="module")

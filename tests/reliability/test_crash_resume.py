@@ -11,7 +11,6 @@ chosen step has been logged, so that the kill lands at a known place.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from lvtrack import experiment, runs
 from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from projects import budget as budget_entry
 from projects import train as train_entry
+from tests.reliability._scripts import RUN_ID, STALLED_TRAIN
 from tests.stores import using_store
 
 pytestmark = pytest.mark.slow  # a few training processes, about a minute in all
@@ -39,22 +39,6 @@ pytestmark = pytest.mark.slow  # a few training processes, about a minute in all
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 8, 3  # checkpoints at steps 3 and 6 (and the end)
 EXPERIMENT = "lv-forecast"
-RUN_ID = re.compile(r"training run ([0-9a-f]{32})")
-
-# `python -m projects.train ARGS`, stalled (sleeping) once step STALL's metrics are logged.
-STALLED_TRAIN = """
-import sys, time
-import lvtrack.runs as runs
-stall = int(sys.argv.pop(1))
-log = runs.FlopsMeter.log
-def stalling(self, counted, step, metrics=None):
-    log(self, counted, step, metrics)
-    if step == stall and metrics and "train_loss" in metrics:
-        time.sleep(600)  # killed here by the test
-runs.FlopsMeter.log = stalling
-from projects.train import main
-main(prog_name="projects.train")
-"""
 
 
 @pytest.fixture(scope="module")

@@ -38,26 +38,13 @@ from lvtrack.ledger import (
     fenced,
     read_ledger,
 )
+from tests.stores import Store
 
 REPO = Path(__file__).resolve().parents[2]
 STALE_S = 2.0  # the workers' STALE_LOCK_S
 PLANNED, BUDGET = 1000, 2500  # room for exactly two reservations
 PLAIN = 3  # workers besides the slow one
 WAIT_S = 300  # generous: a worker that needs this long is broken, not slow
-
-
-@dataclass(frozen=True)
-class Store:
-    kind: str
-    uri: str
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """One tracking store shared by every process of a test: a SQLite file or a REST server."""
-    if request.param == "postgres":
-        return Store("postgres", request.getfixturevalue("mlflow_server").url)
-    return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 WORKER = r"""

@@ -11,7 +11,6 @@ both saw the same dead run, and only the claim taken under the budget lock can t
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -23,29 +22,13 @@ from mlflow.tracking import MlflowClient
 
 from lvtrack.ledger import TAG_PLANNED, read_ledger
 from lvtrack.resume import TAG_CLAIM
+from tests.reliability._scripts import RUN_ID, STALLED_TRAIN
 
 pytestmark = pytest.mark.slow  # three training processes
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY, STALL = 8, 3, 5
 WAIT_S = 600
-RUN_ID = re.compile(r"training run ([0-9a-f]{32})")
-
-# `python -m projects.train ARGS`, stalled (sleeping) once step STALL's metrics are logged.
-STALLED_TRAIN = """
-import sys, time
-import lvtrack.runs as runs
-stall = int(sys.argv.pop(1))
-log = runs.FlopsMeter.log
-def stalling(self, counted, step, metrics=None):
-    log(self, counted, step, metrics)
-    if step == stall and metrics and "train_loss" in metrics:
-        time.sleep(600)  # killed here by the test
-runs.FlopsMeter.log = stalling
-from projects.train import main
-main(prog_name="projects.train")
-"""
-
 # `python -m projects.train ARGS` that, having found the run to resume, waits until `ready`
 # processes have (a barrier in files).
 BARRIER_RESUME = """
