@@ -37,10 +37,11 @@ from lvtrack.tracking import setup_tracking
 @eval_series_option
 @click.option(
     "--method",
-    default="grid",
+    default="search",
     show_default=True,
     type=click.Choice(sorted(STEPS)),
-    help="How settings are chosen: the coursework's grid (sweep, context) or the search.",
+    help="How settings are chosen: the budget-aware search, or the coursework's grid (sweep, "
+    "then context); docs/search.md compares them.",
 )
 def main(
     preset: str,

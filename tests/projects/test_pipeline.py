@@ -55,6 +55,8 @@ def test_pipeline_runs_every_step_and_reuses_finished_ones(
         "ranks=2,4",
         "-P",
         "eval_series=3",
+        "-P",
+        "method=grid",  # the coursework's; the search pipeline: below
     ]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -94,3 +96,34 @@ def test_pipeline_runs_every_step_and_reuses_finished_ones(
     assert (second.stdout + second.stderr).count("already finished") == 7
     again = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len([r for r in again if "lv.flops_planned" in r.data.tags]) == len(budgeted)
+
+
+def test_the_search_pipeline_runs_search_in_place_of_sweep_and_context(tracking_uri, monkeypatch):
+    """`--method search` (the default): each step an MLflow project run, in this order, with
+    the cuts it takes (the steps are faked: the search itself is tested in test_search_entry)."""
+    from click.testing import CliRunner
+
+    from projects import pipeline
+
+    ran: list[tuple[str, dict[str, str]]] = []
+
+    class Submitted:
+        def __init__(self, entry_point: str) -> None:
+            self.run_id = f"run-{entry_point}"
+
+    def fake_run(uri, entry_point, parameters, **kw):
+        ran.append((entry_point, parameters))
+        return Submitted(entry_point)
+
+    monkeypatch.setattr(mlflow.projects, "run", fake_run)
+    result = CliRunner().invoke(pipeline.main, ["--preset", "micro", "--eval-series", "3"])
+    assert result.exit_code == 0, result.output
+    assert [e for e, _ in ran] == [
+        "data", "reference", "baseline", "initial", "search", "final", "promote", "budget",
+    ]  # fmt: skip
+    params = dict(ran)
+    assert params["search"] == {
+        "data_file": "data/lotka_volterra_data.h5",
+        "preset": "micro",
+        "eval_series": "3",
+    }

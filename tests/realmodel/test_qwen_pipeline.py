@@ -28,7 +28,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 GGUF = os.environ.get("LV_QWEN_GGUF", "")
 # One lr x one rank, two optimizer steps per training run, four series per evaluation.
-DEFAULT_CUTS = "steps=2 lrs=0.0001 ranks=4 eval_series=4"
+DEFAULT_CUTS = "steps=2 lrs=0.0001 ranks=4 eval_series=4 method=grid"  # the grid: cut by lrs/ranks
 PHASES = ("data", "reference", "baseline", "initial", "sweep", "context", "final", "promote")
 
 pytestmark = [
