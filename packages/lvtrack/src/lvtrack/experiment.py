@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
+from lvflops import ModelShape
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import Evaluation, evaluate_llm
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
@@ -199,7 +200,12 @@ def train_run(
 
 
 def steps_from_budget(
-    req: TrainRequest, shape: Any, decimals: int, n_val: int, n_test: int, experiment_id: str
+    req: TrainRequest,
+    shape: ModelShape,
+    decimals: int,
+    n_val: int,
+    n_test: int,
+    experiment_id: str,
 ) -> TrainRequest:
     """`req` with the most steps whose plan fits what the experiment's ledger has left.
 

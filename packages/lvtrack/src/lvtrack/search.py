@@ -57,7 +57,7 @@ from lvtrack.plots import plot_rungs, plot_search_history
 from lvtrack.presets import Preset
 from lvtrack.request import TrainRequest
 from lvtrack.resume import ReleaseError, checkpoint_root, release_dead_run
-from lvtrack.runs import budgeted_run
+from lvtrack.runs import FlopsMeter, budgeted_run
 from lvtrack.search_space import SearchSpace, SearchSpaceError, parse_space
 from lvtrack.selection import SELECTION_METRIC
 
@@ -463,7 +463,7 @@ class Search:
         config: TrainConfig,
         lora: LoraSettings,
         steps: list[int],
-        meter: Any,
+        meter: FlopsMeter,
         run_id: str,
         planned: int,
     ) -> tuple[str, float]:
@@ -527,14 +527,13 @@ class Search:
     def _close_failed_original(self, trial: optuna.Trial) -> None:
         """A retried trial (its worker died): close the dead trial's run FAILED with what it
         logged, so that its FLOPs count once and its reservation is given back."""
-        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        trials = {t.number: t for t in trial.study.get_trials(deepcopy=False)}  # one read
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            failed = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+            failed = RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[trial.number])
         if failed is None:
             return
-        found = [t for t in trial.study.get_trials(deepcopy=False) if t.number == failed]
-        original = found[0] if found else None
+        original = trials.get(failed)
         run_id = original.user_attrs.get(ATTR_RUN) if original else None
         if not run_id:
             return

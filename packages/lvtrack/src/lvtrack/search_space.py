@@ -92,9 +92,10 @@ class SearchSpace:
     def grid(self, lrs: tuple[float, ...]) -> dict[str, list[Any]]:
         """The grid over `lrs` (inside the lr range) and every choice: for Optuna's GridSampler."""
         out: dict[str, list[Any]] = {}
-        if "lr" in self.distributions():
+        dists = self.distributions()
+        if "lr" in dists:
             out["lr"] = list(lrs)
-        for name, dist in self.distributions().items():
+        for name, dist in dists.items():
             if isinstance(dist, CategoricalDistribution):
                 out[name] = list(dist.choices)
         return out
