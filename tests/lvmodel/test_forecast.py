@@ -135,6 +135,37 @@ def test_sampling_is_seeded_and_takes_the_median(model, tokenizer, codec, histor
     assert a.prompt_tokens == 5 * forecast(model, tokenizer, codec, histories, 1).prompt_tokens
 
 
+def test_sampled_quantiles_top_p_and_flops(model, tokenizer, codec, histories) -> None:
+    kw: dict[str, Any] = {"num_samples": 4, "batch_size": len(histories), "seed": 3}
+    f = forecast(model, tokenizer, codec, histories, 2, **kw)
+    q = f.quantiles((0.1, 0.5, 0.9))
+    assert q.shape == (len(histories), 2, 2, 3)
+    # The quantiles are those of the generated numbers themselves (alpha 1: text = value).
+    for j, texts in enumerate(f.texts):
+        values = np.array(
+            [[[float(v) for v in step.split(",")] for step in t.split(";")[:2]] for t in texts]
+        )
+        np.testing.assert_allclose(
+            q[j], np.moveaxis(np.quantile(values, [0.1, 0.5, 0.9], 0), 0, -1)
+        )
+    np.testing.assert_array_equal(q[..., 1], f.values)  # the median is the point forecast
+    # Every sample's generation is charged: rows = series x samples, to the longest row.
+    shape = ModelShape.from_hf_config(model.config.to_dict())
+    prompt_len = max(_n_tokens(tokenizer, codec.encode_prompt(h)) for h in histories)
+    new_tokens = max(_n_tokens(tokenizer, t) for texts in f.texts for t in texts)
+    slots = prompt_len + 2 * 12 - 1
+    assert f.flops == _by_hand(shape, prompt_len, new_tokens, 4 * len(histories), slots)
+    # A vanishing top-p keeps only the most likely allowed token: every sample is greedy.
+    greedy = forecast(model, tokenizer, codec, histories, 2)
+    narrow = forecast(model, tokenizer, codec, histories, 2, top_p=1e-9, **kw)
+    for texts, (one,) in zip(narrow.texts, greedy.texts, strict=True):
+        assert texts == [one] * 4
+    with pytest.raises(ValueError, match="quantiles need a sampled forecast"):
+        greedy.quantiles()
+    with pytest.raises(ValueError, match="top_p"):
+        forecast(model, tokenizer, codec, histories, 2, num_samples=2, top_p=0.0)
+
+
 def _by_hand(shape, prompt_len: int, new_tokens: int, rows: int, slots: int, **lora) -> int:
     """Generation on the CPU path, assembled pass by pass: the prefill over the padded prompt
     and one 1-token step per generated token but the last, every pass attending over all `slots`

@@ -50,6 +50,10 @@ _API = {
     "protocol_split": "lvmodel.metrics",
     "last_values": "lvmodel.metrics",
     "baseline_forecasts": "lvmodel.metrics",
+    # probabilistic scores
+    "QUANTILES": "lvmodel.probabilistic",
+    "crps": "lvmodel.probabilistic",
+    "interval_coverage": "lvmodel.probabilistic",
     # reference forecasters (their scoring helper stays `lvmodel.reference.evaluate`: a top-level
     # `evaluate` would be replaced by the submodule `lvmodel.evaluate` once that is imported)
     "REFERENCE_FORECASTERS": "lvmodel.reference",
@@ -65,6 +69,7 @@ _API = {
 
 __all__ = [
     "DEFAULT_BASE",
+    "QUANTILES",
     "REFERENCE_FORECASTERS",
     "BaseModelError",
     "Evaluation",
@@ -77,11 +82,13 @@ __all__ = [
     "apply_lora",
     "base_shape",
     "baseline_forecasts",
+    "crps",
     "evaluate_llm",
     "fit",
     "forecast",
     "forecast_bound",
     "forecast_metrics",
+    "interval_coverage",
     "last_values",
     "load_adapter",
     "load_base",
@@ -107,6 +114,7 @@ if TYPE_CHECKING:
         score,
     )
     from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, model_shape, plan_run
+    from lvmodel.probabilistic import QUANTILES, crps, interval_coverage
     from lvmodel.reference import REFERENCE_FORECASTERS, make_reference, select_on_validation
     from lvmodel.train import FitResult, TrainConfig, fit
 

@@ -15,12 +15,18 @@ import numpy as np
 import lvdata
 from lvmodel.forecast import Forecast, forecast
 from lvmodel.lora import LoraSettings
-from lvmodel.metrics import protocol_split, score
+from lvmodel.metrics import last_values, protocol_split, score
+from lvmodel.probabilistic import QUANTILES
 
 
 @dataclass
 class Evaluation:
-    """Scores of one forecaster on one set of series."""
+    """Scores of one forecaster on one set of series.
+
+    `samples` (B, S, H, n_vars) and `quantiles` (B, H, n_vars, len(QUANTILES)) are set for a
+    sampled forecast (`num_samples > 1`; invalid samples filled by persistence in the
+    quantiles); `predictions` is then the samples' median.
+    """
 
     metrics: dict[str, float]
     histories: np.ndarray
@@ -28,6 +34,8 @@ class Evaluation:
     predictions: np.ndarray
     flops: int = 0
     result: Forecast | None = None
+    samples: np.ndarray | None = None
+    quantiles: np.ndarray | None = None
 
 
 def evaluate_llm(
@@ -42,9 +50,15 @@ def evaluate_llm(
     batch_size: int = 16,
     num_samples: int = 1,
     progress: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> Evaluation:
-    """Forecast every series with the LLM and score it (FLOPs from the KV-cache count; the most
-    it can spend is :func:`lvmodel.plan.forecast_bound`)."""
+    """Forecast every series with the LLM and score it (FLOPs from the KV-cache count, every
+    sample's generation included; the most it can spend is :func:`lvmodel.plan.forecast_bound`).
+
+    `num_samples > 1` samples at `temperature`/`top_p`: the point forecast is the median, and the
+    metrics add CRPS and the 80% interval's coverage (:mod:`lvmodel.probabilistic`)."""
     histories, truth = protocol_split(series, history_steps, horizon)
     result = forecast(
         model,
@@ -54,15 +68,21 @@ def evaluate_llm(
         horizon,
         context_length=context_length,
         num_samples=num_samples,
+        temperature=temperature,
+        top_p=top_p,
         batch_size=batch_size,
+        seed=seed,
         lora=lora,
         progress=progress,
     )
+    sampled = result.samples is not None
     return Evaluation(
-        metrics=score(result.values, histories, truth),
+        metrics=score(result.values, histories, truth, result.samples),
         histories=histories,
         truth=truth,
         predictions=result.values,
         flops=result.flops,
         result=result,
+        samples=result.samples,
+        quantiles=result.quantiles(QUANTILES, last_values(histories)) if sampled else None,
     )

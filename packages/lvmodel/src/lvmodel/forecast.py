@@ -58,6 +58,7 @@ from lvmodel.grammar import (
 )
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import lora_flops_kwargs, model_shape
+from lvmodel.probabilistic import QUANTILES, filled_samples, sample_quantiles
 
 __all__ = [
     "Forecast",
@@ -98,6 +99,19 @@ class Forecast:
     history_steps: list[int] = field(default_factory=list)
     samples: np.ndarray | None = None
     seconds: float = 0.0
+
+    def quantiles(self, levels: Sequence[float] = QUANTILES, fallback: Any = None) -> np.ndarray:
+        """(B, horizon, n_vars, len(levels)) quantiles over the samples (NaN where every sample
+        of a value was invalid); invalid samples are replaced by ``fallback`` (B, n_vars) first
+        when it is given (see :mod:`lvmodel.probabilistic`).
+
+        Raises:
+            ValueError: for a greedy forecast (``num_samples == 1``: there is nothing to take
+                quantiles of).
+        """
+        if self.samples is None:
+            raise ValueError("quantiles need a sampled forecast: call forecast(num_samples > 1)")
+        return sample_quantiles(filled_samples(self.samples, fallback), levels)
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
         if dtype is None:
@@ -254,6 +268,7 @@ def forecast(
     temperature: float = 1.0,
     batch_size: int = 16,
     seed: int = 0,
+    top_p: float = 1.0,
     lora: LoraSettings | None = None,
     progress: bool = False,
     max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
@@ -270,8 +285,10 @@ def forecast(
         context_length: prompt token limit (the trailing separator included); histories are cut
             to the most recent whole steps that fit. None: no cut.
         num_samples: 1 = greedy; more = sampling at ``temperature`` with that many sequences per
-            series; the forecast is the per-value median over samples ignoring invalid ones.
-        temperature: sampling temperature (used only when ``num_samples > 1``).
+            series; the forecast is the per-value median over samples ignoring invalid ones,
+            and :meth:`Forecast.quantiles` gives intervals.
+        temperature: sampling temperature (used only when ``num_samples > 1``); applied after
+            the grammar's mask, so only well-formed tokens are ever drawn.
         batch_size: series per ``generate`` call (rows = ``batch_size * num_samples``); series
             are batched in order of prompt length, so that a batch carries little padding.
         seed: sampling seed; batch ``i`` runs under ``torch.manual_seed(seed + i)`` in a forked
@@ -279,6 +296,8 @@ def forecast(
         lora: the LoRA wrap (and LM-head bias) the FLOPs count should include. The model is not
             inspected: pass the settings of a PeftModel (a warning is given when a PeftModel is
             forecast with ``lora=None``).
+        top_p: nucleus sampling: draw from the smallest set of (grammar-allowed) tokens whose
+            probability reaches ``top_p`` (1.0: the whole distribution; sampling only).
         progress: show a tqdm bar over batches.
         max_int_digits: integer digits a generated number may have (grammar).
 
@@ -289,9 +308,13 @@ def forecast(
     """
     if horizon < 1 or num_samples < 1 or batch_size < 1:
         raise ValueError(f"need horizon, num_samples, batch_size >= 1: {horizon}, {num_samples}")
+    if num_samples > 1 and not (temperature > 0 and 0 < top_p <= 1):
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     start = time.perf_counter()
     prompts, kept = build_prompts(histories, codec, tokenizer, context_length)
-    gen = _Generator(model, tokenizer, codec, horizon, num_samples, temperature, max_int_digits)
+    gen = _Generator(
+        model, tokenizer, codec, horizon, num_samples, (temperature, top_p), max_int_digits
+    )
     tally = _Tally(len(prompts), num_samples, horizon, gen.n_vars)
     fkw = _flops_kwargs(model, lora)
     # Batches of similar prompt lengths waste less compute on padding (kept order: stable sort).
@@ -334,7 +357,7 @@ class _Generator:
         codec: LLMTimeCodec,
         horizon: int,
         num_samples: int,
-        temperature: float,
+        sampling: tuple[float, float],
         max_int_digits: int,
     ) -> None:
         self.model, self.horizon = model, horizon
@@ -346,9 +369,8 @@ class _Generator:
         self.cache_kind = generation_cache(self.device)
         self.shape = model_shape(model)
         self.max_new = max_new_tokens_for(horizon, codec.decimals, max_int_digits, self.n_vars)
-        sampling = num_samples > 1
         self.kwargs: dict[str, Any] = {
-            "do_sample": sampling,
+            "do_sample": num_samples > 1,
             "max_new_tokens": self.max_new,
             "num_return_sequences": num_samples,
             "pad_token_id": self.pad_id,
@@ -356,8 +378,9 @@ class _Generator:
             "repetition_penalty": 1.0,
             "num_beams": 1,
         }
-        if sampling:
-            self.kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+        if num_samples > 1:  # transformers applies these after the grammar's logits processor
+            temperature, top_p = sampling
+            self.kwargs.update(temperature=temperature, top_k=0, top_p=top_p)
 
     def generate(
         self, ids: torch.Tensor, mask: torch.Tensor, seed: int

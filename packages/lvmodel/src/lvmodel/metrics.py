@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from lvmodel.probabilistic import probabilistic_metrics
+
 __all__ = [
     "VAR_NAMES",
     "baseline_forecasts",
@@ -128,6 +130,17 @@ def protocol_split(series: np.ndarray, history_steps: int, horizon: int) -> tupl
     return series[:, :history_steps], series[:, history_steps : history_steps + horizon]
 
 
-def score(predictions: np.ndarray, histories: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """`forecast_metrics` of the protocol: invalid values penalised by persistence in `*_filled`."""
-    return forecast_metrics(predictions, truth, fallback=last_values(histories))
+def score(
+    predictions: np.ndarray,
+    histories: np.ndarray,
+    truth: np.ndarray,
+    samples: np.ndarray | None = None,
+) -> dict[str, float]:
+    """`forecast_metrics` of the protocol: invalid values penalised by persistence in `*_filled`;
+    with `samples` (B, S, H, n_vars) of a sampled forecast, also its CRPS and 80% coverage
+    (:func:`lvmodel.probabilistic.probabilistic_metrics`, invalid samples filled the same way)."""
+    fallback = last_values(histories)
+    out = forecast_metrics(predictions, truth, fallback=fallback)
+    if samples is not None:
+        out.update(probabilistic_metrics(samples, truth, fallback))
+    return out

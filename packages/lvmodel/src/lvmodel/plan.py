@@ -122,9 +122,10 @@ def plan_run(
     decimals: int,
     final_series: Mapping[str, int],
     horizon: int,
+    final_samples: int = 1,
 ) -> RunPlan:
     """The plan of one training run: `fit` with `config`, then a forecast of `final_series[split]`
-    series of each split at the run's context length.
+    series of each split at the run's context length (`final_samples` samples per series).
 
     Training steps at full windows (`batch_size * grad_accum` x `context_length`); the validation
     loss over `eval_windows` full windows at each due step and at the end (once when the end is
@@ -146,7 +147,7 @@ def plan_run(
             shape, config.forecast_series, ctx, config.forecast_horizon, decimals, lora
         )
     final = {
-        split: forecast_bound(shape, n, ctx, horizon, decimals, lora)
+        split: forecast_bound(shape, n, ctx, horizon, decimals, lora, num_samples=final_samples)
         for split, n in final_series.items()
     }
     return RunPlan(train=train, val_loss=val_loss, val_forecast=val_forecast, final_eval=final)
