@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -88,6 +89,19 @@ def bench(session: nox.Session) -> None:
     """Print forecasting and training throughput figures (not part of CI). Args go to the script."""
     _install_project(session)
     session.run("python", "benchmarks/bench.py", *session.posargs, env={**ENV, **os.environ})
+
+
+@nox.session(python=PYTHON)
+def ui(session: nox.Session) -> None:
+    """Screenshots of `mlflow ui` on fresh `micro` stores (the README's main job; the pipeline),
+    every page checked for content: the landing page, the run list, the final run's metrics, the
+    report (`benchmarks/ui_screenshots.py`; opt-in, never in CI; needs Debian's `chromium`). Args
+    go to the script: `-- OUT_DIR` (default /tmp/lv-ui-screenshots), `--work DIR` (keep and reuse
+    the stores), `--only landing|pipeline`."""
+    if shutil.which("chromium") is None:
+        session.error("`chromium` not found: apt-get update && apt-get install -y chromium")
+    _install_project(session)
+    session.run("python", "benchmarks/ui_screenshots.py", *session.posargs, env=ENV)
 
 
 @nox.session(python=PYTHON, name="gpu-check")

@@ -11,6 +11,7 @@ import mlflow
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import evaluate_llm
 from lvtrack.datafile import prepare_data
+from lvtrack.describe import describe_run, parent_description, run_description
 from lvtrack.experiment import log_common, log_evaluation
 from lvtrack.options import (
     base_option,
@@ -91,9 +92,13 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
                 )
                 final = log_evaluation(ev, "val", p.horizon, prep.traj.time)
                 meter.log(ev.flops, 0)
-                mlflow.log_metric("budget_share", ev.flops / p.budget)
+                final["budget_share"] = ev.flops / p.budget
+                mlflow.log_metric("budget_share", final["budget_share"])
+                describe_run(run_description("baseline", params, final, state="zero-shot"))
             scores[ctx] = final.get(SELECTION_METRIC, float("nan"))
         mlflow.log_metrics({f"{SELECTION_METRIC}_ctx{c}": v for c, v in scores.items()})
+        children = [({"context_length": c}, v) for c, v in scores.items()]
+        describe_run(parent_description("baseline", len(scores), "contexts", children))
     click.echo(json.dumps(scores))
 
 

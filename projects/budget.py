@@ -7,6 +7,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from lvtrack.budget_table import budget_table
+from lvtrack.describe import budget_description, describe_run
 from lvtrack.options import preset_option
 from lvtrack.presets import get_preset
 from lvtrack.resume import ReleaseError, release_dead_run
@@ -47,6 +48,9 @@ def main(preset: str, budget: float, release: str, force: bool) -> None:
         mlflow.set_tags({"phase": "report", "mlflow.runName": "budget", "preset": p.name})
         mlflow.log_param("budget_flops", p.budget)
         mlflow.log_metrics(metrics)
+        describe_run(
+            budget_description(metrics["flops_spent"], p.budget, metrics["flops_remaining"])
+        )
         mlflow.log_text(table + "\n", "budget.md")
     click.echo(table)
 

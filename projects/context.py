@@ -7,6 +7,7 @@ import json
 import click
 import mlflow
 
+from lvtrack.describe import describe_run, parent_description
 from lvtrack.experiment import train_run
 from lvtrack.options import check_train_values, parse_list, run_options, steps_option
 from lvtrack.presets import get_preset
@@ -66,6 +67,9 @@ def main(
         best_ctx = min(scores, key=lambda c: scores[c])
         mlflow.log_param("best_context_length", best_ctx)
         mlflow.log_metric(f"best_{SELECTION_METRIC}", scores[best_ctx])
+        children = [({"context_length": c}, v) for c, v in scores.items()]
+        fixed = {"lr": lr, "rank": rank}
+        describe_run(parent_description("context", len(scores), "runs", children, fixed=fixed))
     click.echo(json.dumps({"lr": lr, "rank": rank, "best_context_length": best_ctx}))
 
 

@@ -57,6 +57,9 @@ def main(
         data_file=data_file,
         evaluate_test=True,
         register=True,
+        eval_samples=p.eval_samples,
+        temperature=p.temperature,
+        top_p=p.top_p,
         base_model=base_model,
     )
     click.echo(f"final: lr={lr:g} rank={rank} context={ctx} (from {source})", err=True)

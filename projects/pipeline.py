@@ -14,6 +14,7 @@ import click
 import mlflow
 from mlflow.exceptions import ExecutionException
 
+from lvtrack.describe import describe_run, pipeline_description
 from lvtrack.options import (
     base_option,
     check_train_values,
@@ -61,6 +62,7 @@ def main(
     cuts = {k: str(v) for k, v in given.items() if v not in (-1, "")}
     experiment_id = setup_tracking()
     done: dict[str, str] = {}
+    reused: list[str] = []
     with mlflow.start_run(run_name="pipeline"):
         mlflow.set_tags(
             {"phase": "pipeline", "preset": preset, "mlflow.runName": "pipeline", "method": method}
@@ -72,6 +74,7 @@ def main(
                     f"pipeline: {step} already finished in run {previous}; reusing it", err=True
                 )
                 done[step] = previous
+                reused.append(step)
                 continue
             click.echo(f"pipeline: running {step}", err=True)
             try:
@@ -90,6 +93,7 @@ def main(
                     "rerun the pipeline: finished steps are reused."
                 ) from None
             done[step] = submitted.run_id
+        describe_run(pipeline_description(method, list(done), reused))
         mlflow.log_dict(done, "steps.json")
     click.echo(json.dumps(done))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 import mlflow
 
+from lvtrack.describe import describe_run, promote_description
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
 from lvtrack.selection import SELECTION_METRIC
 from lvtrack.tracking import setup_tracking
@@ -65,6 +66,7 @@ def main(name: str, metric: str, alias: str, direction: str, allow_loss: bool) -
             }
         )
         mlflow.log_metric(f"champion_{metric}", value)
+        describe_run(promote_description(mv.version, alias, metric, value, before))
     click.echo(reason)
 
 

@@ -17,6 +17,7 @@ from lvmodel.evaluate import Evaluation
 from lvmodel.metrics import protocol_split, score
 from lvmodel.reference import REFERENCE_FORECASTERS, make_reference
 from lvtrack.datafile import prepare_data
+from lvtrack.describe import describe_run, parent_description, run_description
 from lvtrack.experiment import log_common, log_evaluation
 from lvtrack.ledger import TAG_PHASE
 from lvtrack.options import data_option, preset_option
@@ -69,6 +70,7 @@ def main(preset: str, data_file: str, only: str) -> None:
                     },
                 )
                 model = make_reference(name).fit(prep.series("train"), prep.traj.time)
+                scored: dict[str, float] = {}
                 for split in ("val", "test"):
                     hist, truth = protocol_split(prep.scored(split, p), p.history_steps, p.horizon)
                     pred = model.predict(hist, p.horizon)
@@ -79,8 +81,15 @@ def main(preset: str, data_file: str, only: str) -> None:
                         predictions=pred,
                     )
                     metrics = log_evaluation(ev, split, p.horizon, prep.traj.time)
+                    scored.update(metrics)
                     summary[f"{name}/{split}"] = metrics[f"{split}_mse_h{p.horizon}"]
                 mlflow.log_metric("flops_total", 0.0)
+                describe_run(run_description("reference", {"forecaster": name}, scored))
+        children = [({"forecaster": n}, summary[f"{n}/val"]) for n in names]
+        metric = f"val_mse_h{p.horizon}"
+        describe_run(
+            parent_description("reference", len(names), "forecasters", children, metric=metric)
+        )
     click.echo(json.dumps(summary))
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, replace
 import click
 import mlflow
 
+from lvtrack.describe import describe_run, search_description
 from lvtrack.options import check_train_values, run_options, search_options
 from lvtrack.presets import get_preset
 from lvtrack.runs import parent_run
@@ -66,6 +67,7 @@ def main(
         )
         worker.run(opened)
         summary = worker.log_study(opened)
+        describe_run(search_description(summary, p.budget), parent)
         mlflow.log_dict(summary, "search.json")
     click.echo(json.dumps(summary))
 

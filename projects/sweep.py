@@ -7,6 +7,7 @@ import json
 import click
 import mlflow
 
+from lvtrack.describe import describe_run, parent_description
 from lvtrack.experiment import train_run
 from lvtrack.options import check_train_values, parse_list, run_options, steps_option
 from lvtrack.plots import plot_grid
@@ -65,6 +66,8 @@ def main(
         (best_lr, best_rank), best = min(scores.items(), key=lambda kv: kv[1])
         mlflow.log_params({"best_lr": best_lr, "best_rank": best_rank})
         mlflow.log_metric(f"best_{SELECTION_METRIC}", best)
+        children = [({"lr": lr, "rank": r}, v) for (lr, r), v in scores.items()]
+        describe_run(parent_description("sweep", len(scores), "runs", children))
         mlflow.log_figure(
             plot_grid(scores, grid_lrs, grid_ranks, SELECTION_METRIC), "plots/sweep_grid.png"
         )

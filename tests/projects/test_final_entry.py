@@ -14,18 +14,28 @@ def test_final_registers_and_leaves_a_champion(tracking_uri, micro_args):
     assert "from preset defaults" in result.output  # no sweep or context runs yet
     (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
     assert {"val_mse_filled_h5", "test_mse_h5"} <= set(run.data.metrics)
+    # Scored by sampling (micro: 3 samples): CRPS and coverage beside MSE, per step too, and a
+    # fan chart of each split.
+    for split in ("val", "test"):
+        assert {f"{split}_crps_h5", f"{split}_coverage80_h5", f"{split}_crps_step5"} <= set(
+            run.data.metrics
+        )
+        assert 0.0 <= run.data.metrics[f"{split}_coverage80_h5"] <= 1.0
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/fan_val.png", "plots/fan_test.png"} <= plots
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias("lv-forecaster", "champion")
     assert champion.run_id == run.info.run_id
     assert champion.tags["promotion.champion.metric"] == "val_mse_filled_h5"
 
 
-def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int]:
+def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:
     """micro's final run assembled from lvflops' costs by hand: (one training step, every
     evaluation). Batch 4 x 128 tokens; one validation-loss pass at the end over micro's 64
     windows (eval_every 0); no in-run forecasts (forecast_every -1); the final forecasts of the
-    validation and test series (128-token prompts, at most 60 new tokens, a static cache of
-    187 slots). LoRA rank 2 on q_proj and v_proj with the trainable lm_head bias."""
+    validation and test series, 3 samples each (micro's eval_samples: 3 rows per series;
+    128-token prompts, at most 60 new tokens, a static cache of 187 slots). LoRA rank 2 on
+    q_proj and v_proj with the trainable lm_head bias."""
     from lvflops import eval_flops, generate_flops, train_step_flops
 
     lora = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
@@ -34,10 +44,26 @@ def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int]:
 
     def gen(n: int) -> int:
         return generate_flops(
-            shape, 128, 60, batch=n, kv_cache=True, cache_len=187, logits_len=1, **lora
+            shape, 128, 60, batch=3 * n, kv_cache=True, cache_len=187, logits_len=1, **lora
         ).total
 
-    return step, loss + gen(n_val) + gen(n_test)
+    def report_cell(ctx: int, samples: int = 1, **lora_kw) -> int:  # the test series at ctx
+        return generate_flops(
+            shape,
+            ctx,
+            60,
+            batch=samples * n_test,
+            kv_cache=True,
+            cache_len=ctx + 59,
+            logits_len=1,
+            **lora_kw,
+        ).total
+
+    # What the report will fill (micro's contexts 64 and 128; no initial run to score): the
+    # untrained base at both, greedily, and the final model with 3 samples at the context it is
+    # not scored at (64).
+    report = report_cell(64) + report_cell(128) + report_cell(64, 3, **lora)
+    return step, loss + gen(n_val) + gen(n_test), report
 
 
 def test_final_without_steps_trains_what_the_budget_has_left(
@@ -46,12 +72,13 @@ def test_final_without_steps_trains_what_the_budget_has_left(
     from lvmodel.base import base_shape
     from lvtrack.ledger import TAG_PLANNED
 
-    step, evals = _micro_costs(base_shape(str(random_tiny_dir)), 6, 6)  # 60 series: 48/6/6
-    budget = evals + 9.5 * step  # 9 steps fit, 10 do not
+    step, evals, report = _micro_costs(base_shape(str(random_tiny_dir)), 6, 6)  # 48/6/6 series
+    budget = evals + report + 9.5 * step  # 9 steps fit, 10 do not
     args = [*micro_args, "--steps", "0", "--budget", f"{budget:.6e}"]
     result = CliRunner().invoke(final_entry.main, args)
     assert result.exit_code == 0, result.output
     assert "9 steps, what the" in result.output
+    assert f"{report:.3e} kept for the report's other cells" in result.output
     (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
     assert run.data.params["steps"] == "9"
     assert run.data.metrics["steps_run"] == 9

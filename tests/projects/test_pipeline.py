@@ -70,8 +70,10 @@ def test_pipeline_runs_every_step_and_reuses_finished_ones(
     # The budget table's total is the sum of flops_total over the budgeted runs.
     report = next(r for r in runs if r.info.run_name == "budget")
     budgeted = [r for r in runs if "lv.flops_planned" in r.data.tags]
-    assert len(budgeted) == 2 + 1 + 2 + 2 + 1  # baseline, initial, sweep (1 lr x 2), context, final
-    trained = [r for r in budgeted if r.data.tags["phase"] != "baseline"]
+    # baseline, initial, sweep (1 lr x 2), context, final; the report's test cells: the base and
+    # the initial run at both contexts, the final run at the context it did not train at
+    assert len(budgeted) == 2 + 1 + 2 + 2 + 1 + 5
+    trained = [r for r in budgeted if r.data.tags["phase"] not in ("baseline", "report")]
     assert {r.data.params["steps"] for r in trained} == {"1"}
     assert {r.data.metrics["steps_run"] for r in trained} == {1.0}
     assert {r.data.params["eval_series"] for r in budgeted} == {"3"}
@@ -119,7 +121,8 @@ def test_the_search_pipeline_runs_search_in_place_of_sweep_and_context(tracking_
     result = CliRunner().invoke(pipeline.main, ["--preset", "micro", "--eval-series", "3"])
     assert result.exit_code == 0, result.output
     assert [e for e, _ in ran] == [
-        "data", "reference", "baseline", "initial", "search", "final", "promote", "budget",
+        "data", "reference", "baseline", "initial", "search", "final", "promote", "report",
+        "budget",
     ]  # fmt: skip
     params = dict(ran)
     assert params["search"] == {
@@ -127,3 +130,4 @@ def test_the_search_pipeline_runs_search_in_place_of_sweep_and_context(tracking_
         "preset": "micro",
         "eval_series": "3",
     }
+    assert params["report"] == params["search"]  # the runs' own base model, the series cut

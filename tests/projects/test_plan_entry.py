@@ -45,11 +45,23 @@ def test_plan_prints_every_phase_and_the_runs_reserve_it(tracking_uri, micro_arg
     initial = _row(result.output, "initial")
     assert initial[1] == "1"
     assert float(initial[2]) == float(f"{_micro_initial_by_hand(shape, n_val):.3e}")
-    rows = {p: _row(result.output, p) for p in ("baseline", "initial", "sweep", "context", "final")}
+    phases = ("baseline", "initial", "sweep", "context", "final", "report")
+    rows = {p: _row(result.output, p) for p in phases}
     assert rows["sweep"][1] == "4" and rows["context"][1] == "2" and rows["baseline"][1] == "2"
     total = _row(result.output, "**total**")
     assert abs(float(total[2]) - sum(float(r[2]) for r in rows.values())) <= 5e-3 * float(total[2])
-    assert "before `final`" in result.output
+    assert "before `final` and `report`" in result.output
+    # The report's cells on the 6 test series: the untrained base and the initial model at
+    # micro's contexts 64 and 128 greedily, the final model at 64 (it scores 128) with 3 samples.
+    lora = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
+
+    def cell(ctx: int, samples: int = 1, **kw) -> int:
+        return generate_flops(
+            shape, ctx, 60, batch=6 * samples, kv_cache=True, cache_len=ctx + 59, logits_len=1, **kw
+        ).total
+
+    by_hand = cell(64) + cell(128) + cell(64, **lora) + cell(128, **lora) + cell(64, 3, **lora)
+    assert float(rows["report"][2]) == float(f"{by_hand:.3e}")
 
     # The initial run reserves exactly that plan in the ledger.
     ran = CliRunner().invoke(initial_entry.main, micro_args)
@@ -89,7 +101,7 @@ def test_plan_of_the_search_pipeline_gives_final_what_the_search_leaves(random_t
     assert "5 trials, 3 rungs of" in search[4]
     assert not any(ln.startswith(("| sweep |", "| context |")) for ln in result.output.splitlines())
     before = sum(float(_row(result.output, ph)[2]) for ph in ("baseline", "initial", "search"))
-    left = float(result.output.split("before `final`, ")[1].split()[0])
-    assert left == pytest.approx(5e13 - before, rel=1e-3)  # what `final --steps 0` would take
+    left = float(result.output.split("before `final` and `report`, ")[1].split()[0])
+    assert left == pytest.approx(5e13 - before, rel=1e-3)  # what final and report may take
     bad = CliRunner().invoke(plan_entry.main, ["--preset", "micro", "--space", "lr=2:1"])
     assert bad.exit_code != 0 and "LOW < HIGH" in bad.output

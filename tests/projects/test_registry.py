@@ -1,5 +1,6 @@
-"""Registry: log the pyfunc forecaster, register versions, promote the best, load it back; bases
-pinned by reference (hub id + revision from a fake HF cache, local folder + digest, GGUF)."""
+"""Registry: log the pyfunc forecaster, register versions (model card, few tags), promote the best,
+load it back; bases pinned by reference (hub id + revision from a fake HF cache, local folder +
+digest, GGUF)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from lvmodel.base import BaseModelError, pin_base
 from lvmodel.lora import LoraSettings, apply_lora, save_adapter
 from lvmodel.tiny import random_tiny
 from lvtrack import registry
+from lvtrack.tracking import log_dataset
 from projects import promote as promote_cli
 from tests.hfcache import add_snapshot, commit_hash, repo_folder, use_hf_cache
 
@@ -66,21 +68,47 @@ def tiny_adapter(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "base", root / "adapter"
 
 
+#: The tags of a registered version, besides `promotion.*`: what identifies it, and the metric
+#: that promotes it. Everything else is in the model card (the version's description).
+VERSION_TAG_KEYS = {
+    "phase", "preset", "base_spec", "base_kind", "lora_rank", "context_length", "val_mse_filled_h5",
+}  # fmt: skip
+DATA = np.linspace(0.5, 1.5, 2 * 10 * 2, dtype=np.float32).reshape(2, 10, 2)
+
+
 def _log_version(
     adapter: Path, base: Path, val_mse: float, validate: bool = False
 ) -> mlflow.entities.model_registry.ModelVersion:
+    """A version whose source run holds what a final run logs (metrics, FLOPs, data set)."""
     with mlflow.start_run():
-        mlflow.log_metric("val_mse_h5", val_mse)
+        mlflow.log_metrics(
+            {
+                "val_mse_filled_h5": val_mse,
+                "val_mse_h5": val_mse,
+                "val_mae_h5": 0.125,
+                "test_mse_h5": 0.0375,
+                "test_crps_h5": 0.0625,
+                "flops_total": 1.5e12,
+                "budget_share": 0.015,
+                "steps_run": 40.0,
+            }
+        )
+        mlflow.log_params({"lr": 0.003, "budget": 1e14, "steps": 40})
+        log_dataset(DATA, base / "config.json", name="lotka_volterra", context="training")
         info = registry.log_forecaster(
             adapter_dir=adapter,
             codec=CODEC,
             base_spec=str(base),
             settings={"context_length": 256},
             registered_model_name=NAME,
-            tags={"flops_total": 1.5e12},
+            tags={"phase": "final", "preset": "micro"},
             validate=validate,
         )
     return mlflow.MlflowClient().get_model_version(NAME, str(info.registered_model_version))
+
+
+def _tags(mv: mlflow.entities.model_registry.ModelVersion) -> set[str]:
+    return {k for k in mv.tags if not k.startswith("promotion.")}
 
 
 def test_save_base_strips_lora_and_head_bias(tmp_path: Path) -> None:
@@ -172,8 +200,11 @@ def test_hub_version_pins_the_revision_holds_no_weights_and_loads_it(
     ref = json.loads((tmp_path / "download" / "artifacts" / registry.BASE_REF_FILE).read_text())
     assert (ref["kind"], ref["spec"], ref["revision"]) == ("hub", REPO, REV_A)
     _no_base_weights(files, base)
-    tags = mlflow.MlflowClient().get_model_version(NAME, str(info.registered_model_version)).tags
-    assert (tags["base_kind"], tags["base_spec"], tags["base_revision"]) == ("hub", REPO, REV_A)
+    mv = mlflow.MlflowClient().get_model_version(NAME, str(info.registered_model_version))
+    assert (mv.tags["base_kind"], mv.tags["base_spec"]) == ("hub", REPO)
+    assert "base_revision" not in mv.tags  # in the card, not a tag
+    assert f"- revision: `{REV_A}`" in mv.description and "- kind: hub" in mv.description
+    assert mlflow.get_logged_model(info.model_id).tags["base_revision"] == REV_A
 
     out = mlflow.pyfunc.load_model(uri).predict(GOOD, params={"horizon": 2})
     assert len(out["prey"][0]) == 2
@@ -257,7 +288,13 @@ def test_unloadable_base_fails_registration(
 def test_signature_and_requirements() -> None:
     sig = registry.forecaster_signature()
     assert sig.inputs.input_names() == ["prey", "predator"]
-    assert {p.name: p.default for p in sig.params.params} == {"horizon": 5, "num_samples": 1}
+    assert {p.name: p.default for p in sig.params.params} == {
+        "horizon": 5,
+        "num_samples": 1,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "quantiles": [],
+    }
     assert sorted(Path(p).name for p in registry.code_paths()) == ["lvdata", "lvflops", "lvmodel"]
 
 
@@ -285,16 +322,21 @@ def test_register_promote_and_load_in_fresh_process(
 ) -> None:
     base, adapter = tiny_adapter
     v1 = _log_version(adapter, base, 0.02, validate=True)  # validate: MLflow predicts the example
-    assert v1.tags["val_mse_h5"] == "0.02"  # copied from the run's metric
-    assert v1.tags["flops_total"] == "1500000000000.0"
+    assert _tags(v1) == VERSION_TAG_KEYS  # no copies of the run's ~30 metrics
+    assert v1.tags["val_mse_filled_h5"] == "0.02"  # the selection metric, from the run
+    assert (v1.tags["phase"], v1.tags["preset"], v1.tags["lora_rank"]) == ("final", "micro", "2")
+    assert (v1.tags["base_kind"], v1.tags["context_length"]) == ("local", "256")
 
-    mv, reason = registry.promote(NAME, "val_mse_h5")
+    mv, reason = registry.promote(NAME)  # on val_mse_filled_h5
     assert mv.version == v1.version and "no previous holder" in reason
 
     v2 = _log_version(adapter, base, 0.01)
-    mv, reason = registry.promote(NAME, "val_mse_h5")
+    # promote reads the tags first: a later value on the source run does not change the choice
+    mlflow.MlflowClient().log_metric(v2.run_id, "val_mse_filled_h5", 0.9)
+    mv, reason = registry.promote(NAME)
     assert mv.version == v2.version
-    assert "val_mse_h5 = 0.01" in reason and f"version {v1.version}" in reason and "0.02" in reason
+    assert "val_mse_filled_h5 = 0.01" in reason
+    assert f"version {v1.version}" in reason and "0.02" in reason
     client = mlflow.MlflowClient()
     assert client.get_model_version_by_alias(NAME, "champion").version == v2.version
     tags = client.get_model_version(NAME, v2.version).tags
@@ -305,16 +347,16 @@ def test_register_promote_and_load_in_fresh_process(
     assert replaced == str(v2.version)
 
     # idempotent: nothing new, nothing changes
-    again, why = registry.promote(NAME, "val_mse_h5")
+    again, why = registry.promote(NAME)
     assert again.version == v2.version and "stays" in why
     assert client.get_model_version(NAME, v2.version).tags == tags
 
     # a worse version does not take the alias; higher_is_better flips the choice
     _log_version(adapter, base, 0.5)
+    assert registry.promote(NAME)[0].version == v2.version
+    assert registry.promote(NAME, alias="worst", higher_is_better=True)[0].version == 3
+    # the source run's metric still serves a version registered without the tag
     assert registry.promote(NAME, "val_mse_h5")[0].version == v2.version
-    assert (
-        registry.promote(NAME, "val_mse_h5", alias="worst", higher_is_better=True)[0].version == 3
-    )
 
     script = textwrap.dedent(
         """
@@ -351,6 +393,59 @@ def test_register_promote_and_load_in_fresh_process(
     assert f"{os.sep}code{os.sep}lvmodel{os.sep}" in result["lvmodel"]
 
 
+def _git_head() -> str | None:
+    out = subprocess.run(
+        ["git", "-C", str(Path(registry.__file__).parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def test_registered_version_carries_its_model_card(
+    store: str, tiny_adapter: tuple[Path, Path]
+) -> None:
+    """The version's description is its model card, with the figures of its source run; the
+    card's own predict example runs against it."""
+    from lvmodel.lora import adapter_settings
+    from lvtrack.tracking import array_digest
+
+    base, adapter = tiny_adapter
+    mv = _log_version(adapter, base, 0.02)
+    card = mv.description
+    lora = adapter_settings(adapter)
+    assert card.startswith(f"**{NAME} version {mv.version}**")
+    assert f"- spec: `{base.resolve()}`" in card and "- kind: local" in card
+    assert f"- digest: `{pin_base(str(base))['digest']}`" in card
+    assert f"- rank 2, alpha {lora.lora_alpha} (scaling 1)" in card
+    assert "- targets: q_proj, v_proj" in card and "- lm_head bias: trained" in card
+    assert "- context: 256 tokens" in card and "- training: lr 3e-3, steps 40" in card
+    assert f"digest `{array_digest(DATA)}`" in card  # the source run's data set
+    assert "- alpha 0.6: values are divided" in card
+    assert "- 2 decimals; `,` between prey and predator, `;` between time steps" in card
+    assert "| MSE | 0.02 | 0.0375 |" in card and "| MAE | 0.125 | - |" in card
+    assert "| MSE filled (invalid values as persistence) | 0.02 | - |" in card
+    assert "| CRPS | - | 0.0625 |" in card
+    assert "- FLOPs spent: 1.5e12 (1.5% of the 1e14 FLOPs budget)" in card
+    assert f"- source run: `{mv.run_id}`" in card and "(phase final, preset micro)" in card
+    head = _git_head()
+    assert f"- git commit: `{head or 'unknown'}`" in card
+    assert f'mlflow.pyfunc.load_model("models:/{NAME}/{mv.version}")' in card
+    assert f'mlflow.pyfunc.load_model("models:/{NAME}@champion")' in card
+    assert f"mlflow models serve -m models:/{NAME}@champion --env-manager local" in card
+    assert len(card) < 5000  # MLflow's VARCHAR(5000) for a version's description
+
+    example = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"horizon": 5, "num_samples": 20, "quantiles": [0.1, 0.5, 0.9]' in example
+    namespace: dict = {}
+    exec(compile(example, "model card", "exec"), namespace)  # the card's own example
+    forecast = namespace["forecast"]
+    assert {"prey", "predator", "prey_quantiles", "predator_quantiles"} <= set(forecast.columns)
+    assert len(forecast["prey"][0]) == 5
+    assert np.asarray(forecast["prey_quantiles"][0]).shape == (5, 3)
+
+
 def test_promote_refuses_a_loss() -> None:
     with pytest.raises(ValueError, match="looks like a loss"):
         registry.promote(NAME, "val_loss")
@@ -375,6 +470,9 @@ def test_promote_cli(store: str, tiny_adapter: tuple[Path, Path]) -> None:
     assert done.data.tags["promoted_version"] == str(v1.version)
     assert done.data.tags["promotion_moved"] == "true"
     assert done.data.metrics["champion_val_mse_h5"] == pytest.approx(0.03)
+    assert done.data.tags["mlflow.note.content"] == (
+        f"promote · version {v1.version} @champion · val MSE h5 0.03 · no previous holder"
+    )
 
 
 # -- bad input ------------------------------------------------------------------------------------
@@ -423,6 +521,13 @@ GOOD = _frame([[1.0, 0.9, 0.8]], [[0.5, 0.6, 0.7]])
         (GOOD, {"horizon": 2.5}, "horizon"),
         (GOOD, {"horizon": "three"}, "horizon"),
         (GOOD, {"num_samples": 0}, "parameter 'num_samples' must be between 1"),
+        (GOOD, {"num_samples": 3, "quantiles": [0.1, 1.2]}, "entry 1 (1.2) is outside (0, 1)"),
+        (GOOD, {"num_samples": 3, "quantiles": [-0.5]}, "entry 0 (-0.5) is outside (0, 1)"),
+        (GOOD, {"num_samples": 3, "quantiles": ["x"]}, "quantiles"),
+        (GOOD, {"num_samples": 3, "quantiles": [0.5, 0.5]}, "repeats a level"),
+        (GOOD, {"quantiles": [0.5]}, "ask for num_samples >= 2"),
+        (GOOD, {"num_samples": 3, "temperature": 0.0}, "parameter 'temperature' must be > 0"),
+        (GOOD, {"num_samples": 3, "top_p": 1.5}, "parameter 'top_p' must be in (0, 1]"),
     ],
     ids=[
         "missing-column",
@@ -436,6 +541,13 @@ GOOD = _frame([[1.0, 0.9, 0.8]], [[0.5, 0.6, 0.7]])
         "horizon-float",
         "horizon-str",
         "num-samples-0",
+        "quantile-above-1",
+        "quantile-negative",
+        "quantile-not-a-number",
+        "quantile-repeated",
+        "quantiles-greedy",
+        "temperature-0",
+        "top-p-above-1",
     ],
 )
 def test_bad_input_is_a_clear_invalid_parameter_error(
@@ -456,3 +568,26 @@ def test_in_process_predict_shapes(loaded: mlflow.pyfunc.PyFuncModel) -> None:
     assert [len(v) for v in out["prey"]] == [2, 2]
     default = loaded.predict(GOOD)  # horizon defaults to the signature's 5
     assert len(default["predator"][0]) == 5
+    assert list(default.columns) == ["prey", "predator"]  # no quantiles unless asked for
+
+
+def test_in_process_quantiles(loaded: mlflow.pyfunc.PyFuncModel) -> None:
+    frame = _frame([[1.0, 0.9, 0.8], [2.0, 1.9]], [[0.5, 0.6, 0.7], [1.0, 1.1]])
+    params = {"horizon": 3, "num_samples": 5, "quantiles": [0.9, 0.1, 0.5]}
+    out = loaded.predict(frame, params=params)
+    assert list(out.columns) == [
+        "prey",
+        "predator",
+        "prey_quantiles",
+        "predator_quantiles",
+        "quantiles",
+    ]
+    for r in range(2):
+        assert out["quantiles"][r] == [0.1, 0.5, 0.9]  # sorted
+        for name in ("prey", "predator"):
+            bands = np.asarray(out[f"{name}_quantiles"][r])
+            assert bands.shape == (3, 3)
+            assert np.all(np.diff(bands, axis=1) >= 0)  # 0.1 <= 0.5 <= 0.9
+            np.testing.assert_allclose(bands[:, 1], out[name][r])  # the median is the forecast
+    again = loaded.predict(frame, params=params)  # seeded: the same request, the same answer
+    assert again["prey_quantiles"].tolist() == out["prey_quantiles"].tolist()

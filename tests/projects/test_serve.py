@@ -59,3 +59,32 @@ def test_serve_champion_over_rest(champion: str, tmp_path: Path) -> None:
         status, body = post(f"{url}/invocations", bad_horizon)
         assert status == 400
         assert "parameter 'horizon' must be between 1" in body["message"]
+
+        # Quantiles: the median and the requested levels, from 6 samples per series.
+        quantile_request = {
+            **good,
+            "params": {"horizon": 2, "num_samples": 6, "quantiles": [0.1, 0.5, 0.9]},
+        }
+        status, body = post(f"{url}/invocations", quantile_request)
+        assert status == 200, body
+        rows = body["predictions"]
+        for row in rows:
+            assert row["quantiles"] == [0.1, 0.5, 0.9]
+            for name in columns:
+                bands = row[f"{name}_quantiles"]
+                assert len(bands) == 2 and all(len(levels) == 3 for levels in bands)
+                assert all(lo <= mid <= hi for lo, mid, hi in bands)
+                assert [mid for _, mid, _ in bands] == row[name]  # the median is the forecast
+        for bad, named in (
+            ([0.1, 1.5], "entry 1 (1.5) is outside (0, 1)"),
+            ([0.0, 0.5], "entry 0 (0.0) is outside (0, 1)"),
+            (["abc"], "quantiles"),
+            ("0.5", "quantiles"),
+        ):
+            request = {**good, "params": {"horizon": 2, "num_samples": 4, "quantiles": bad}}
+            status, body = post(f"{url}/invocations", request)
+            assert status == 400, (bad, body)
+            assert named in body["message"], (bad, body["message"])
+        greedy = {**good, "params": {"horizon": 2, "quantiles": [0.5]}}
+        status, body = post(f"{url}/invocations", greedy)
+        assert status == 400 and "num_samples >= 2" in body["message"]

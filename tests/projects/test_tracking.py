@@ -1,13 +1,21 @@
-"""lvtrack.tracking: dataset inputs survive the concurrent-insert race of MLflow's SQL store."""
+"""lvtrack.tracking: which experiment runs go to, that it is marked as model training (so that
+MLflow's UI shows its runs), and dataset inputs surviving the concurrent-insert race of MLflow's
+SQL store."""
 
 from __future__ import annotations
+
+import sys
+import textwrap
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from lvtrack import tracking
+
+KIND = "mlflow.experimentKind"
 
 DUPLICATE = (
     '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
@@ -54,3 +62,138 @@ def test_a_race_that_never_clears_still_raises(tracking_uri, tmp_path, monkeypat
     with mlflow.start_run(), pytest.raises(MlflowException, match="dataset_pk"):
         tracking.log_dataset(np.ones((1, 2, 2)), tmp_path / "x.h5", name="lv", context="training")
     assert len(calls) == 4
+
+
+# -- which experiment, and its kind -------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_note(monkeypatch):
+    """The "runs go to Default" note is said once per process: let this test see it again."""
+    monkeypatch.setattr(tracking, "_noted_default", False)
+
+
+def _experiment(experiment_id: str):
+    return MlflowClient().get_experiment(experiment_id)
+
+
+def test_runs_go_to_lv_forecast_marked_as_model_training(tracking_uri, fresh_note, capsys):
+    experiment_id = tracking.setup_tracking()
+    exp = _experiment(experiment_id)
+    assert exp.name == "lv-forecast"
+    assert exp.tags[KIND] == "custom_model_development"
+    assert "Default" not in capsys.readouterr().err
+    assert tracking.setup_tracking() == experiment_id  # the same experiment, not a second one
+
+
+def test_a_named_experiment_beats_the_environment_and_both_beat_the_default(
+    tracking_uri, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "team-lv")
+    from_env = tracking.setup_tracking()
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID (for subprocesses): in one process the
+    # first choice stays. A new process:
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")
+    named = tracking.setup_tracking("my-study")
+    assert _experiment(from_env).name == "team-lv"
+    assert _experiment(named).name == "my-study"
+    assert {_experiment(i).tags[KIND] for i in (from_env, named)} == {"custom_model_development"}
+    assert MlflowClient().get_experiment_by_name("lv-forecast") is None
+
+
+def test_the_experiment_mlflow_run_chose_is_used_and_marked(tracking_uri, monkeypatch):
+    client = MlflowClient()
+    chosen = client.create_experiment("chosen-by-mlflow-run")
+    other = client.create_experiment("holds-the-run")
+    run_id = client.create_run(other).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    assert tracking.setup_tracking("ignored") == other  # the run's experiment
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", chosen)
+    assert tracking.setup_tracking("ignored") == chosen  # the id beats the run
+    assert _experiment(chosen).tags[KIND] == _experiment(other).tags[KIND]
+    assert _experiment(chosen).tags[KIND] == "custom_model_development"
+    assert client.get_experiment_by_name("ignored") is None
+
+
+def test_an_existing_experiment_without_a_kind_gets_one_and_a_chosen_kind_stays(tracking_uri):
+    client = MlflowClient()
+    plain = client.create_experiment("lv-forecast", tags={"team": "a"})  # made before the tag
+    chosen = client.create_experiment("tuned", tags={KIND: "finetuning"})
+    assert tracking.setup_tracking() == plain
+    assert _experiment(plain).tags == {"team": "a", KIND: "custom_model_development"}
+    tracking.setup_tracking("tuned")
+    assert _experiment(chosen).tags[KIND] == "finetuning"
+
+
+def test_default_because_nobody_named_one_is_marked_and_says_how_to_name_one_once(
+    tracking_uri, monkeypatch, fresh_note, capsys
+):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")  # what `mlflow run` sets without a name
+    assert tracking.setup_tracking() == "0"
+    assert tracking.setup_tracking() == "0"
+    err = capsys.readouterr().err
+    assert err.count("`Default` experiment") == 1
+    assert "--experiment-name lv-forecast" in err
+    assert _experiment("0").tags[KIND] == "custom_model_development"
+
+
+def test_mlflow_run_without_an_experiment_name_lands_in_default_with_the_note(
+    tracking_uri, tmp_path, fresh_note, capfd
+):
+    """The issue's case end to end: `mlflow run` makes its run in Default before our code runs;
+    with `--experiment-name` the runs go to the named experiment and nothing is said."""
+    project = tmp_path / "project"
+    project.mkdir()
+    command = f"{sys.executable} -c 'from lvtrack.tracking import setup_tracking; setup_tracking()'"
+    (project / "MLproject").write_text(
+        textwrap.dedent(f"""\
+            name: probe
+            entry_points:
+              main:
+                command: "{command}"
+            """)
+    )
+    unnamed = mlflow.projects.run(str(project), env_manager="local", synchronous=True)
+    unnamed_err = capfd.readouterr().err
+    named = mlflow.projects.run(
+        str(project), env_manager="local", experiment_name="lv-forecast", synchronous=True
+    )
+    named_err = capfd.readouterr().err
+    client = MlflowClient()
+    assert client.get_run(unnamed.run_id).info.experiment_id == "0"
+    assert "`Default` experiment" in unnamed_err and "--experiment-name" in unnamed_err
+    assert _experiment("0").tags[KIND] == "custom_model_development"
+    lv = client.get_experiment_by_name("lv-forecast")
+    assert client.get_run(named.run_id).info.experiment_id == lv.experiment_id
+    assert lv.tags[KIND] == "custom_model_development"
+    assert "`Default` experiment" not in named_err
+
+
+def test_a_kind_tag_another_process_inserted_first_is_not_an_error(tracking_uri, monkeypatch):
+    def lost_race(self, experiment_id, key, value):
+        raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: experiment_tags")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", lost_race)
+    experiment_id = tracking.setup_tracking()
+    assert _experiment(experiment_id).name == "lv-forecast"
+
+
+def test_other_failures_to_tag_the_experiment_raise(tracking_uri, monkeypatch):
+    def refused(self, experiment_id, key, value):
+        raise MlflowException("PERMISSION_DENIED: read-only user")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refused)
+    with pytest.raises(MlflowException, match="read-only"):
+        tracking.setup_tracking()
+
+
+def test_ui_url_opens_the_runs_flat_best_first_in_the_model_training_view():
+    url = tracking.ui_url("3", "http://127.0.0.1:5001/")
+    base, query = url.split("?")
+    assert base == "http://127.0.0.1:5001/#/experiments/3/runs"
+    assert dict(p.split("=") for p in query.split("&")) == {
+        "workflowType": "machine_learning",
+        "orderByKey": "metrics.%60val_mse_filled_h5%60",
+        "orderByAsc": "true",
+    }
+    assert tracking.ui_url("1").startswith("http://127.0.0.1:5000/#/experiments/1/runs?")

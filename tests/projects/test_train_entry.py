@@ -44,7 +44,9 @@ def test_train_run_logs_params_metrics_flops_and_artifacts(tracking_uri, base_ar
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"adapter", "codec.json", "flops.json", "plots"} <= arts
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/curves.png", "plots/forecast_val.png"}
+    # step_errors: the error against the step ahead (beside the reference forecasters when the
+    # experiment has their runs; none here). Greedy scores: no fan chart.
+    assert plots == {"plots/curves.png", "plots/forecast_val.png", "plots/step_errors_val.png"}
     adapter = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
     assert "adapter/adapter_model.safetensors" in adapter
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,12 @@ from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapte
 from lvmodel.plan import RunPlan
 from lvmodel.train import FitResult, fit
 from lvtrack.datafile import Prepared, prepare_data
+from lvtrack.describe import describe_run, run_description
 from lvtrack.ledger import METRIC_FLOPS, read_ledger
 from lvtrack.planning import budget_steps, request_plan
-from lvtrack.plots import plot_curves, plot_forecasts
+from lvtrack.plots import plot_curves, plot_fan, plot_forecasts, plot_step_errors
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster
+from lvtrack.report import report_reserve
 from lvtrack.request import PRESET_PARAMS, TrainRequest, settings_conflicts
 from lvtrack.resume import (
     METRIC_REWORK,
@@ -44,6 +47,7 @@ from lvtrack.resume import (
     resume_hint,
 )
 from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent
+from lvtrack.selection import reference_step_errors
 from lvtrack.tracking import array_digest, log_dataset, setup_tracking
 
 TAG_STEPS_FROM = "lv.steps_from"  # "budget": the run's steps were what the budget had left
@@ -56,11 +60,24 @@ def log_common(prep: Prepared, params: dict[str, Any]) -> None:
     log_dataset(prep.traj.values, prep.data_path, name="lotka_volterra", context="training")
 
 
-def log_evaluation(ev: Evaluation, split: str, horizon: int, time: np.ndarray) -> dict[str, float]:
-    """Headline metrics `{split}_mse_h{H}`, per-step and per-variable ones, and a forecast plot."""
+#: Metrics over the whole horizon: logged as `{split}_{name}_h{H}` (the others as `{split}_{key}`).
+HORIZON_METRICS = ("mse", "mae", "mse_filled", "mae_filled", "crps", "coverage80")
+
+
+def log_evaluation(
+    ev: Evaluation,
+    split: str,
+    horizon: int,
+    time: np.ndarray,
+    references: dict[str, list[float]] | None = None,
+) -> dict[str, float]:
+    """Headline metrics `{split}_mse_h{H}` (and `{split}_crps_h{H}`, `{split}_coverage80_h{H}`
+    for a sampled forecast), per-step and per-variable ones, and plots: the forecasts, a fan
+    chart of a sampled one (`plots/fan_{split}.png`), and with `references` (name -> MSE at
+    steps 1..H of the reference forecasters) the error against the step ahead beside them."""
     named = {}
     for key, value in ev.metrics.items():
-        if key in ("mse", "mae", "mse_filled", "mae_filled"):
+        if key in HORIZON_METRICS:
             named[
                 f"{split}_{key.replace('_filled', '')}_filled_h{horizon}"
                 if "filled" in key
@@ -79,6 +96,20 @@ def log_evaluation(ev: Evaluation, split: str, horizon: int, time: np.ndarray) -
         title=f"{split}: history, truth and forecast",
     )
     mlflow.log_figure(fig, f"plots/forecast_{split}.png")
+    if ev.quantiles is not None and ev.samples is not None:
+        fan = plot_fan(
+            time[: k + horizon],
+            ev.histories[:6],
+            ev.truth[:6],
+            ev.quantiles[:6],
+            ev.predictions[:6],
+            title=f"{split}: median and 10-90% interval of {ev.samples.shape[1]} samples",
+        )
+        mlflow.log_figure(fan, f"plots/fan_{split}.png")
+    if references is not None:
+        ours = [ev.metrics.get(f"mse_step{h}", float("nan")) for h in range(1, horizon + 1)]
+        errors: dict[str, Sequence[float]] = {"LLM (this run)": ours, **references}
+        mlflow.log_figure(plot_step_errors(errors, metric="MSE"), f"plots/step_errors_{split}.png")
     return clean
 
 
@@ -213,6 +244,19 @@ def steps_from_budget(
     ledger's refusal, which names what is left (run it again).
     """
     left = read_ledger(MlflowClient(), experiment_id, int(req.preset.budget)).remaining
+    kept = 0
+    if req.phase == "final":  # leave what the report needs for the table's other cells
+        kept = report_reserve(
+            experiment_id,
+            req.preset,
+            shape,
+            decimals,
+            n_test,
+            req.lora(),
+            req.context_length,
+            req.base,
+        )
+        left -= kept
     steps = budget_steps(req, shape, decimals, n_val, n_test, left)
     if steps == 0:
         one = request_plan(replace(req, steps=1), shape, decimals, n_val, n_test).total
@@ -223,7 +267,8 @@ def steps_from_budget(
         )
     click.echo(
         f"{req.phase}: {steps} steps, what the {left:.3e} FLOPs left of the budget afford "
-        "(training, in-run and final evaluations)",
+        "(training, in-run and final evaluations)"
+        + (f"; {kept:.3e} kept for the report's other cells" if kept else ""),
         err=True,
     )
     return replace(req, steps=steps)
@@ -309,10 +354,20 @@ def finish_run(
             req.context_length,
             lora,
             batch_size=32,
+            num_samples=req.eval_samples,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
         )
         eval_flops += ev.flops
         meter.log(result.total_flops + eval_flops, result.steps)  # a failure later still counts it
-        final.update(log_evaluation(ev, split, preset.horizon, prep.traj.time))
+        run = mlflow.active_run()
+        refs = (
+            reference_step_errors(run.info.experiment_id, preset.name, split, preset.horizon)
+            if run is not None
+            else None
+        )
+        final.update(log_evaluation(ev, split, preset.horizon, prep.traj.time, refs))
     total = result.total_flops + eval_flops
     final.update(
         {
@@ -351,9 +406,15 @@ def finish_run(
                     adapter_dir=adapter,
                     codec=prep.codec,
                     base_spec=req.base,
-                    settings={"context_length": req.context_length, "horizon": preset.horizon},
+                    settings={  # served as it was scored: the median of eval_samples samples
+                        "context_length": req.context_length,
+                        "horizon": preset.horizon,
+                        "num_samples": req.eval_samples,
+                        "temperature": req.temperature,
+                        "top_p": req.top_p,
+                    },
                     registered_model_name=REGISTERED_MODEL,
-                    tags={"phase": req.phase, "preset": preset.name, **final},
+                    tags={"phase": req.phase, "preset": preset.name},
                 )
             except RegistryError as err:
                 raise click.ClickException(
@@ -361,4 +422,7 @@ def finish_run(
                     f"its model could not be registered: {err}"
                 ) from None
             mlflow.set_tag("registered_version", str(info.registered_model_version))
+
+    settings = {"lr": req.lr, "rank": req.rank, "context_length": req.context_length}
+    describe_run(run_description(req.phase, settings, final))
     return final

@@ -21,9 +21,13 @@
   horizon, num_samples, batch_size, ...).
 
 `predict` takes a DataFrame with columns `prey` and `predator`, one history per row as lists of
-floats in original units, and params `horizon` and `num_samples`; it returns a DataFrame with the
-same two columns holding the forecast lists (length `horizon`, NaN where the model's output was
-invalid). Bad input raises `MlflowException(..., INVALID_PARAMETER_VALUE)`, which the scoring
+floats in original units, and params `horizon`, `num_samples`, `temperature`, `top_p` and
+`quantiles`; it returns a DataFrame with the same two columns holding the forecast lists (length
+`horizon`, NaN where the model's output was invalid; with `num_samples > 1` the median of the
+samples). With `quantiles` (levels in (0, 1), e.g. `[0.1, 0.5, 0.9]`; needs `num_samples >= 2`)
+it adds `prey_quantiles` and `predator_quantiles` (per row, `horizon` lists of one value per
+level; invalid samples replaced by the history's last value first) and `quantiles` (the levels).
+Bad input raises `MlflowException(..., INVALID_PARAMETER_VALUE)`, which the scoring
 server answers with HTTP 400; every message names the row and the field.
 
 This file is executed by MLflow in a fresh process: it imports only lvdata/lvmodel (shipped with
@@ -48,6 +52,7 @@ COLUMNS = ("prey", "predator")
 MIN_HISTORY_STEPS = 2
 MAX_HORIZON = 1000
 MAX_NUM_SAMPLES = 64
+MAX_QUANTILES = 99
 
 
 def _bad(message: str) -> MlflowException:
@@ -72,6 +77,63 @@ def check_count(value: Any, field: str, upper: int) -> int:
     if not 1 <= number <= upper:
         raise _bad(f"parameter {field!r} must be between 1 and {upper}, got {int(number)}")
     return int(number)
+
+
+def check_sampling(temperature: Any, top_p: Any) -> tuple[float, float]:
+    """The sampling parameters: `temperature` > 0 and `top_p` in (0, 1], else a clear error."""
+    t, p = _number(temperature, "temperature"), _number(top_p, "top_p")
+    if not t > 0:
+        raise _bad(f"parameter 'temperature' must be > 0, got {temperature!r}")
+    if not 0 < p <= 1:
+        raise _bad(f"parameter 'top_p' must be in (0, 1], got {top_p!r}")
+    return t, p
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise _bad(f"parameter {field!r} must be a number, got {value!r}")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise _bad(f"parameter {field!r} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise _bad(f"parameter {field!r} must be a finite number, got {value!r}")
+    return number
+
+
+def check_quantiles(value: Any) -> list[float]:
+    """The `quantiles` parameter: a list of distinct levels strictly between 0 and 1 (empty or
+    None: none), sorted; else a clear error naming the bad entry."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or np.isscalar(value):
+        raise _bad(f"parameter 'quantiles' must be a list of numbers in (0, 1), got {value!r}")
+    try:
+        items = list(value)
+    except TypeError:
+        raise _bad(
+            f"parameter 'quantiles' must be a list of numbers in (0, 1), got {value!r}"
+        ) from None
+    if len(items) > MAX_QUANTILES:
+        raise _bad(f"parameter 'quantiles' takes at most {MAX_QUANTILES} levels, got {len(items)}")
+    levels = []
+    for i, item in enumerate(items):
+        try:
+            q = _number(item, "quantiles")
+        except MlflowException:
+            raise _bad(
+                f"parameter 'quantiles': entry {i} ({item!r}) is not a number; give levels "
+                "in (0, 1), e.g. [0.1, 0.5, 0.9]"
+            ) from None
+        if not 0 < q < 1:
+            raise _bad(
+                f"parameter 'quantiles': entry {i} ({item!r}) is outside (0, 1); give levels "
+                "strictly between 0 and 1, e.g. [0.1, 0.5, 0.9]"
+            )
+        levels.append(q)
+    if len(set(levels)) != len(levels):
+        raise _bad(f"parameter 'quantiles' repeats a level: {items!r}")
+    return sorted(levels)
 
 
 def _series(cell: Any, row: Any, field: str) -> np.ndarray:
@@ -171,6 +233,16 @@ class LVForecaster(PythonModel):
             "num_samples",
             MAX_NUM_SAMPLES,
         )
+        temperature, top_p = check_sampling(
+            params.get("temperature", self.settings.get("temperature", 1.0)),
+            params.get("top_p", self.settings.get("top_p", 1.0)),
+        )
+        levels = check_quantiles(params.get("quantiles"))
+        if levels and num_samples < 2:
+            raise _bad(
+                f"parameter 'quantiles' needs samples to take quantiles of: num_samples is "
+                f"{num_samples}; ask for num_samples >= 2 (e.g. 20) with quantiles"
+            )
         histories = parse_histories(model_input)
         result = forecast(
             self.model,
@@ -180,13 +252,21 @@ class LVForecaster(PythonModel):
             horizon,
             context_length=self.settings.get("context_length"),
             num_samples=num_samples,
+            temperature=temperature,
+            top_p=top_p,
             batch_size=int(self.settings.get("batch_size", 16)),
             lora=self.lora,
         )
         values = np.asarray(result.values, dtype=np.float64)
-        return pd.DataFrame(
-            {name: [row[:, j].tolist() for row in values] for j, name in enumerate(COLUMNS)}
-        )
+        out = {name: [row[:, j].tolist() for row in values] for j, name in enumerate(COLUMNS)}
+        if levels:
+            from lvmodel.metrics import last_values
+
+            q = result.quantiles(levels, last_values(histories))  # (B, H, V, L)
+            for j, name in enumerate(COLUMNS):
+                out[f"{name}_quantiles"] = [row[:, j, :].tolist() for row in q]
+            out["quantiles"] = [list(levels) for _ in histories]
+        return pd.DataFrame(out)
 
 
 mlflow.models.set_model(LVForecaster())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from lvflops import ModelShape
 from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, plan_run
 from lvtrack.presets import Preset
+from lvtrack.report import cell_samples
 from lvtrack.request import TrainRequest
 from lvtrack.search import SearchSettings, first_rung_flops
 
@@ -23,7 +24,15 @@ def request_plan(
     """The most FLOPs the training run `req` can spend: training at full windows, its in-run
     evaluations, and its final forecasts of `n_val` validation (and `n_test` test) series."""
     final = {"val": n_val, **({"test": n_test} if req.evaluate_test else {})}
-    return plan_run(shape, req.train_config(), req.lora(), decimals, final, req.preset.horizon)
+    return plan_run(
+        shape,
+        req.train_config(),
+        req.lora(),
+        decimals,
+        final,
+        req.preset.horizon,
+        final_samples=req.eval_samples,
+    )
 
 
 def budget_steps(
@@ -34,6 +43,27 @@ def budget_steps(
     (`steps=0`, what `final` does by default). 0 when not even one step fits."""
     return affordable_steps(
         flops, lambda steps: request_plan(replace(req, steps=steps), shape, decimals, n_val, n_test)
+    )
+
+
+def report_plan(
+    preset: Preset, shape: ModelShape, decimals: int, n_test: int, final_context: int
+) -> int:
+    """The most the `report` can spend filling the reference study's table when no run scored
+    any of it on the test split but `final` (at `final_context`): the untrained base and the
+    initial model at every context of the preset (greedy, as their own runs score), the final
+    model at the others (`eval_samples` samples, as `final` scores). `lvtrack.report.
+    report_reserve` is the same sum over the cells a given experiment has not measured yet."""
+    initial = TrainRequest.from_preset(preset, "initial", "initial", 1).lora()
+    final = TrainRequest.from_preset(preset, "final", "final", 1).lora()
+    columns = (("untrained", None), ("initial", initial))
+    cells = [(ctx, column, lora) for ctx in preset.contexts for column, lora in columns]
+    cells += [(ctx, "final", final) for ctx in preset.contexts if ctx != final_context]
+    return sum(
+        forecast_bound(
+            shape, n_test, ctx, preset.horizon, decimals, lora, num_samples=cell_samples(c, preset)
+        )
+        for ctx, c, lora in cells
     )
 
 
@@ -106,14 +136,24 @@ def experiment_plan(
             )
         )
     note = f"{at_rank}, context {preset.context_length}"
+    report = PhasePlan(
+        "report",
+        1,
+        report_plan(preset, shape, decimals, n_test, preset.context_length),
+        "the table's cells no run scored on test (untrained, initial; final at other contexts)",
+    )
     steps = preset.final_steps
-    if steps == 0:  # what is left after the other phases
-        final = TrainRequest.from_preset(preset, "final", "final", 0, evaluate_test=True)
-        left = preset.budget - sum(p.flops for p in before)
+    if steps == 0:  # what is left after the other phases and the report
+        final = TrainRequest.from_preset(
+            preset, "final", "final", 0, evaluate_test=True, eval_samples=preset.eval_samples
+        )
+        left = preset.budget - sum(p.flops for p in before) - report.flops
         steps = budget_steps(final, shape, decimals, n_val, n_test, left)
         note = f"{steps} steps: what the budget has left; {note}"
-    final_flops = plan("final", steps, evaluate_test=True) if steps else 0
-    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note)]
+    final_flops = (
+        plan("final", steps, evaluate_test=True, eval_samples=preset.eval_samples) if steps else 0
+    )
+    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note), report]
 
 
 def plan_table(phases: list[PhasePlan], budget: float) -> str:
@@ -130,9 +170,10 @@ def plan_table(phases: list[PhasePlan], budget: float) -> str:
     total = sum(p.flops for p in phases)
     runs = sum(p.runs for p in phases)
     lines.append(f"| **total** | {runs} | {total:.3e} | {total / budget:.2%} | |")
-    before_final = total - phases[-1].flops if phases and phases[-1].phase == "final" else total
+    before_final = total - sum(p.flops for p in phases if p.phase in ("final", "report"))
     lines.append(
         f"\nBudget {budget:.3e} FLOPs; the plan leaves {budget - total:.3e} unspent "
-        f"({(budget - total) / budget:.2%}); before `final`, {budget - before_final:.3e} remain."
+        f"({(budget - total) / budget:.2%}); before `final` and `report`, "
+        f"{budget - before_final:.3e} remain."
     )
     return "\n".join(lines)

@@ -8,7 +8,7 @@ and need no backend (`fig.savefig`, which `mlflow.log_figure` calls, draws with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -166,5 +166,78 @@ def plot_rungs(trials: Sequence[Any], rung_flops: Sequence[float]) -> Figure:
     ax.set_ylabel("trials")
     ax.legend()
     ax.set_title("successive halving: trials per rung")
+    fig.tight_layout()
+    return fig
+
+
+#: Quantile levels of the fan charts' band and median (`lvmodel.probabilistic.QUANTILES`).
+FAN_LEVELS = (0.1, 0.5, 0.9)
+COLORS = ("tab:blue", "tab:orange")
+
+
+def plot_fan(
+    time: np.ndarray,
+    histories: np.ndarray,
+    truth: np.ndarray,
+    quantiles: np.ndarray,
+    median: np.ndarray,
+    title: str = "",
+) -> Figure:
+    """Fan charts of a sampled forecast, one panel per series (the first 6): history (solid),
+    truth (dots), median (dashed) and the 10-90% band (shaded) of prey and predator.
+
+    `time` covers history and horizon (K + H); `histories` (B, K, V), `truth` and `median`
+    (B, H, V); `quantiles` (B, H, V, 3) at the levels :data:`FAN_LEVELS` (low, median, high).
+    """
+    if quantiles.ndim != 4 or quantiles.shape[-1] != len(FAN_LEVELS):
+        raise ValueError(f"quantiles must be (B, H, V, {len(FAN_LEVELS)}), got {quantiles.shape}")
+    n = min(len(histories), 6)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    k, h = histories.shape[1], truth.shape[1]
+    ahead = time[k : k + h]
+    fig = Figure(figsize=(4.2 * cols, 2.8 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat[:n]):
+        for v, (name, color) in enumerate(zip(NAMES, COLORS, strict=True)):
+            ax.plot(time[:k], histories[i, :, v], color=color, label=name)
+            ax.fill_between(
+                ahead, quantiles[i, :, v, 0], quantiles[i, :, v, 2], color=color, alpha=0.25, lw=0
+            )
+            ax.plot(ahead, median[i, :, v], "--", color=color)
+            ax.plot(ahead, truth[i, :, v], "o", color=color, ms=3)
+        ax.axvline(time[k - 1], color="grey", lw=0.5)
+        ax.set_xlim(time[max(0, k - 20)], time[k + h - 1] + (time[1] - time[0]))
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title or "median (dashed), 10-90% interval (band), truth (dots)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_errors(errors: Mapping[str, Sequence[float]], metric: str = "MSE") -> Figure:
+    """Error against the step ahead (1..H), one line per forecaster, log scale. Forecasters
+    whose name starts with "LLM" are drawn thick, in colour, in front; the reference
+    forecasters thin and dashed beside them."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    refs = iter(("0.35", "tab:green", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"))
+    llms = iter(("tab:red", "tab:blue", "tab:orange", "black"))
+    for name, values in errors.items():
+        steps = np.arange(1, len(values) + 1)
+        if name.startswith("LLM"):
+            ax.plot(steps, values, "o-", lw=2.5, color=next(llms, None), label=name, zorder=3)
+        else:
+            ax.plot(steps, values, ".--", lw=1.2, color=next(refs, None), label=name, zorder=2)
+    longest = max((len(v) for v in errors.values()), default=0)
+    if longest:
+        ax.set_xticks(range(1, longest + 1))
+    ax.set_yscale("log")
+    ax.set_xlabel("step ahead")
+    ax.set_ylabel(f"{metric} (original units)")
+    ax.set_title(f"{metric} against the step ahead")
+    if errors:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -36,6 +36,11 @@ class Preset:
             contexts.
         search_trials: trials of a search (over all its workers).
         search_share: the search's share of the budget (its rungs are sized from it).
+        eval_samples: samples per series of the probabilistic evaluations (the `final` run's
+            validation and test scores and the `report`'s cells): the point forecast is their
+            median, with quantiles, CRPS and the 80% interval's coverage; 1: greedy.
+        temperature, top_p: how those samples are drawn (1.0, 1.0: the model's own distribution,
+            which is what CRPS and coverage judge).
     """
 
     name: str
@@ -67,6 +72,9 @@ class Preset:
     search_space: str = "lr=1e-5:1e-3;rank=2,4,8;context=128,512,768"
     search_trials: int = 12
     search_share: float = 0.25
+    eval_samples: int = 10
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 PRESETS: dict[str, Preset] = {
@@ -125,6 +133,7 @@ PRESETS: dict[str, Preset] = {
         search_space="lr=1e-3:1e-2;rank=2,4",
         search_trials=4,
         search_share=0.01,  # 5e11: rungs of ~10 and ~30 steps
+        eval_samples=3,
     ),
 }
 

@@ -9,6 +9,9 @@
   (`lvmodel.base.pin_base`); only the few-MB `tiny` base (and an in-memory `base_model=`) is
   bundled. By default the logged model is loaded and tried on an example before it is
   registered, so that a reference the loading side cannot resolve fails here.
+- At registration the version gets a model card as its description (`lvtrack.describe.model_card`:
+  base model and its pin, LoRA, data digest, codec, metrics, FLOPs, git commit, how to load and
+  serve it) and a few identifying tags (:data:`VERSION_TAGS` and the selection metric).
 - :func:`promote` moves an alias (`champion`) to the version with the best validation forecasting
   metric and records why on the version's tags; running it again changes nothing.
 """
@@ -18,8 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import shutil
+import subprocess
 import tempfile
 import warnings
 from datetime import UTC, datetime
@@ -36,11 +39,14 @@ from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
 import lvdata
 import lvflops
 import lvmodel
 from lvdata import LLMTimeCodec
+from lvtrack.describe import finite, model_card
+from lvtrack.selection import SELECTION_METRIC
 
 REGISTERED_MODEL = "lv-forecaster"
 MODEL_FILE = Path(__file__).with_name("lv_pyfunc.py")
@@ -50,6 +56,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "context_length": None,
     "horizon": 5,
     "num_samples": 1,
+    "temperature": 1.0,
+    "top_p": 1.0,
     "batch_size": 16,
 }
 # Third-party distributions the pyfunc needs, pinned to the versions installed when logging.
@@ -69,6 +77,9 @@ REQUIREMENTS = (
     "click",
     "tqdm",
 )
+#: The tags of a registered version (besides `promotion.*` and the selection metric): what
+#: identifies it in the registry's list. Everything else is in its description (the model card).
+VERSION_TAGS = ("phase", "preset", "base_spec", "base_kind", "lora_rank", "context_length")
 # What MLflow logs (and otherwise only warns about) when its input-example check fails.
 _MLFLOW_MODEL_LOGGER = "mlflow.models.model"
 _VALIDATION_FAILED = "Failed to validate serving input example"
@@ -81,16 +92,29 @@ class RegistryError(RuntimeError):
 # -- logging ----------------------------------------------------------------------------------
 
 
-def forecaster_signature(horizon: int = 5, num_samples: int = 1) -> ModelSignature:
-    """Input and output: `prey`, `predator` as arrays of doubles; params `horizon`, `num_samples`."""
+def forecaster_signature(
+    horizon: int = 5, num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0
+) -> ModelSignature:
+    """Input: `prey`, `predator` as arrays of doubles (one history per row). Params: `horizon`,
+    `num_samples`, `temperature`, `top_p`, and `quantiles` (a list of levels in (0, 1); empty by
+    default: no quantiles). Output: `prey`, `predator` (the point forecast: the median of the
+    samples), and, only when quantiles are asked for, `prey_quantiles`, `predator_quantiles`
+    (per row: horizon x levels) and `quantiles` (the levels): optional columns."""
     columns: list[ColSpec | TensorSpec] = [ColSpec(Array(DataType.double), n) for n in COLUMNS]
+    intervals: list[ColSpec | TensorSpec] = [
+        ColSpec(Array(Array(DataType.double)), f"{n}_quantiles", required=False) for n in COLUMNS
+    ]
+    intervals.append(ColSpec(Array(DataType.double), "quantiles", required=False))
     return ModelSignature(
         inputs=Schema(columns),
-        outputs=Schema(list(columns)),
+        outputs=Schema([*columns, *intervals]),
         params=ParamSchema(
             [
                 ParamSpec("horizon", DataType.long, int(horizon)),
                 ParamSpec("num_samples", DataType.long, int(num_samples)),
+                ParamSpec("temperature", DataType.double, float(temperature)),
+                ParamSpec("top_p", DataType.double, float(top_p)),
+                ParamSpec("quantiles", DataType.double, [], shape=(-1,)),
             ]
         ),
     )
@@ -303,10 +327,12 @@ def log_forecaster(
             are stripped); `base_spec` is then only recorded.
         settings: context_length, horizon (default of the `horizon` param), num_samples,
             batch_size, ...; LoRA rank/targets/lm_head_bias come from the adapter.
-        registered_model_name: also register the model as a new version of this name, tagged
-            with `tags` and the source run's final metrics (explicit tags win), so that
-            :func:`promote` compares versions from their tags alone.
-        tags: tags of the logged model, and of the registered version if any.
+        registered_model_name: also register the model as a new version of this name, with a
+            model card as its description and the tags :data:`VERSION_TAGS`, `tags` and the
+            source run's selection metric (`val_mse_filled_h5`, unless in `tags`), so that
+            :func:`promote` compares versions from their tags.
+        tags: tags of the logged model, and of the registered version if any (give only what
+            identifies a version: metrics belong to the source run and the card).
         validate: log an input example, which MLflow checks by loading the model in this
             process and predicting it; a failure raises `RegistryError` before anything is
             registered (costs one load of the base: 40-60 s for the Qwen GGUF on a CPU).
@@ -343,11 +369,20 @@ def log_forecaster(
             },
             code_paths=code_paths(),
             pip_requirements=pip_requirements(extra),
-            signature=forecaster_signature(full["horizon"], full["num_samples"]),
+            signature=forecaster_signature(
+                full["horizon"], full["num_samples"], full["temperature"], full["top_p"]
+            ),
             tags=model_tags,
         )
     if registered_model_name is not None:  # only now: a model that failed `validate` is not
-        version = _register(info.model_uri, registered_model_name, {**model_tags, **(tags or {})})
+        version_tags = {k: v for k, v in model_tags.items() if k in VERSION_TAGS}
+        card = {
+            "settings": {**full, "lora_alpha": _lora_alpha(adapter_dir)},
+            "codec": codec.to_dict(),
+        }
+        version = _register(
+            info.model_uri, registered_model_name, {**version_tags, **(tags or {})}, card
+        )
         info.registered_model_version = int(version.version)
     return info
 
@@ -362,46 +397,119 @@ def _tag_value(value: Any) -> str:
 
 
 def _tag_version(client: MlflowClient, name: str, ver: str, tags: dict[str, Any]) -> ModelVersion:
-    """Set `tags`, then the source run's final metrics under their own names (unless tagged)."""
+    """Set `tags`, and the source run's selection metric (unless tagged): :func:`promote` reads
+    it from the tags (else from the run)."""
     mv = client.get_model_version(name, ver)
     merged: dict[str, str] = {k: _tag_value(v) for k, v in tags.items()}
-    if mv.run_id:
-        for key, metric in client.get_run(mv.run_id).data.metrics.items():
-            merged.setdefault(key, _tag_value(metric))
+    if SELECTION_METRIC not in merged and mv.run_id:
+        metric = client.get_run(mv.run_id).data.metrics.get(SELECTION_METRIC)
+        if metric is not None:
+            merged[SELECTION_METRIC] = _tag_value(metric)
     for key, value in merged.items():
         if mv.tags.get(key) != value:
             client.set_model_version_tag(name, ver, key, value)
     return client.get_model_version(name, ver)
 
 
-def _register(model_uri: str, name: str, tags: dict[str, Any]) -> ModelVersion:
-    """Register `model_uri` as a new version of `name`; tag it with `tags` (FLOPs, metrics).
+def _lora_alpha(adapter_dir: Path) -> int:
+    from lvmodel.lora import adapter_settings
 
-    The source run's final metrics are added as tags too (explicit `tags` win), so that
-    :func:`promote` can compare versions from their tags alone.
-    """
+    return adapter_settings(adapter_dir).lora_alpha
+
+
+def git_commit(run_tags: dict[str, str]) -> str:
+    """The code's commit: the run's `mlflow.source.git.commit`, else `git rev-parse HEAD` of the
+    checkout this package lives in (or of the working directory), else "unknown"."""
+    if run_tags.get(MLFLOW_GIT_COMMIT):
+        return run_tags[MLFLOW_GIT_COMMIT]
+    for where in (Path(__file__).resolve().parent, Path.cwd()):
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(where), "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return "unknown"
+
+
+def _dataset(run: Any) -> dict[str, str]:
+    """The run's training data set (name, digest, source path), else its first; {} if none."""
+    inputs = list(run.inputs.dataset_inputs) if run.inputs else []
+    if not inputs:
+        return {}
+    chosen = next(
+        (i for i in inputs if any(t.value == "training" for t in i.tags)), inputs[0]
+    ).dataset
+    try:
+        source = json.loads(chosen.source).get("uri", chosen.source)
+    except (TypeError, ValueError, AttributeError):
+        source = chosen.source
+    return {"name": chosen.name, "digest": chosen.digest, "source": str(source or "")}
+
+
+def _predict_params(horizon: int) -> dict[str, Any]:
+    """The card's predict example: the signature's params that shape a probabilistic forecast."""
+    names = {p.name for p in forecaster_signature().params.params}
+    out: dict[str, Any] = {"horizon": int(horizon)}
+    if "num_samples" in names:
+        out["num_samples"] = 20
+    if "quantiles" in names:
+        out["quantiles"] = [0.1, 0.5, 0.9]
+    return out
+
+
+def version_card(client: MlflowClient, mv: ModelVersion, card: dict[str, Any]) -> str:
+    """The model card of `mv` (`lvtrack.describe.model_card`), from its source run and `card`
+    (the forecaster's settings and codec)."""
+    run = None
+    if mv.run_id:
+        with contextlib.suppress(MlflowException):
+            run = client.get_run(mv.run_id)
+    settings = card["settings"]
+    tags = dict(run.data.tags) if run else {}
+    return model_card(
+        mv.name,
+        mv.version,
+        settings,
+        card["codec"],
+        run_id=mv.run_id,
+        params=dict(run.data.params) if run else {},
+        metrics=dict(run.data.metrics) if run else {},
+        tags={**tags, **{k: v for k, v in mv.tags.items() if k in ("phase", "preset")}},
+        data=_dataset(run) if run else {},
+        git_commit=git_commit(tags),
+        predict_params=_predict_params(settings.get("horizon") or 5),
+    )
+
+
+def _register(
+    model_uri: str, name: str, tags: dict[str, Any], card: dict[str, Any]
+) -> ModelVersion:
+    """Register `model_uri` as a new version of `name`: tag it with `tags` (and the selection
+    metric, see :func:`_tag_version`), describe it with its model card (:func:`version_card`)."""
     mv = mlflow.register_model(model_uri, name)
-    return _tag_version(MlflowClient(), name, str(mv.version), tags)
+    client = MlflowClient()
+    mv = _tag_version(client, name, str(mv.version), tags)
+    client.update_model_version(name, str(mv.version), description=version_card(client, mv, card))
+    return client.get_model_version(name, str(mv.version))
 
 
 # -- promoting --------------------------------------------------------------------------------
 
 
-def _as_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def version_metric(client: MlflowClient, mv: ModelVersion, metric: str) -> float | None:
     """`metric` of a version: its tag, else its source run's metric; None when absent/non-finite."""
     if metric in mv.tags:
-        return _as_float(mv.tags[metric])
+        return finite(mv.tags[metric])
     if mv.run_id:
         try:
-            return _as_float(client.get_run(mv.run_id).data.metrics.get(metric))
+            return finite(client.get_run(mv.run_id).data.metrics.get(metric))
         except MlflowException:
             return None
     return None

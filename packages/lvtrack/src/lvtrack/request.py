@@ -36,6 +36,9 @@ class TrainRequest:
     register: bool = False
     base_model: str = ""
     checkpoint_every: int = 0
+    eval_samples: int = 1  # samples per series of the end-of-run scores (1: greedy)
+    temperature: float = 1.0
+    top_p: float = 1.0
 
     @classmethod
     def from_preset(
@@ -88,6 +91,9 @@ class TrainRequest:
             register=params["register"] == "True",
             base_model=params["base_model"],
             checkpoint_every=int(params.get("checkpoint_every", 0)),
+            eval_samples=int(params.get("eval_samples", 1)),
+            temperature=float(params.get("temperature", 1.0)),
+            top_p=float(params.get("top_p", 1.0)),
         )
 
     @property

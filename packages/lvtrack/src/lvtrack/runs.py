@@ -18,14 +18,16 @@ from typing import Any
 import click
 import mlflow
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
+from lvtrack.describe import describe_run
 from lvtrack.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
 from lvtrack.presets import Preset
 from lvtrack.resume import (
     TAG_ATTEMPT,
     TAG_HOST,
     TAG_PID,
+    TAG_WORK_RUN,
     Resume,
     ResumeError,
     attempt_record,
@@ -251,12 +253,25 @@ def entry_parent(
     `mlflow run` logs the entry point's raw parameters (`-1` and empty strings meaning "the
     preset's value"), and MLflow forbids changing a logged parameter; so the budgeted run that
     logs the resolved values is a child of it. A resumed work run is moved under the new parent
-    (its attempt tag records the old one, which stays FAILED).
+    (its attempt tag records the old one, which stays FAILED). Once the work run has finished,
+    the parent takes its description (the work run is named by the tag `lv.work_run`).
     """
     if "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None:
         with parent_run(name, phase, {}, preset) as run:
             if tags:
                 mlflow.set_tags(tags)
             yield run
+            _describe_from_work_run(run.info.run_id)
     else:
         yield None
+
+
+def _describe_from_work_run(parent_id: str) -> None:
+    """The parent's description: its work run's, and which run that is."""
+    client = MlflowClient()
+    work = client.get_run(parent_id).data.tags.get(TAG_WORK_RUN)
+    if not work:
+        return
+    note = client.get_run(work).data.tags.get(MLFLOW_RUN_NOTE)
+    if note:
+        describe_run(f"{note} · work run {work}", parent_id)

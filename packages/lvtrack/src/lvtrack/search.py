@@ -46,6 +46,7 @@ from lvmodel.plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.train import TrainConfig
 from lvtrack.datafile import Prepared, prepare_data
+from lvtrack.describe import describe_run, run_description
 from lvtrack.ledger import (
     TAG_PHASE,
     BudgetRefused,
@@ -452,6 +453,9 @@ class Search:
                 trial, req, config, lora, steps, meter, run.info.run_id, first
             )
             mlflow.set_tag(TAG_TRIAL_STATE, outcome)
+            scored = {SELECTION_METRIC: value, "budget_share": meter.spent / p.budget}
+            label = f"{PHASE} trial {trial.number}"
+            describe_run(run_description(PHASE, params, scored, label=label, state=outcome))
         if outcome != "completed":
             raise optuna.TrialPruned(outcome)
         return value

@@ -63,3 +63,24 @@ def best_of(
         context_length=int(p["context_length"]),
         value=run.data.metrics[metric],
     )
+
+
+def step_errors(run: Run, split: str, horizon: int, metric: str = "mse") -> list[float] | None:
+    """The run's `{split}_{metric}_step1..H` metrics (error against the step ahead), or None when
+    it did not log all of them."""
+    keys = [f"{split}_{metric}_step{h}" for h in range(1, horizon + 1)]
+    values = [run.data.metrics.get(k) for k in keys]
+    return None if any(v is None for v in values) else [float(v) for v in values]  # type: ignore[arg-type]
+
+
+def reference_step_errors(
+    experiment_id: str, preset: str, split: str, horizon: int, metric: str = "mse"
+) -> dict[str, list[float]]:
+    """Per-step errors of the newest finished run of each reference forecaster (`reference`
+    entry point; tag `forecaster`) in the experiment: name -> errors at steps 1..H."""
+    out: dict[str, list[float]] = {}
+    for run in finished_runs(experiment_id, "reference", preset):  # newest first
+        name = run.data.tags.get("forecaster")
+        if name and name not in out and (errors := step_errors(run, split, horizon, metric)):
+            out[name] = errors
+    return out

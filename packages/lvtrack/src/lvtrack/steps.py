@@ -10,15 +10,17 @@ from mlflow.tracking import MlflowClient
 
 from lvtrack.ledger import TAG_PHASE
 
-#: Every step is an MLproject entry point; all but `promote` and `budget` are also run phases
-#: (their runs' `phase` tag), which is how a finished one is found. The settings are chosen by
-#: the coursework's grid (`sweep`, then `context`) or by the budget-aware `search`.
+#: Every step is an MLproject entry point; all but `promote`, `report` and `budget` are also run
+#: phases (their runs' `phase` tag), which is how a finished one is found; those three run every
+#: time (they read the store as it is now; a `report` reuses the cells it measured before). The
+#: settings are chosen by the coursework's grid (`sweep`, then `context`) or by the budget-aware
+#: `search`.
 _CHOSEN_BY = {"grid": ("sweep", "context"), "search": ("search",)}
-STEPS = {
-    method: ("data", "reference", "baseline", "initial", *chosen_by, "final", "promote", "budget")
-    for method, chosen_by in _CHOSEN_BY.items()
-}
-PHASES = frozenset(s for steps in STEPS.values() for s in steps) - {"promote", "budget"}
+_BEFORE = ("data", "reference", "baseline", "initial")
+_AFTER = ("final", "promote", "report", "budget")
+STEPS = {method: (*_BEFORE, *chosen_by, *_AFTER) for method, chosen_by in _CHOSEN_BY.items()}
+ALWAYS_RUN = frozenset({"promote", "report", "budget"})
+PHASES = frozenset(s for steps in STEPS.values() for s in steps) - ALWAYS_RUN
 #: The cuts each step takes (`pipeline --steps/--lrs/--ranks/--eval-series`).
 CUTS = {
     "baseline": ("eval_series",),
@@ -27,6 +29,7 @@ CUTS = {
     "context": ("steps", "eval_series"),
     "final": ("steps", "eval_series"),
     "search": ("eval_series",),
+    "report": ("eval_series",),
 }
 
 
@@ -63,7 +66,7 @@ def step_params(
     if step == "data":
         return params
     params["preset"] = preset
-    if step != "reference" and base_model:
+    if step not in ("reference", "report") and base_model:  # report: the runs' own base
         params["base_model"] = base_model
     given = cuts or {}
     return {**params, **{n: given[n] for n in CUTS.get(step, ()) if n in given}}

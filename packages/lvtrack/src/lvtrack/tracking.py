@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+import click
 import mlflow
 import numpy as np
 from mlflow.data.numpy_dataset import from_numpy
@@ -15,25 +16,87 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "lv-forecast"
+# MLflow's own experiment, where `mlflow run` puts its run when given no experiment name.
+MLFLOW_DEFAULT_EXPERIMENT_ID = "0"
+# The experiment tag that says what an experiment is for, and its value for model training
+# (MLflow's UI kind selector writes and reads it; `finetuning` is the other training value). The
+# UI of MLflow 3.17.2 replaced the selector by its sidebar switch and no longer reads the tag
+# (docs/ui.md); it still records what the experiment holds, for other versions and tools.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+# The query that opens MLflow 3.17.2's UI on "Model training" instead of "GenAI", with the runs
+# flat (sorted by a metric the UI does not nest child runs under their parents; the project's runs
+# are children of their `mlflow run` runs) and the best validation score (what selects settings
+# and the champion) first.
+UI_TRAINING_VIEW = (
+    "workflowType=machine_learning&orderByKey=metrics.%60val_mse_filled_h5%60&orderByAsc=true"
+)
+
+_noted_default = False
 
 
 def setup_tracking(experiment: str | None = None) -> str:
     """Use $MLFLOW_TRACKING_URI when set (`mlflow run` sets it), else SQLite beside the project;
-    returns the id of the experiment runs go to.
+    returns the id of the experiment runs go to, marked as a model-training experiment.
 
     MLflow 3.17 refuses the plain ./mlruns file store by default, hence SQLite. The experiment is
-    the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID, or its run's), else
-    $MLFLOW_EXPERIMENT_NAME, else `lv-forecast`. (MLflow has no public getter of the active
-    experiment: callers keep the id this returns.)
+    the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID, or its run's: the one named by
+    `--experiment-name` or $MLFLOW_EXPERIMENT_NAME, else MLflow's `Default`), else
+    `experiment`, else $MLFLOW_EXPERIMENT_NAME, else `lv-forecast`. When it is `Default` because
+    nobody named one, this says once how to name one: `mlflow run` created its run there before
+    this code ran, and a run cannot move. `mlflow.set_experiment` exports MLFLOW_EXPERIMENT_ID
+    (for subprocesses), so in one process the first choice stays. (MLflow has no public getter of
+    the active experiment: callers keep the id this returns.)
     """
+    global _noted_default
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    experiment_id = _chosen_experiment(experiment)
+    mark_training_experiment(experiment_id)
+    unnamed = not os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if experiment_id == MLFLOW_DEFAULT_EXPERIMENT_ID and unnamed and not _noted_default:
+        _noted_default = True
+        click.echo(
+            "note: these runs go to MLflow's `Default` experiment because `mlflow run` was given "
+            "no experiment name; keep the project's runs and FLOPs ledger in their own "
+            f"experiment with `mlflow run . --experiment-name {DEFAULT_EXPERIMENT} ...` (or "
+            f"MLFLOW_EXPERIMENT_NAME={DEFAULT_EXPERIMENT}).",
+            err=True,
+        )
+    return experiment_id
+
+
+def _chosen_experiment(experiment: str | None) -> str:
     if chosen := os.environ.get("MLFLOW_EXPERIMENT_ID"):
         return chosen
     if run_id := os.environ.get("MLFLOW_RUN_ID"):
         return str(MlflowClient().get_run(run_id).info.experiment_id)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     return str(mlflow.set_experiment(name).experiment_id)
+
+
+def mark_training_experiment(experiment_id: str) -> None:
+    """Tag the experiment `mlflow.experimentKind=custom_model_development` unless it already has
+    a kind (one someone chose stays).
+
+    Several processes may find the tag missing at once; on SQL stores the later insert can fail
+    on the tag's key, which means the tag is there: that failure is ignored.
+    """
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG):
+        return
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    except mlflow.exceptions.MlflowException as exc:
+        if not _is_duplicate_key(exc):
+            raise
+
+
+def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The address of the experiment's runs in `mlflow ui` (MLflow 3.17.2): the "Model training"
+    view (a fresh browser opens an experiment on the GenAI overview), every run in one flat list,
+    best `val_mse_filled_h5` first (docs/ui.md)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
 
 
 def array_digest(values: np.ndarray) -> str:
