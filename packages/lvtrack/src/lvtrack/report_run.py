@@ -47,7 +47,7 @@ from lvtrack.report import (
 )
 from lvtrack.report_render import markdown_to_html, reference_table, results_table, sources_list
 from lvtrack.runs import budgeted_run, parent_run
-from lvtrack.selection import finished_runs, reference_step_errors, step_errors
+from lvtrack.selection import reference_runs, reference_step_errors, step_errors
 from lvtrack.tracking import setup_tracking
 
 SEED = 0  # of the fills' sampling: a rerun of the same cell draws the same samples
@@ -203,20 +203,25 @@ class Report:
     @property
     def filled(self) -> list[Cell]:
         """The cells this report evaluated."""
-        return [c for c in self.cells if c.how == THIS]
+        return filled_cells(self.cells)
 
     @property
     def charged(self) -> int:
         return sum(c.flops for c in self.filled)
 
 
+def filled_cells(cells: Iterable[Cell]) -> list[Cell]:
+    """The cells this report evaluated (and charged)."""
+    return [c for c in cells if c.how == THIS]
+
+
 def references(exp_id: str, preset: Preset) -> dict[str, tuple[float | None, float | None]]:
     """name -> (test MSE, test MAE) at the horizon of each reference forecaster's newest run."""
     h = preset.horizon
     out: dict[str, tuple[float | None, float | None]] = {}
-    for run in finished_runs(exp_id, "reference", preset.name):
-        name, m = run.data.tags.get("forecaster"), run.data.metrics
-        if name and name not in out and f"{SPLIT}_mse_h{h}" in m:
+    for name, run in reference_runs(exp_id, preset.name).items():
+        m = run.data.metrics
+        if f"{SPLIT}_mse_h{h}" in m:
             out[name] = (
                 m.get(f"{SPLIT}_mse_filled_h{h}", m.get(f"{SPLIT}_mse_h{h}")),
                 m.get(f"{SPLIT}_mae_filled_h{h}", m.get(f"{SPLIT}_mae_h{h}")),
@@ -281,7 +286,7 @@ def report_markdown(
     figure_lines: list[str],
 ) -> str:
     h = preset.horizon
-    filled = [c for c in cells if c.how == THIS]
+    filled = filled_cells(cells)
     empty = [c for c in cells if not c.measured]
     lines = [
         f"# lv-forecast report: preset {preset.name}",
@@ -363,7 +368,7 @@ def run_report(preset: Preset, data_file: str) -> Report:
                 mlflow.log_artifact(str(local), str(Path(path).parent))
         mlflow.log_text(md, "report.md")
         mlflow.log_text(page, "report.html")
-        filled = [c for c in cells if c.how == THIS]
+        filled = filled_cells(cells)
         mlflow.log_metrics(
             {
                 **budget_metrics,

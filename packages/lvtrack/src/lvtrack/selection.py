@@ -73,14 +73,24 @@ def step_errors(run: Run, split: str, horizon: int, metric: str = "mse") -> list
     return None if any(v is None for v in values) else [float(v) for v in values]  # type: ignore[arg-type]
 
 
+def reference_runs(experiment_id: str, preset: str) -> dict[str, Run]:
+    """The newest finished run of each reference forecaster (`reference` entry point; tag
+    `forecaster`) in the experiment: name -> run."""
+    out: dict[str, Run] = {}
+    for run in finished_runs(experiment_id, "reference", preset):  # newest first
+        name = run.data.tags.get("forecaster")
+        if name and name not in out:
+            out[name] = run
+    return out
+
+
 def reference_step_errors(
     experiment_id: str, preset: str, split: str, horizon: int, metric: str = "mse"
 ) -> dict[str, list[float]]:
-    """Per-step errors of the newest finished run of each reference forecaster (`reference`
-    entry point; tag `forecaster`) in the experiment: name -> errors at steps 1..H."""
+    """Per-step errors of each reference forecaster's newest run (:func:`reference_runs`) that
+    logged them: name -> errors at steps 1..H."""
     out: dict[str, list[float]] = {}
-    for run in finished_runs(experiment_id, "reference", preset):  # newest first
-        name = run.data.tags.get("forecaster")
-        if name and name not in out and (errors := step_errors(run, split, horizon, metric)):
+    for name, run in reference_runs(experiment_id, preset).items():
+        if errors := step_errors(run, split, horizon, metric):
             out[name] = errors
     return out
