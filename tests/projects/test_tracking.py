@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import threading
 
 import mlflow
 import numpy as np
@@ -197,3 +198,53 @@ def test_ui_url_opens_the_runs_flat_best_first_in_the_model_training_view():
         "orderByAsc": "true",
     }
     assert tracking.ui_url("1").startswith("http://127.0.0.1:5000/#/experiments/1/runs?")
+
+
+def _race(tracking_uri, write, rounds=6, writers=4):
+    """`writers` threads set the same new tag on one run at once, `rounds` times; returns the
+    errors raised and the run's tags."""
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("race")).info.run_id
+    errors: list[BaseException] = []
+
+    def one(barrier, key, value):
+        barrier.wait()
+        try:
+            write(run_id, key, value)
+        except Exception as exc:
+            errors.append(exc)
+
+    for r in range(rounds):
+        barrier = threading.Barrier(writers)
+        threads = [
+            threading.Thread(target=one, args=(barrier, f"best_{r}", f"w{w}"))
+            for w in range(writers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return errors, client.get_run(run_id).data.tags
+
+
+def test_a_tag_several_processes_write_at_once_is_set_by_all_of_them(tracking_uri):
+    """Four search workers write the shared parent's best_* tags as each ends; MLflow's one-tag
+    path fails on the tags' unique key when two insert the same new key at once."""
+    errors, tags = _race(tracking_uri, lambda run, k, v: tracking.set_run_tags(run, {k: v}))
+    assert errors == []
+    assert {k: v for k, v in tags.items() if k.startswith("best_")}.keys() == {
+        f"best_{r}" for r in range(6)
+    }
+    assert all(tags[f"best_{r}"] in {"w0", "w1", "w2", "w3"} for r in range(6))
+
+
+def test_the_race_is_real_on_mlflows_one_tag_path(tracking_uri):
+    """What set_run_tags avoids: the same race through MlflowClient.set_tag loses writes."""
+    errors, _ = _race(tracking_uri, MlflowClient().set_tag)
+    assert errors, "MLflow's set_tag no longer races; set_run_tags' reason is gone"
+    assert any("UNIQUE constraint" in str(e) for e in errors)
+
+
+def test_set_run_tags_without_a_run_refuses(tracking_uri):
+    with pytest.raises(RuntimeError, match="no active run"):
+        tracking.set_run_tags(None, {"a": "b"})

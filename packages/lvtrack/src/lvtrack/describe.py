@@ -22,9 +22,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import mlflow
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+from lvtrack.tracking import set_run_tags
 
 SEP = " · "
 #: MLflow keeps a version's description in a VARCHAR(5000) (PostgreSQL enforces it).
@@ -103,11 +103,9 @@ def _headline_key(metrics: Mapping[str, Any], split: str) -> str | None:
 
 def describe_run(text: str, run_id: str | None = None) -> None:
     """Set a run's description (the tag `mlflow.note.content`, which the MLflow UI shows as the
-    run's description): the active run's, or `run_id`'s."""
-    if run_id is None:
-        mlflow.set_tag(MLFLOW_RUN_NOTE, text)
-    else:
-        MlflowClient().set_tag(run_id, MLFLOW_RUN_NOTE, text)
+    run's description): the active run's, or `run_id`'s (which other processes may be writing:
+    a search's parent)."""
+    set_run_tags(run_id, {MLFLOW_RUN_NOTE: text})
 
 
 def _settings(params: Mapping[str, Any]) -> list[str]:

@@ -61,6 +61,7 @@ from lvtrack.resume import ReleaseError, checkpoint_root, release_dead_run
 from lvtrack.runs import FlopsMeter, budgeted_run
 from lvtrack.search_space import SearchSpace, SearchSpaceError, parse_space
 from lvtrack.selection import SELECTION_METRIC
+from lvtrack.tracking import set_run_tags
 
 PHASE = "search"
 TAG_STUDY = "optuna.study"
@@ -576,12 +577,12 @@ class Search:
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "search_flops": float(self.search_charged()),
         }
+        tags = {TAG_PHASE: PHASE}
         if done:
             best = min(done, key=lambda t: t.value if t.value is not None else math.inf)
             summary.update(best_value=best.value, best_trial=best.number, **best.params)
-            self.client.set_tag(self.parent_id, "best_run_id", best.user_attrs.get(ATTR_RUN, ""))
-            for key, value in best.params.items():
-                self.client.set_tag(self.parent_id, f"best_{key}", str(value))
+            tags["best_run_id"] = str(best.user_attrs.get(ATTR_RUN, ""))
+            tags.update({f"best_{key}": str(value) for key, value in best.params.items()})
             self.client.log_metric(self.parent_id, f"best_{SCORE}", float(best.value or math.nan))
-        self.client.set_tag(self.parent_id, TAG_PHASE, PHASE)
+        set_run_tags(self.parent_id, tags)  # every worker writes them: one batch, race-safe
         return summary

@@ -6,12 +6,14 @@ import hashlib
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 import mlflow
 import numpy as np
 from mlflow.data.numpy_dataset import from_numpy
+from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -97,6 +99,28 @@ def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
     view (a fresh browser opens an experiment on the GenAI overview), every run in one flat list,
     best `val_mse_filled_h5` first (docs/ui.md)."""
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
+
+
+def set_run_tags(run_id: str | None, tags: Mapping[str, str]) -> None:
+    """Set `tags` on a run (the active run when `run_id` is None) in one batch.
+
+    Use it for a run that several processes write: MLflow 3.17's single-tag path (`set_tag`, a
+    SQL merge) looks the key up and inserts it when missing, so two processes setting a new key on
+    one run at once can both miss it and the later insert fails on the tags' unique key (seen with
+    four search workers writing the shared parent's best trial). The batch path (`log_batch`)
+    retries on that conflict and then updates the row.
+    """
+    batch = [RunTag(key, str(value)) for key, value in tags.items()]
+    if run_id is None:
+        run_id = _active_run_id()
+    MlflowClient().log_batch(run_id, tags=batch)
+
+
+def _active_run_id() -> str:
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("set_run_tags: no run_id given and no active run")
+    return run.info.run_id
 
 
 def array_digest(values: np.ndarray) -> str:
