@@ -97,7 +97,8 @@ def ui(session: nox.Session) -> None:
     every page checked for content: the landing page, the run list, the final run's metrics, the
     report (`benchmarks/ui_screenshots.py`; opt-in, never in CI; needs Debian's `chromium`). Args
     go to the script: `-- OUT_DIR` (default /tmp/lv-ui-screenshots), `--work DIR` (keep and reuse
-    the stores), `--only landing|pipeline`."""
+    the stores), `--only landing|pipeline`, `--store URI` (only the newest report of an existing
+    store, e.g. the tiny pipeline's)."""
     if shutil.which("chromium") is None:
         session.error("`chromium` not found: apt-get update && apt-get install -y chromium")
     _install_project(session)

@@ -24,8 +24,13 @@ Each page is loaded by headless Chromium (`--screenshot` and `--dump-dom` in one
 the run list names the final run, the run page names a metric the final run logged, the report
 holds a `<table>` and the untrained row. A failed check exits 1 after every page was tried.
 
+- `--store URI`: instead of the micro stores, a store that already holds a report (say the
+  tiny pipeline's, `sqlite:////path/mlflow.db`): its newest `report.html` in the UI's artifact
+  view (`report-in-ui.png`) and on its own (`report.png`), with the same checks.
+
 Usage:
   python benchmarks/ui_screenshots.py [OUT_DIR] [--work DIR] [--only landing|pipeline]
+  python benchmarks/ui_screenshots.py [OUT_DIR] --store URI [--experiment NAME]
 
 OUT_DIR defaults to /tmp/lv-ui-screenshots. `--work DIR` keeps the stores there (default: a new
 temporary folder, removed at the end) and reuses them on the next call: a finished `final` run is
@@ -65,6 +70,9 @@ PRESET = "micro"
 FINAL_METRIC = "test_mse_h5"  # the final run scores the test split; no other run does
 HEALTH_DEADLINE_S = 180
 PAGE_TIME_MS = 20000
+#: report.html (~300 KB with its plots) renders inside the UI's iframe after the page: more time.
+REPORT_PAGE_TIME_MS = 60000
+REPORT_PANE = (440, 240, 1000, 1000)
 FAILURES: list[str] = []
 
 
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", nargs="?", default="/tmp/lv-ui-screenshots", help="where the PNGs go")
     p.add_argument("--work", help="keep (and reuse) the stores in this folder")
     p.add_argument("--only", choices=("landing", "pipeline"), help="one store only")
+    p.add_argument("--store", help="an existing tracking store: shoot its newest report only")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="with --store (lv-forecast)")
     args = p.parse_args(argv)
     browser = shutil.which("chromium")
     if browser is None:
@@ -80,9 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with _work_dir(args.work) as work:
-        if args.only != "pipeline":
+        if args.store:
+            stored_report(
+                Chromium(browser, work / "store-profile"), args.store, args.experiment, out
+            )
+        elif args.only != "pipeline":
             landing(Chromium(browser, work / "landing-profile"), work / "landing", out)
-        if args.only != "landing":
+        if not args.store and args.only != "landing":
             pipeline(Chromium(browser, work / "pipeline-profile"), work / "pipeline", out)
     print(f"\nscreenshots in {out}:")
     for png in sorted(out.glob("*.png")):
@@ -146,15 +160,7 @@ def pipeline(browser: Chromium, root: Path, out: Path) -> None:
         (r for r in finished_runs(client, exp_id, "final") if FINAL_METRIC in r.data.metrics), None
     )
     check(final is not None, f"a FINISHED run tagged phase=final logged {FINAL_METRIC}")
-    # The `report` run that logged report.html (the `budget` run is tagged phase=report too).
-    report = next(
-        (
-            r
-            for r in finished_runs(client, exp_id, "report")
-            if _has_artifact(client, r, "report.html")
-        ),
-        None,
-    )
+    report = newest_report(client, exp_id)
     check(
         report is not None,
         f"a FINISHED run tagged phase=report with the artifact report.html (experiment {exp_id})",
@@ -184,6 +190,27 @@ def pipeline(browser: Chromium, root: Path, out: Path) -> None:
             report_shots(browser, server, exp_id, report.info.run_id, out)
 
 
+def stored_report(browser: Chromium, uri: str, experiment: str, out: Path) -> None:
+    """The newest report of `experiment` in the store `uri`, through `mlflow ui` on it."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        sys.exit(f"{uri}: no experiment {experiment!r} (--experiment names another)")
+    report = newest_report(client, found.experiment_id)
+    if report is None:
+        sys.exit(f"{uri}: experiment {experiment!r} has no FINISHED report run with report.html")
+    print(f"report run {report.info.run_id} of {experiment!r} in {uri}", flush=True)
+    with ui_server(out, uri) as server:
+        report_shots(browser, server, found.experiment_id, report.info.run_id, out)
+
+
+def newest_report(client: MlflowClient, exp_id: str) -> Run | None:
+    """The `report` run that logged report.html (the `budget` run and the report's fills are
+    tagged phase=report too), newest first."""
+    runs = finished_runs(client, exp_id, "report")
+    return next((r for r in runs if _has_artifact(client, r, "report.html")), None)
+
+
 def _has_artifact(client: MlflowClient, run: Run, path: str) -> bool:
     return any(a.path == path for a in client.list_artifacts(run.info.run_id))
 
@@ -201,12 +228,21 @@ def report_shots(browser: Chromium, server: str, exp_id: str, run_id: str, out: 
     (out / "report.html").write_text(body)
     check("<table" in body, "report.html holds a <table>")
     check("untrained" in body, "report.html holds the row `untrained`")
+    png = out / "report-in-ui.png"
     page = browser.load(
         f"{server}/#/experiments/{exp_id}/runs/{run_id}/artifacts/report.html",
-        out / "report-in-ui.png",
+        png,
         height=1100,
+        page_ms=REPORT_PAGE_TIME_MS,
     )
     check("mlflow-html-iframe" in page.dom, "the UI shows report.html as a page (its HTML view)")
+    # The iframe's document is a blob the DOM dump does not include: look at its pixels (the
+    # artifact pane of a 1400-pixel-wide window, below the file's name and path).
+    check(
+        png.is_file() and not_blank(png, box=REPORT_PANE),
+        f"{png.name}: the report's pane shows the report (not blank; a loaded machine may "
+        f"need more than {REPORT_PAGE_TIME_MS} ms of page time)",
+    )
     browser.load((out / "report.html").as_uri(), out / "report.png", height=1400)
 
 
@@ -327,12 +363,15 @@ class Chromium:
     def __init__(self, path: str, profile: Path) -> None:
         self.path, self.profile = path, profile
 
-    def load(self, url: str, png: Path, width: int = 1400, height: int = 900) -> Page:
-        """Load `url`, save a screenshot to `png` and return the rendered DOM."""
+    def load(
+        self, url: str, png: Path, width: int = 1400, height: int = 900, page_ms: int = PAGE_TIME_MS
+    ) -> Page:
+        """Load `url` (`page_ms` of page time), save a screenshot to `png` and return the
+        rendered DOM."""
         cmd = [self.path, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
         cmd += [f"--user-data-dir={self.profile}", "--no-first-run", "--dump-dom"]
         cmd += [f"--screenshot={png}", f"--window-size={width},{height}"]
-        cmd += [f"--virtual-time-budget={PAGE_TIME_MS}", url]
+        cmd += [f"--virtual-time-budget={page_ms}", url]
         png.unlink(missing_ok=True)
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         if done.returncode or not png.is_file():
@@ -416,13 +455,15 @@ class DevTools:
         return False
 
 
-def not_blank(png: Path) -> bool:
-    """More than a near-uniform image: at least 1% of the pixels away from the most common
-    colour (a blank page is below; the DOM checks catch a loading skeleton)."""
+def not_blank(png: Path, box: tuple[int, int, int, int] | None = None) -> bool:
+    """More than a near-uniform image (or part of it, `box` = left, top, right, bottom pixels):
+    at least 1% of the pixels away from the most common colour (a blank page is below; the DOM
+    checks catch a loading skeleton)."""
     from PIL import Image  # matplotlib's dependency
 
     with Image.open(png) as img:
-        colours = img.convert("RGB").getcolors(maxcolors=1 << 24) or []
+        part = img.crop(box) if box else img
+        colours = part.convert("RGB").getcolors(maxcolors=1 << 24) or []
     total = sum(n for n, _ in colours)
     return total > 0 and 1 - max(n for n, _ in colours) / total > 0.01
 
