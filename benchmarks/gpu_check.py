@@ -18,7 +18,9 @@ no network, nothing from projects/. Prints, each part with its wall time:
   small warm-up call, against `naive_generate_forecast` (one series at a time, unconstrained) on
   `--naive-series` of them: forecasts/s, the ratio (target on one H200: >= 20x), invalid rates, the
   torch.compile graphs and seconds each call caused (transformers' `generate` compiles the forward
-  by itself on CUDA when the KV cache is static; 0 expected otherwise), peak memory.
+  by itself on CUDA when the KV cache is static; 0 expected otherwise), peak memory; and the same
+  series sampled, `--samples` continuations each at temperature 1 (what `final` and the report
+  score with): series/s and its time against greedy's.
 - nvml: whether `import pynvml` (nvidia-ml-py) works, and on CUDA one reading of GPU memory,
   utilisation and power with the calls MLflow's system-metrics GPU monitor makes.
 
@@ -103,6 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--naive-series", type=int, default=8, help="series forecast naively (8)")
     p.add_argument("--context", type=int, default=512, help="prompt token limit (default 512)")
     p.add_argument("--horizon", type=int, default=5, help="steps forecast (default 5)")
+    p.add_argument(
+        "--samples", type=int, default=10, help="sampled continuations per series (10; 1: skip)"
+    )
     p.add_argument("--peak-n", type=int, help="matmul size for the peak (8192 CUDA, 2048 CPU)")
     p.add_argument("--peak-reps", type=int, help="timed matmuls for the peak (50 CUDA, 5 CPU)")
     p.add_argument(
@@ -123,6 +128,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.layers is not None and args.layers < 1:
         p.error("--layers must be at least 1")
+    if args.samples < 1:
+        p.error("--samples must be at least 1 (1: no sampled forecast)")
     if args.naive_series > args.series:
         p.error("--naive-series cannot exceed --series (the naive series are the first ones)")
     if args.gguf and not Path(args.gguf).is_file():
@@ -516,6 +523,39 @@ def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
         f"  batched: {n / fast.seconds:.2f} forecasts/s ({fast.seconds:.2f} s), invalid "
         f"{fast.invalid_rate:.1%}, compiled graphs {d['graphs']:.0f} ({d['seconds']:.1f} s)"
     )
+    if args.samples > 1:
+        say(
+            f"forecast: the same {n} series sampled, {args.samples} continuations each at "
+            f"temperature 1 (what `final` and the report score with: eval_samples)"
+        )
+        before = compile_stats()
+        sampled = forecast(
+            model,
+            tok,
+            codec,
+            histories,
+            args.horizon,
+            context_length=args.context,
+            batch_size=args.batch_size,
+            num_samples=args.samples,
+            seed=args.seed,
+            **kw,
+        )
+        d = compile_delta(before)
+        out.update(
+            sampled_samples=args.samples,
+            sampled_seconds=sampled.seconds,
+            sampled_per_s=n / sampled.seconds,
+            sampled_sequences_per_s=n * args.samples / sampled.seconds,
+            sampled_invalid_rate=sampled.invalid_rate,
+            sampled_compiled_graphs=d["graphs"],
+            sampled_vs_greedy_time=sampled.seconds / fast.seconds,
+        )
+        say(
+            f"  sampled: {n / sampled.seconds:.2f} series/s ({sampled.seconds:.2f} s, "
+            f"{out['sampled_vs_greedy_time']:.1f}x greedy's time), invalid "
+            f"{sampled.invalid_rate:.1%}"
+        )
     say(f"forecast: naive, {m} series one at a time, max_new_tokens {fixed}")
     before = compile_stats()
     naive = naive_generate_forecast(
