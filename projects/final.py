@@ -12,7 +12,7 @@ from lvtrack.presets import get_preset
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
 from lvtrack.request import TrainRequest
 from lvtrack.selection import SELECTION_METRIC, best_of
-from lvtrack.tracking import setup_tracking
+from lvtrack.tracking import setup_tracking, ui_hint
 
 
 @click.command()
@@ -73,6 +73,7 @@ def main(
         click.echo(f"final: no champion set: {err}", err=True)
     else:
         click.echo(f"final: {reason}", err=True)
+    click.echo(f"final: {ui_hint(exp_id)}", err=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from lvtrack.options import (
     steps_option,
 )
 from lvtrack.steps import PHASES, STEPS, already_ran, step_params
-from lvtrack.tracking import setup_tracking
+from lvtrack.tracking import setup_tracking, ui_hint
 
 
 @click.command()
@@ -96,6 +96,7 @@ def main(
         describe_run(pipeline_description(method, list(done), reused))
         mlflow.log_dict(done, "steps.json")
     click.echo(json.dumps(done))
+    click.echo(f"pipeline: {ui_hint(experiment_id)}", err=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import click
 from lvtrack.options import check_train_values, data_option, eval_series_option, preset_option
 from lvtrack.presets import get_preset
 from lvtrack.report_run import run_report
+from lvtrack.tracking import ui_hint
 
 
 @click.command()
@@ -28,6 +29,10 @@ def main(preset: str, data_file: str, eval_series: int) -> None:
     click.echo(
         f"report: run {report.run_id} (report.md, report.html); {len(report.filled)} cell(s) "
         f"evaluated now, {report.charged:.3e} FLOPs charged",
+        err=True,
+    )
+    click.echo(
+        f"report: {ui_hint(report.experiment_id)} (report.html: the report run's artifacts)",
         err=True,
     )
 

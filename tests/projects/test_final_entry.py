@@ -13,6 +13,10 @@ def test_final_registers_and_leaves_a_champion(tracking_uri, micro_args):
     assert result.exit_code == 0, result.output
     assert "from preset defaults" in result.output  # no sweep or context runs yet
     (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
+    # It ends by saying how to look at the runs: the store and the training-runs address.
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"final: look at the runs: mlflow ui --backend-store-uri {tracking_uri}")
+    assert f"/#/experiments/{run.info.experiment_id}/runs?workflowType=machine_learning" in last
     assert {"val_mse_filled_h5", "test_mse_h5"} <= set(run.data.metrics)
     # Scored by sampling (micro: 3 samples): CRPS and coverage beside MSE, per step too, and a
     # fan chart of each split.

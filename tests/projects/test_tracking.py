@@ -200,6 +200,17 @@ def test_ui_url_opens_the_runs_flat_best_first_in_the_model_training_view():
     assert tracking.ui_url("1").startswith("http://127.0.0.1:5000/#/experiments/1/runs?")
 
 
+def test_ui_hint_names_the_store_and_the_training_runs_address(tracking_uri, monkeypatch):
+    hint = tracking.ui_hint("4")
+    assert f"mlflow ui --backend-store-uri {tracking_uri}," in hint
+    assert "http://127.0.0.1:5000/#/experiments/4/runs?workflowType=machine_learning" in hint
+    # Against a tracking server, that server's own address (no `mlflow ui` to start).
+    monkeypatch.setattr(tracking.mlflow, "get_tracking_uri", lambda: "https://mlflow.lab:8443")
+    hint = tracking.ui_hint("4")
+    assert "mlflow ui" not in hint
+    assert "open https://mlflow.lab:8443/#/experiments/4/runs?workflowType=machine_learning" in hint
+
+
 def _race(tracking_uri, write, rounds=6, writers=4):
     """`writers` threads set the same new tag on one run at once, `rounds` times; returns the
     errors raised and the run's tags."""

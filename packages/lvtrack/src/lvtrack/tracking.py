@@ -101,6 +101,20 @@ def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_TRAINING_VIEW}"
 
 
+def ui_hint(experiment_id: str) -> str:
+    """What to type to look at the experiment's runs, and the address that opens them as
+    training runs (a fresh browser opens an experiment on MLflow 3.17.2's GenAI overview, and
+    the root address is Home: docs/ui.md). Against a tracking server it is that server's
+    address; against a database, `mlflow ui` on it at its default address."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"look at the runs: open {ui_url(experiment_id, uri)}"
+    return (
+        f"look at the runs: mlflow ui --backend-store-uri {uri}, then open "
+        f"{ui_url(experiment_id)} (the training runs, best val_mse_filled_h5 first)"
+    )
+
+
 def set_run_tags(run_id: str | None, tags: Mapping[str, str]) -> None:
     """Set `tags` on a run (the active run when `run_id` is None) in one batch.
 
