@@ -46,6 +46,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -491,8 +492,8 @@ def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
         f"forecast: {len(histories)} series, batch {args.batch_size}, context {args.context}, "
         f"horizon {args.horizon} (batched, constrained)"
     )
-    before = compile_stats()
-    fast = forecast(
+    batched = functools.partial(
+        forecast,
         model,
         tok,
         codec,
@@ -502,6 +503,8 @@ def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
         batch_size=args.batch_size,
         **kw,
     )
+    before = compile_stats()
+    fast = batched()
     d = compile_delta(before)
     n, m = len(histories), args.naive_series
     fixed = max(fast.generated_tokens // n + 16, 12 * args.horizon)
@@ -529,18 +532,7 @@ def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
             f"temperature 1 (what `final` and the report score with: eval_samples)"
         )
         before = compile_stats()
-        sampled = forecast(
-            model,
-            tok,
-            codec,
-            histories,
-            args.horizon,
-            context_length=args.context,
-            batch_size=args.batch_size,
-            num_samples=args.samples,
-            seed=args.seed,
-            **kw,
-        )
+        sampled = batched(num_samples=args.samples, seed=args.seed)
         d = compile_delta(before)
         out.update(
             sampled_samples=args.samples,
