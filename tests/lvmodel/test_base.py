@@ -380,6 +380,57 @@ def test_real_gguf_zero_shot_forecasts_are_valid(qwen_gguf, coursework) -> None:
 
 @pytest.mark.realmodel
 @pytest.mark.slow
+def test_real_gguf_sampled_forecasts_are_well_formed_with_ordered_quantiles(
+    qwen_gguf, coursework
+) -> None:
+    """Sampling as `final` and the report score, on the real vocabulary (151,936 tokens): top-p
+    after the grammar's mask keeps every sample well-formed, the quantiles are those of the
+    numbers the samples wrote, and a vanishing top-p leaves only the greedy continuation."""
+    import re
+
+    import lvdata
+    from lvmodel.forecast import forecast
+
+    model, tok = qwen_gguf
+    parts = lvdata.split(coursework.n_series, seed=0)
+    codec = lvdata.LLMTimeCodec.fit(coursework.values[parts.train])
+    histories = list(coursework.values[parts.val[:3], :50])
+    kw = {"context_length": 256, "batch_size": 3, "seed": 0}
+    f = forecast(model, tok, codec, histories, 5, num_samples=5, top_p=0.9, **kw)
+    number = r"(?:0|[1-9]\d?)\.\d{2}"  # the grammar's: no leading zero
+    assert f.invalid_rate == 0.0
+    for texts in f.texts:
+        assert len(texts) == 5 and all(
+            re.fullmatch(rf"(?:{number},{number};){{5}}", t) for t in texts
+        ), texts
+    # The quantiles and the median, against the numbers read from the texts (x alpha).
+    written = np.array(
+        [
+            [
+                [[float(v) * codec.alpha for v in st.split(",")] for st in t.split(";")[:5]]
+                for t in ts
+            ]
+            for ts in f.texts
+        ]
+    )  # (series, samples, steps, vars)
+    q = f.quantiles((0.1, 0.5, 0.9))
+    np.testing.assert_allclose(
+        q, np.moveaxis(np.quantile(written, [0.1, 0.5, 0.9], 1), 0, -1), rtol=1e-6
+    )
+    assert np.all(q[..., 0] <= q[..., 1]) and np.all(q[..., 1] <= q[..., 2])
+    np.testing.assert_allclose(f.values, np.median(written, axis=1), rtol=1e-6)
+    assert len({t for ts in f.texts for t in ts}) > len(histories)  # the samples differ
+    greedy = forecast(model, tok, codec, histories, 5, **kw)
+    narrow = forecast(model, tok, codec, histories, 5, num_samples=2, top_p=1e-9, **kw)
+    for texts, (one,) in zip(narrow.texts, greedy.texts, strict=True):
+        assert texts == [one, one]
+    print(
+        f"real GGUF sampled: 3 series x 5 samples in {f.seconds:.1f} s, greedy {greedy.seconds:.1f} s"
+    )
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
 def test_real_gguf_lora_steps_at_context_128(coursework) -> None:
     """A few LoRA steps on the real model (a private copy: the module fixture stays untouched)."""
     import lvdata
