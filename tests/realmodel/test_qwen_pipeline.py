@@ -1,4 +1,4 @@
-"""The coursework pipeline on the real Qwen2.5 0.5B, on a CPU: `qwen` preset, cut to fit 40 minutes.
+"""The coursework pipeline on the real Qwen2.5 0.5B, on a CPU: `qwen` preset, cut by parameters.
 
 Opt-in (`nox -s qwen-pipeline`, or `LV_QWEN_GGUF=FILE pytest -m qwen_pipeline tests/realmodel -s`):
 the real Qwen2.5 architecture and tokenizer from the GGUF file that `../shared/tools/qwen-gguf`
@@ -7,9 +7,11 @@ own code path (LoRA r=4 on q/v plus the lm_head bias, contexts 128/512/768, batc
 and only the step counts, the grid and the evaluation series cut by parameters (`LV_QWEN_CUTS`,
 default below). Never part of CI: it loads a 0.5B model nine times and trains at 768 tokens.
 
-It checks that every phase FINISHED, that the budget table adds up, and that the champion loads
-from the registry in a fresh process and forecasts held-out test series; and it prints the wall
-time, every phase's validation MSE at horizon 5, the budget table and the champion's forecast.
+It checks that every phase FINISHED, that the budget table adds up, that `final` was scored by
+sampling (CRPS, coverage), that the report left no cell of its table empty, and that the champion
+loads from the registry in a fresh process and forecasts held-out test series; and it prints the
+wall time, every phase's validation MSE at horizon 5, the budget table, the champion's forecast
+and the report's table.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ GGUF = os.environ.get("LV_QWEN_GGUF", "")
 # One lr x one rank, two optimizer steps per training run, four series per evaluation.
 DEFAULT_CUTS = "steps=2 lrs=0.0001 ranks=4 eval_series=4 method=grid"  # the grid: cut by lrs/ranks
 PHASES = ("data", "reference", "baseline", "initial", "sweep", "context", "final", "promote")
+PHASES += ("report",)  # the reference study's table, its missing cells evaluated (sampled final)
 
 pytestmark = [
     pytest.mark.qwen_pipeline,
@@ -89,6 +92,15 @@ def test_the_qwen_pipeline_runs_end_to_end_on_the_real_model(tmp_path, coursewor
     client = MlflowClient()
     champion = client.get_model_version_by_alias("lv-forecaster", "champion")
     assert champion.run_id == final.info.run_id
+    # final is scored by sampling (the preset's eval_samples): CRPS and coverage beside MSE.
+    assert {"test_crps_h5", "test_coverage80_h5"} <= set(final.data.metrics)
+    # The report: every cell of the table measured or filled, its fills charged to the budget.
+    (rep,) = [
+        r for r in runs if r.data.tags.get("phase") == "report" and r.info.run_name == "report"
+    ]
+    assert rep.data.metrics["cells_empty"] == 0
+    report_md = tmp_path / "report.md"
+    report_md.write_text(mlflow.artifacts.load_text(f"{rep.info.artifact_uri}/report.md"))
 
     # The champion in a fresh process: held-out test series, first 50 steps in, 5 out.
     script = textwrap.dedent(
@@ -132,6 +144,7 @@ def test_the_qwen_pipeline_runs_end_to_end_on_the_real_model(tmp_path, coursewor
         )
     lines.append(f"champion on 4 test series: {json.dumps(forecast)}")
     lines.append(table.stdout)
+    lines.append(report_md.read_text())
     summary = "\n".join(lines)
     (tmp_path / "summary.txt").write_text(summary)
     print(summary)
