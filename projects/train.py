@@ -40,7 +40,8 @@ SCHEDULES = click.Choice(["", "constant", "cosine", "wsd"])
     "--checkpoint-every",
     default=-1,
     type=int,
-    help="Checkpoint every N steps, for resuming (-1: preset; 0: only at the end).",
+    help="Checkpoint every N steps, for resuming (-1: the preset's pace, by wall time; 0: not "
+    "by steps).",
 )
 @click.option(
     "--resume-run-id",

@@ -48,7 +48,7 @@ def test_one_adamw_step_at_1e_4_moves_the_bias_and_keeps_fp32_state():
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     model.train()
     out = model(**_batch(tok))
-    assert out.logits.dtype == torch.bfloat16  # the base computes in bf16 on the CPU
+    assert out.logits.dtype == torch.float32  # bf16 head output, float32 once the bias is added
     out.loss.backward()
     assert bias.grad is not None and bias.grad.dtype == torch.float32
     opt.step()
@@ -76,7 +76,26 @@ def test_the_bias_is_added_to_the_logits():
         plain = model(input_ids=batch["input_ids"]).logits.float()
         head_bias(model).fill_(0.5)  # type: ignore[union-attr]
         shifted = model(input_ids=batch["input_ids"]).logits.float()
-    assert torch.allclose(shifted - plain, torch.full_like(plain, 0.5), atol=2e-2)  # bf16 logits
+    assert torch.allclose(shifted - plain, torch.full_like(plain, 0.5), atol=1e-6)  # fp32 add
+
+
+def test_a_small_bias_moves_large_bf16_logits_by_its_own_size():
+    """In a bf16 base a bias of 0.003 must move a logit of magnitude 8-32 by 0.003, not by 0 (a
+    bf16 step there is 0.06-0.125: adding the bias in bf16 rounds it away)."""
+    model, tok = _bf16_lora()
+    with torch.no_grad():  # large logits, as a trained LM's: scale the (tied) head weight
+        model.get_output_embeddings().weight.mul_(64.0)
+    ids = _batch(tok, n=2)["input_ids"]
+    model.eval()
+    token = 17  # the digit "2"
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits[..., token]
+        head_bias(model)[token] = 0.003  # type: ignore[index]
+        moved = model(input_ids=ids).logits[..., token]
+    large = plain.abs() > 8
+    assert int(large.sum()) >= 10  # enough positions where bf16 would have rounded it away
+    shift = (moved - plain)[large]
+    assert torch.allclose(shift, torch.full_like(shift, 0.003), rtol=0.1, atol=0)
 
 
 def test_adapter_round_trip_keeps_float32_bias(tmp_path):
@@ -105,7 +124,7 @@ def test_the_bias_is_added_once_however_often_it_is_asked_for():
         a = model(input_ids=batch["input_ids"]).logits.float()
         first.fill_(0.0)  # type: ignore[union-attr]
         b = model(input_ids=batch["input_ids"]).logits.float()
-    assert torch.allclose(a - b, torch.ones_like(a), atol=2e-2)  # one hook, not two
+    assert torch.allclose(a - b, torch.ones_like(a), atol=1e-6)  # one hook, not two
 
 
 def test_flops_kwargs_describe_the_wrap_that_apply_lora_makes():

@@ -54,7 +54,7 @@ def test_rungs_continue_the_stable_phase_and_score_decayed_branches(toy_data, tm
         if module.training:
             shapes.append(tuple(kwargs["input_ids"].shape))
 
-    model.get_base_model().register_forward_pre_hook(spy, with_kwargs=True)
+    model.get_base_model().model.register_forward_pre_hook(spy, with_kwargs=True)  # the decoder
     seen: list[tuple[int, dict]] = []
     rungs = WsdRungs(
         model,
@@ -66,7 +66,7 @@ def test_rungs_continue_the_stable_phase_and_score_decayed_branches(toy_data, tm
         LORA,
         tmp_path,
         decay_fraction=0.25,
-        on_metrics=lambda s, m: seen.append((s, m)),
+        on_metrics=seen.extend,
     )
     first = rungs.rung(4)
     trained_first = len(shapes)

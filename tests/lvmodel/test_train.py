@@ -43,7 +43,7 @@ def test_fit_lowers_loss_and_meters_flops(toy_data):
     def spy(module, args, kwargs):
         ran.append((module.training, tuple(kwargs["input_ids"].shape)))
 
-    model.get_base_model().register_forward_pre_hook(spy, with_kwargs=True)
+    model.get_base_model().model.register_forward_pre_hook(spy, with_kwargs=True)  # the decoder
     seen: list[tuple[int, dict]] = []
     result = fit(
         model,
@@ -53,7 +53,7 @@ def test_fit_lowers_loss_and_meters_flops(toy_data):
         val,
         _config(steps=12),
         LORA,
-        on_metrics=lambda s, m: seen.append((s, m)),
+        on_metrics=seen.extend,
         progress=False,
     )
     losses = [m["train_loss"] for _, m in seen]
@@ -130,12 +130,12 @@ class _Killed(Exception):
 
 def test_resume_reproduces_uninterrupted_run(toy_data, tmp_path):
     train, val, codec = toy_data
-    cfg = _config(steps=8, checkpoint_every=2, eval_every=4)
+    cfg = _config(steps=8, checkpoint_every=2, eval_every=4, log_every=1)
     tok = build_tiny_tokenizer()
     full = fit(_model(), tok, codec, train, val, cfg, LORA, progress=False)
 
-    def die(step, metrics):
-        if step == 5:
+    def die(rows):
+        if any(step == 5 for step, _ in rows):
             raise _Killed
 
     with pytest.raises(_Killed):
@@ -191,7 +191,7 @@ def test_forecast_metric_is_reported_and_charged(toy_data):
         val,
         cfg,
         LORA,
-        on_metrics=lambda s, m: seen.update({s: m}),
+        on_metrics=lambda rows: seen.update(rows),
         progress=False,
     )
     assert "val_mse" not in seen[1] and "val_mse" in seen[2] and "val_mse" in seen[4]

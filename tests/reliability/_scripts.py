@@ -11,12 +11,12 @@ STALLED_TRAIN = """
 import sys, time
 import lvtrack.runs as runs
 stall = int(sys.argv.pop(1))
-log = runs.FlopsMeter.log
-def stalling(self, counted, step, metrics=None):
-    log(self, counted, step, metrics)
-    if step == stall and metrics and "train_loss" in metrics:
+log_rows = runs.FlopsMeter.log_rows
+def stalling(self, rows):
+    log_rows(self, rows)
+    if any(step == stall and "train_loss" in metrics for step, _, metrics in rows):
         time.sleep(600)  # killed here by the test
-runs.FlopsMeter.log = stalling
+runs.FlopsMeter.log_rows = stalling
 from projects.train import main
 main(prog_name="projects.train")
 """

@@ -336,15 +336,15 @@ def test_release_refuses_other_hosts_runs_without_force_and_unbudgeted_runs(stor
 def test_signal_mid_training_ends_the_run_killed_with_its_flops(
     store, base_args, full, monkeypatch, sig
 ):
-    log = runs.FlopsMeter.log
+    log_rows = runs.FlopsMeter.log_rows
 
-    def signalled(self, counted, step, metrics=None):
-        log(self, counted, step, metrics)
-        if step == 2 and metrics and "train_loss" in metrics:
+    def signalled(self, rows):
+        log_rows(self, rows)
+        if any(step == 2 and "train_loss" in metrics for step, _, metrics in rows):
             os.kill(os.getpid(), sig)
             time.sleep(30)  # the signal interrupts this
 
-    monkeypatch.setattr(runs.FlopsMeter, "log", signalled)
+    monkeypatch.setattr(runs.FlopsMeter, "log_rows", signalled)
     # A shell starts background jobs with SIGINT ignored (`cmd &`, as some CI runners do): give
     # this process Python's own Ctrl-C handler, as in a terminal.
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -418,14 +418,14 @@ def test_resume_errors_are_clear(store, base_args, full, monkeypatch):
     assert "refused by the FLOPs budget before it trained" in fails(1, "--resume-run-id", refused)
 
     # An exception in training, before the first checkpoint: FAILED, FLOPs logged, no checkpoint.
-    log = runs.FlopsMeter.log
+    log_rows = runs.FlopsMeter.log_rows
 
-    def breaks_at_step_2(self, counted, step, metrics=None):
-        log(self, counted, step, metrics)
-        if step == 2:
+    def breaks_at_step_2(self, rows):
+        log_rows(self, rows)
+        if any(step == 2 for step, _, _ in rows):
             raise RuntimeError("step 2 broke")
 
-    monkeypatch.setattr(runs.FlopsMeter, "log", breaks_at_step_2)
+    monkeypatch.setattr(runs.FlopsMeter, "log_rows", breaks_at_step_2)
     result = _train([*base_args, "--run-name", "early"])
     monkeypatch.undo()
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)

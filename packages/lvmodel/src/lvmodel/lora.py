@@ -8,10 +8,14 @@ PEFT's format (`PeftModel.from_pretrained` loads them).
 
 Every trainable tensor is float32 whatever the base's dtype (mixed precision: a bf16 base, fp32
 trainables and fp32 AdamW state). PEFT upcasts LoRA A/B itself (`autocast_adapter_dtype=True`);
-the head bias is created in float32 and cast to the logits' dtype only for the addition, so updates
-of 1e-4 and below accumulate instead of rounding away in bf16 (bf16 has 8 bits of mantissa: 1 +
-1e-4 == 1). The bias cannot simply be the head's own `bias`: `nn.Linear` would then mix a bf16
-weight with a float32 bias, which fails outside autocast (a bf16 base on the CPU).
+the head bias is created in float32 and added to the logits *in float32* (the hook upcasts the
+head's output first): the logits the grammar and sampling see carry the bias at float32
+resolution. Adding it after casting it to bf16 would round its effect away: at logits of 8-32 a
+bf16 step is 0.06-0.125, so a bias of 0.003 moved a logit by exactly 0 (measured; the test in
+tests/lvmodel/test_lora.py). Generation asks for the last position's logits only, so the float32
+logits are one row per sequence; training and validation never build the whole logits at all
+(`lvmodel.loss`). The bias cannot simply be the head's own `bias`: `nn.Linear` would then mix a
+bf16 weight with a float32 bias, which fails outside autocast (a bf16 base on the CPU).
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def lm_head(model: nn.Module) -> nn.Linear:
 
 def _add_bias_to_logits(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     bias: torch.Tensor = getattr(module, BIAS_PARAM)
-    return output + bias.to(output.dtype)
+    return output.float() + bias  # float32 logits: the bias acts at float32 resolution
 
 
 def head_bias(model: nn.Module) -> nn.Parameter | None:

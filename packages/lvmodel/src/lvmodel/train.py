@@ -1,7 +1,18 @@
 """`fit`: LoRA training with analytic FLOPs metering, evaluation, checkpoints and exact resume.
 
 One readable loop in plain stages (nanoGPT style): draw a batch, check the FLOPs cap, step, report,
-evaluate, checkpoint. Results leave through `on_metrics(step, metrics)`; nothing here knows MLflow.
+evaluate, checkpoint. Results leave through `on_metrics(rows)`; nothing here knows MLflow.
+
+Paced for a GPU step of about 30 ms: a step makes no device-to-host read. The loss and the
+gradient norm stay on the device until a logging point (every `log_every` steps or `log_seconds`
+of wall time, and before every evaluation, checkpoint and the end), where one read brings every
+step's values back and `on_metrics` receives all their rows at once (every step is recorded).
+Token counts come from the host's copy of the batch; a batch without padding runs without an
+attention mask (right padding needs none); training runs the decoder without a KV cache and the head fused with the loss
+(`lvmodel.loss`: the whole logits never exist). Checkpoints go by wall time
+(`checkpoint_seconds`) and/or steps, at the end, and after every in-run forecast (the costly
+evaluation a resume would otherwise repeat); the metric history is appended to the checkpoint
+root's `history.jsonl`, never rewritten whole.
 
 FLOPs are counted with lvflops for the shape actually run: each micro-batch is trimmed to its longest
 unpadded window, and the remaining padding is counted (it is computed). Training steps cost
@@ -14,6 +25,7 @@ is `lvmodel.plan.plan_run`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -35,10 +47,13 @@ from lvflops import eval_flops, train_step_flops
 from lvmodel.checkpoint import load_checkpoint, save_checkpoint
 from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings
+from lvmodel.loss import IGNORE_INDEX, causal_lm_loss, decoder_of
 from lvmodel.plan import forecast_bound, model_shape
 
 Schedule = Literal["constant", "cosine", "wsd"]
-MetricsCallback = Callable[[int, dict[str, float]], None]
+Row = tuple[int, dict[str, float]]  # (step, that step's metrics)
+MetricsCallback = Callable[[list[Row]], None]
+HISTORY_FILE = "history.jsonl"
 
 
 @dataclass
@@ -67,6 +82,12 @@ class TrainConfig:
         forecast_horizon: steps forecast for that metric.
         checkpoint_every: save a checkpoint every K steps (0: never; the end is always saved
             when a checkpoint directory is given).
+        checkpoint_seconds: save a checkpoint when this much wall time has passed since the last
+            one (0: never): the pace for a GPU, where steps are tens of milliseconds.
+        log_every: hand the metrics to `on_metrics` every N steps (0: by time only).
+        log_seconds: ... and at least every this many seconds of wall time; each logging point
+            reads the device once, whatever the number of steps since the last.
+        compile: `torch.compile` the decoder for training steps (CUDA only; ignored on the CPU).
         evaluate_at_end: evaluate (validation loss, and the forecasting metric unless
             `forecast_every` is -1) after the last step; off for a segment of a longer run
             (`lvmodel.rungs`).
@@ -93,6 +114,10 @@ class TrainConfig:
     forecast_history: int = 50
     forecast_horizon: int = 5
     checkpoint_every: int = 0
+    checkpoint_seconds: float = 0.0
+    log_every: int = 0
+    log_seconds: float = 5.0
+    compile: bool = False
     evaluate_at_end: bool = True
     flops_cap: float | None = None
 
@@ -171,9 +196,14 @@ class Batches:
         if self.n < batch_size:
             raise ValueError(f"{self.n} training windows cannot fill a batch of {batch_size}")
         self.epoch, self.cursor = 0, 0
+        self._orders: dict[int, np.ndarray] = {}
 
     def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.epoch not in self._orders:  # one permutation per epoch, not per batch
+            self._orders = {
+                self.epoch: np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+            }
+        return self._orders[self.epoch]
 
     def next(self) -> dict[str, torch.Tensor]:
         if self.cursor + self.batch_size > self.n:  # drop the ragged tail of an epoch
@@ -192,6 +222,40 @@ def trim_batch(windows: lvdata.Windows, idx: np.ndarray | slice) -> dict[str, to
         "attention_mask": torch.from_numpy(mask[:, :length]),
         "labels": torch.from_numpy(windows.labels[idx][:, :length]),
     }
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A host batch on `device`. On CUDA through pinned memory and non-blocking: a copy from
+    pageable memory may synchronize with the stream (CUDA's API synchronization notes)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def batch_loss(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    device: torch.device,
+    decoder: Any = None,
+) -> tuple[torch.Tensor, int]:
+    """(summed next-token loss on the device, number of labels it sums over, counted on the host)
+    of a host batch.
+
+    A right-padded batch (every window is) runs without an attention mask: causal attention
+    already keeps every real token from the padding after it, positions are the same, and the
+    padding's own outputs carry label -100. So the loss is the masked one, and transformers'
+    check of the mask for padding (a device read every step) never runs.
+    """
+    n_labels = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    mask = batch["attention_mask"]
+    right_padded = bool((mask[:, 1:] <= mask[:, :-1]).all())
+    moved = to_device({k: v for k, v in batch.items() if k != "attention_mask"}, device)
+    mask_on_device = None if right_padded else to_device({"m": mask}, device)["m"]
+    with autocast_for(device):
+        loss = causal_lm_loss(
+            model, moved["input_ids"], moved["labels"], mask_on_device, decoder=decoder
+        )
+    return loss, n_labels
 
 
 def autocast_for(device: torch.device) -> torch.autocast:
@@ -238,7 +302,7 @@ def fit(
 
 class _Fit:
     """The stages of :func:`fit`: set up (data, optimizer, schedule), start or resume, loop
-    (batch -> cap check -> step -> report -> evaluate -> checkpoint), finish."""
+    (batch -> cap check -> step -> evaluate -> log -> checkpoint), finish."""
 
     def __init__(
         self,
@@ -266,11 +330,19 @@ class _Fit:
         )
         self.batches = Batches(train_w, config.batch_size, config.seed)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.params, lr=config.lr, weight_decay=config.weight_decay
+        cuda = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(  # fused on CUDA: one kernel, step counts on the device
+            self.params, lr=config.lr, weight_decay=config.weight_decay, fused=cuda or None
         )
         self.scheduler = make_scheduler(self.optimizer, config)
-        self.emit = on_metrics or (lambda step, metrics: None)
+        self.decoder: Any = None
+        if config.compile and cuda:
+            self.decoder = torch.compile(decoder_of(model))
+        self.emit = on_metrics or (lambda rows: None)
+        self.step_costs: dict[tuple[int, int], int] = {}
+        self.pending: list[dict[str, Any]] = []  # steps since the last logging point
+        self.clock = {"log": time.perf_counter(), "checkpoint": time.perf_counter(), "eval": 0.0}
+        self.history_written: int | None = None  # rows already in the root's history.jsonl
         self.state: dict[str, Any] = {
             "step": 0,
             "epoch": 0,
@@ -285,6 +357,7 @@ class _Fit:
         """Seed a new run, or restore a checkpoint's model, optimizer, schedule and position."""
         if resume_from is not None:
             self.state = load_checkpoint(resume_from, self.model, self.optimizer, self.scheduler)
+            self.state["history"] = read_history(self.state)
             self.batches.epoch, self.batches.cursor = self.state["epoch"], self.state["cursor"]
         else:
             torch.manual_seed(self.config.seed)
@@ -302,53 +375,79 @@ class _Fit:
             dynamic_ncols=True,
         )
         last_ckpt = None
-        while state["step"] < config.steps:
-            micro = [self.batches.next() for _ in range(config.grad_accum)]
-            step_cost = sum(
-                train_step_flops(
-                    self.shape, b["input_ids"].shape[1], len(b["input_ids"]), **self.fkw
-                ).total
-                for b in micro
-            )
-            if not self.within_cap(step_cost):
-                state["stopped"] = "flops_cap"
-                break
-            metrics = self.step(micro, step_cost)
-            is_last = state["step"] == config.steps
-            final = is_last and config.evaluate_at_end
-            if final or self.due(config.eval_every) or self.due(config.forecast_every):
-                metrics.update(self.evaluate(final=final))
-            self.record(metrics)
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['train_loss']:.4f}", refresh=False)
-            if self.due(config.checkpoint_every) and not is_last:
-                last_ckpt = self.checkpoint(checkpoint_dir)
-        bar.close()
+        self.model.train()
+        try:
+            while state["step"] < config.steps:
+                micro = [self.batches.next() for _ in range(config.grad_accum)]
+                step_cost = sum(self.step_cost(b) for b in micro)
+                if not self.within_cap(step_cost):
+                    state["stopped"] = "flops_cap"
+                    break
+                row = self.step(micro, step_cost)
+                bar.update(1)
+                is_last = state["step"] == config.steps
+                final = is_last and config.evaluate_at_end
+                evaluated: dict[str, float] = {}
+                if final or self.due(config.eval_every) or self.due(config.forecast_every):
+                    evaluated = self.evaluate(final=final)
+                    row.update(evaluated)
+                    self.model.train()
+                row["flops_cumulative"] = float(state["train_flops"] + state["eval_flops"])
+                self.pending.append(row)
+                forecasted = any(k != "val_loss" for k in evaluated)  # costly to repeat
+                save = not is_last and (forecasted or self.checkpoint_due())
+                if is_last or save or evaluated or self.log_due():
+                    self.log(bar)
+                if save:
+                    last_ckpt = self.checkpoint(checkpoint_dir) or last_ckpt
+        finally:  # whatever ends the loop (Ctrl-C included), the steps run so far are reported
+            self.log(bar)
+            bar.close()
         return self.finish(last_ckpt, checkpoint_dir)
 
-    def step(self, micro: list[dict[str, torch.Tensor]], step_cost: int) -> dict[str, float]:
-        """One optimizer step over the micro-batches; its metrics."""
+    def step(self, micro: list[dict[str, torch.Tensor]], step_cost: int) -> dict[str, Any]:
+        """One optimizer step over the micro-batches; its metrics, still on the device."""
         config = self.config
-        t0 = time.perf_counter()
-        self.model.train()
-        loss_sum, tokens = 0.0, 0
+        loss_sum: torch.Tensor | float = 0.0
+        tokens = 0
         for b in micro:
-            b = {k: v.to(self.device) for k, v in b.items()}
-            with autocast_for(self.device):
-                loss = self.model(**b).loss / config.grad_accum
+            loss, n_labels = batch_loss(self.model, b, self.device, self.decoder)
+            loss = loss / (max(n_labels, 1) * config.grad_accum)
             loss.backward()
-            loss_sum += float(loss.detach())
-            tokens += int(b["attention_mask"].sum())
+            loss_sum = loss_sum + loss.detach()
+            tokens += int(b["attention_mask"].sum())  # the host's copy: no device read
+        row: dict[str, Any] = {"train_loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]}
         if config.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
-        lr = float(self.scheduler.get_last_lr()[0])
+            row["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.state["step"] += 1
         self.state["train_flops"] += step_cost
-        dt = time.perf_counter() - t0
-        return {"train_loss": loss_sum, "lr": lr, "tokens_per_s": tokens / max(dt, 1e-9)}
+        row["step"], row["tokens"] = self.state["step"], tokens
+        return row
+
+    def log(self, bar: Any) -> None:
+        """A logging point: one device read for every pending step, then their rows, in order."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        on_device = [
+            (i, k) for i, r in enumerate(pending) for k, v in r.items() if torch.is_tensor(v)
+        ]
+        if on_device:
+            values = torch.stack([pending[i][k].float() for i, k in on_device]).tolist()
+            for (i, k), v in zip(on_device, values, strict=True):
+                pending[i][k] = v
+        now = time.perf_counter()
+        seconds = now - self.clock["log"] - self.clock["eval"]
+        self.clock.update(log=now, eval=0.0)
+        tokens = sum(r.pop("tokens") for r in pending)
+        pending[-1]["tokens_per_s"] = tokens / max(seconds, 1e-9)  # over the steps since the last
+        rows = [(int(r.pop("step")), r) for r in pending]
+        self.state["history"].extend({"step": s, **m} for s, m in rows)
+        bar.set_postfix(loss=f"{rows[-1][1]['train_loss']:.4f}", refresh=False)
+        self.emit(rows)
 
     def finish(self, last_ckpt: str | None, checkpoint_dir: str | Path | None) -> FitResult:
         state = self.state
@@ -359,7 +458,11 @@ class _Fit:
             and state["history"]
             and "val_loss" not in state["history"][-1]
         ):
-            self.record(self.evaluate(final=True))  # stopped by the cap: evaluate, if affordable
+            # stopped by the cap: evaluate, if affordable
+            metrics = self.evaluate(final=True)
+            metrics["flops_cumulative"] = float(state["train_flops"] + state["eval_flops"])
+            state["history"].append({"step": state["step"], **metrics})
+            self.emit([(state["step"], metrics)])
         last_ckpt = self.checkpoint(checkpoint_dir) or last_ckpt
         return FitResult(
             steps=state["step"],
@@ -373,11 +476,12 @@ class _Fit:
 
     # -- helpers of the loop ----------------------------------------------------------------
 
-    def record(self, metrics: dict[str, float]) -> None:
-        state = self.state
-        metrics["flops_cumulative"] = float(state["train_flops"] + state["eval_flops"])
-        state["history"].append({"step": state["step"], **metrics})
-        self.emit(state["step"], metrics)
+    def step_cost(self, batch: dict[str, torch.Tensor]) -> int:
+        """FLOPs of one micro-batch of this shape (lvflops, cached per shape)."""
+        key = (batch["input_ids"].shape[0], batch["input_ids"].shape[1])
+        if key not in self.step_costs:
+            self.step_costs[key] = train_step_flops(self.shape, key[1], key[0], **self.fkw).total
+        return self.step_costs[key]
 
     def within_cap(self, extra: int) -> bool:
         cap = self.config.flops_cap
@@ -386,9 +490,20 @@ class _Fit:
     def due(self, every: int) -> bool:
         return every > 0 and self.state["step"] % every == 0
 
+    def log_due(self) -> bool:
+        config = self.config
+        late = time.perf_counter() - self.clock["log"] >= config.log_seconds > 0
+        return self.due(config.log_every) or late
+
+    def checkpoint_due(self) -> bool:
+        seconds = self.config.checkpoint_seconds
+        late = time.perf_counter() - self.clock["checkpoint"] >= seconds > 0
+        return self.due(self.config.checkpoint_every) or late
+
     def evaluate(self, final: bool) -> dict[str, float]:
         """Validation loss and/or the forecasting metric, whichever is due (both at the end)."""
         config, out = self.config, {}
+        t0 = time.perf_counter()
         if final or self.due(config.eval_every):
             cost = sum(
                 eval_flops(
@@ -403,6 +518,7 @@ class _Fit:
                 self.state["eval_flops"] += cost
         if config.forecast_every >= 0 and (final or self.due(config.forecast_every)):
             out.update(self.forecast_metrics())
+        self.clock["eval"] += time.perf_counter() - t0
         return out
 
     def forecast_metrics(self) -> dict[str, float]:
@@ -433,15 +549,46 @@ class _Fit:
         return {f"val_{key}": float(v) for key, v in ev.metrics.items() if not math.isnan(v)}
 
     def checkpoint(self, checkpoint_dir: str | Path | None) -> str | None:
+        """Save a checkpoint (after logging: its state holds every step up to it)."""
         if checkpoint_dir is None:
             return None
-        self.state.update(
-            epoch=self.batches.epoch, cursor=self.batches.cursor, config=asdict(self.config)
+        root = Path(checkpoint_dir)
+        history = self.state["history"]
+        self.history_written = append_history(root, history, self.history_written)
+        state = {k: v for k, v in self.state.items() if k != "history"}
+        state.update(
+            epoch=self.batches.epoch,
+            cursor=self.batches.cursor,
+            config=asdict(self.config),
+            history_rows=len(history),
         )
-        saved = save_checkpoint(
-            checkpoint_dir, self.model, self.optimizer, self.scheduler, self.state, self.lora
-        )
+        saved = save_checkpoint(root, self.model, self.optimizer, self.scheduler, state, self.lora)
+        self.clock["checkpoint"] = time.perf_counter()
         return str(saved)
+
+
+def append_history(root: Path, history: list[dict[str, float]], written: int | None) -> int:
+    """Append the rows of `history` not yet in `root/history.jsonl`; the first call of a fit
+    writes the file afresh (a resumed run's file may hold rows of the attempt that died)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / HISTORY_FILE, "a" if written is not None else "w") as f:
+        for row in history[written or 0 :]:
+            f.write(json.dumps(row) + "\n")
+    return len(history)
+
+
+def read_history(state: dict[str, Any]) -> list[dict[str, float]]:
+    """The metric history a checkpoint's state stands for: the first `history_rows` rows of its
+    root's history.jsonl (older checkpoints kept the history in state.json)."""
+    if "history_rows" not in state:
+        return list(state.get("history", []))
+    path = Path(state["checkpoint"]).parent / HISTORY_FILE
+    n = int(state["history_rows"])
+    with open(path) as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f, strict=False)]
+    if len(rows) != n:
+        raise ValueError(f"{path} holds {len(rows)} rows, the checkpoint expects {n}")
+    return rows
 
 
 def _val_batches(windows: lvdata.Windows, batch_size: int) -> list[dict[str, torch.Tensor]]:
@@ -455,21 +602,12 @@ def validation_loss(
 ) -> float:
     """Mean next-token loss over every unpadded label of `windows` (token-weighted)."""
     model.eval()
-    total, count = 0.0, 0
+    total: torch.Tensor | float = 0.0
+    count = 0
     for b in _val_batches(windows, batch_size):
-        b = {k: v.to(device) for k, v in b.items()}
-        with autocast_for(device):
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        labels = b["labels"][:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
-        total += float(losses)
-        count += int((labels != -100).sum())
-    return total / max(count, 1)
+        loss, n_labels = batch_loss(model, b, device)
+        total, count = total + loss, count + n_labels
+    return float(total) / max(count, 1)
 
 
 def summarize(history: Sequence[dict[str, float]]) -> dict[str, float]:

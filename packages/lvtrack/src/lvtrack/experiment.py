@@ -211,8 +211,9 @@ def train_run(
                 err=True,
             )
 
-        def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            meter.log(metrics["flops_cumulative"], step, {**metrics, "attempt": meter.attempt})
+        def on_metrics(rows: list[tuple[int, dict[str, float]]]) -> None:
+            attempt = {"attempt": meter.attempt}
+            meter.log_rows([(s, m["flops_cumulative"], {**m, **attempt}) for s, m in rows])
 
         result = fit(
             model,
@@ -338,6 +339,7 @@ def finish_run(
 
     `flops_total` is what the run spent: the counted work plus the rework of a resumed run.
     """
+    mlflow.flush_async_logging()  # the training rows first: the closing values are the latest
     meter = meter or FlopsMeter(counted=result.total_flops)
     preset = req.preset
     final: dict[str, float] = {}
@@ -353,7 +355,6 @@ def finish_run(
             preset.horizon,
             req.context_length,
             lora,
-            batch_size=32,
             num_samples=req.eval_samples,
             temperature=req.temperature,
             top_p=req.top_p,

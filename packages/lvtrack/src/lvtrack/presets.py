@@ -29,8 +29,14 @@ class Preset:
         eval_windows: validation windows of the in-training validation loss (the first ones).
         eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
         schedule, warmup_steps: the LR schedule.
-        checkpoint_every: training checkpoints every N steps (0: only at the end), for resuming a
-            run that died (`--resume-run-id`); the newest two are kept.
+        checkpoint_every, checkpoint_seconds: training checkpoints every N steps and/or every T
+            seconds of wall time (0: not by that measure; the end and every in-run forecast
+            are always saved), for resuming a run that died (`--resume-run-id`); the newest two
+            are kept. By time by default: a GPU step is tens of milliseconds, a CPU one far more.
+        log_every, log_seconds: metrics reach MLflow every N steps and/or T seconds (every
+            step's values, in one batch write; the training loop reads the device only then).
+        compile: `torch.compile` the decoder for training steps on CUDA (ignored on a CPU). Off
+            until a GPU measures it (`benchmarks/gpu_check.py --compile both`).
         lora_targets: modules LoRA wraps (the coursework: q_proj and v_proj).
         search_space: what `search` varies (`lvtrack.search_space` syntax): lr range, ranks,
             contexts.
@@ -66,7 +72,11 @@ class Preset:
     forecast_series: int = 16
     schedule: str = "cosine"
     warmup_steps: int = 20
-    checkpoint_every: int = 50
+    checkpoint_every: int = 0
+    checkpoint_seconds: float = 60.0
+    log_every: int = 0
+    log_seconds: float = 5.0
+    compile: bool = False
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     # The coursework grid's lrs (1e-5..1e-4) and beyond, its ranks, its contexts.
     search_space: str = "lr=1e-5:1e-3;rank=2,4,8;context=128,512,768"
@@ -130,6 +140,7 @@ PRESETS: dict[str, Preset] = {
         forecast_series=4,
         warmup_steps=0,
         checkpoint_every=2,
+        log_every=1,  # the reliability tests kill runs at known steps
         search_space="lr=1e-3:1e-2;rank=2,4",
         search_trials=4,
         search_share=0.01,  # 5e11: rungs of ~10 and ~30 steps

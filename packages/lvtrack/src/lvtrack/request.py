@@ -121,6 +121,10 @@ class TrainRequest:
             forecast_history=p.history_steps,
             forecast_horizon=p.horizon,
             checkpoint_every=max(self.checkpoint_every, 0),
+            checkpoint_seconds=p.checkpoint_seconds,
+            log_every=p.log_every,
+            log_seconds=p.log_seconds,
+            compile=p.compile,
         )
 
 

@@ -482,9 +482,13 @@ class Search:
         model: Any = apply_lora(base, lora)
         trainer: WsdRungs
 
-        def on_metrics(step: int, metrics: dict[str, float]) -> None:
-            counted = trainer.branch_flops + metrics["flops_cumulative"]
-            meter.log(counted, step, {k: v for k, v in metrics.items() if k != "flops_cumulative"})
+        def on_metrics(rows: list[tuple[int, dict[str, float]]]) -> None:
+            meter.log_rows(
+                [
+                    (s, trainer.branch_flops + m["flops_cumulative"], _without_flops(m))
+                    for s, m in rows
+                ]
+            )
 
         trainer = WsdRungs(
             model,
@@ -586,3 +590,7 @@ class Search:
             self.client.log_metric(self.parent_id, f"best_{SCORE}", float(best.value or math.nan))
         set_run_tags(self.parent_id, tags)  # every worker writes them: one batch, race-safe
         return summary
+
+
+def _without_flops(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "flops_cumulative"}
