@@ -3,16 +3,36 @@
 Runs lvmodel's own code paths on the exact Qwen2.5-0.5B-Instruct architecture (lvflops'
 QWEN2_5_0_5B shape: 24 layers, hidden 896, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied
 embeddings, rope theta 1e6, RMSNorm eps 1e-6) with random weights, or with real weights from
-`--gguf FILE`; bf16 on CUDA, fp32 on the CPU. Needs only torch, transformers, peft, numpy, scipy,
-h5py and the project's packages (put on sys.path from packages/*/src by this script): no mlflow,
-no network, nothing from projects/. Prints, each part with its wall time:
+`--gguf FILE`; bf16 weights on CUDA, fp32 on the CPU. Needs only torch, transformers, peft, numpy,
+scipy, h5py and the project's packages (put on sys.path from packages/*/src by this script): no
+mlflow, no network, nothing from projects/. Prints, each part with its wall time:
 
+- peak: an n x n torch.matmul timed in the dtype the training step's matrix products really run
+  in (CUDA events on GPU): lvmodel.train runs the step under `autocast_for(device)`, which is bf16
+  autocast on CUDA whatever the weights' dtype (so `--dtype fp32` on CUDA still trains in bf16,
+  and the peak is measured in bf16: an fp32 peak would let MFU read above 100%), and no autocast
+  on the CPU (the weights' dtype). Beside it, the spec-sheet dense bf16 peak of the GPU named by
+  torch.cuda.get_device_name (H100 SXM 989, H100 PCIe 756, H200 989, A100 312 TFLOP/s; "unknown"
+  for any other device, or when the step does not run in bf16/fp16).
 - train: `lvmodel.train.fit` with `apply_lora(LoraSettings(rank=4))` (q_proj/v_proj, lm_head bias)
-  on LLMTime windows of `--batch` x `--seq-len` tokens: seconds per step over `--steps` steps after
-  `--warmup` (timed between fit's own per-step callbacks, the device synchronized in each), tokens/s,
-  MFU = executed FLOPs (lvflops.executed_train_step_flops) per second / the matmul peak measured
-  here (an n x n torch.matmul in the run's dtype, CUDA events on GPU), the budgeted FLOPs per step
-  (lvflops.train_step_flops) and the peak memory. Target on one H200: MFU >= 35%.
+  on LLMTime windows of `--batch` x `--seq-len` tokens, `--warmup` + `--steps` steps, timed
+  through fit's own logging protocol: `on_metrics(rows)` fires at logging points only (fit reads
+  the device once there; a step makes no device read), here once right after the warm-up
+  (`log_every = --warmup`; the callback then turns step logging off, as a real run whose
+  `log_seconds` spans many steps) and once after the last step. Seconds per step = (time of the
+  last callback - time of the warm-up callback) / `--steps`, each stamp taken after a device
+  synchronize; tokens/s (positions computed, padding included) from it, and fit's own tokens/s
+  (unpadded tokens) beside it. MFU = executed FLOPs per second / peak, against both the measured
+  and the spec-sheet peak. Executed FLOPs = lvflops.executed_train_step_flops (forward +
+  input-gradient backward + the adapters' and the bias's weight gradients, grouped-query attention
+  counted as it runs: k/v at 2 KV heads); the budgeted FLOPs per step (lvflops.train_step_flops:
+  3 x forward, GQA counted as MHA as the coursework allows) are printed beside it, never used for
+  MFU. `--compile on` trains with `TrainConfig(compile=True)` (torch.compile of the decoder; CUDA
+  only, so ignored on the CPU), `--compile both` runs the same steps eager and then compiled on
+  the same LoRA model and reports both step times and the speed-up (the `train_*` figures are then
+  the compiled run's, the eager run's are `train_eager_*`); graphs compiled during the timed steps
+  are counted (0 expected: a recompile there would be in the step time). Peak memory. Target on
+  one H200: MFU >= 35%.
 - forecast: `lvmodel.forecast.forecast` (batched, grammar-constrained, KV cache) on `--series`
   histories of 50 steps (batch `--batch-size`, context `--context`, horizon `--horizon`) after a
   small warm-up call, against `naive_generate_forecast` (one series at a time, unconstrained) on
@@ -22,7 +42,9 @@ no network, nothing from projects/. Prints, each part with its wall time:
   series sampled, `--samples` continuations each at temperature 1 (what `final` and the report
   score with): series/s and its time against greedy's.
 - nvml: whether `import pynvml` (nvidia-ml-py) works, and on CUDA one reading of GPU memory,
-  utilisation and power with the calls MLflow's system-metrics GPU monitor makes.
+  utilisation and power with the calls MLflow's system-metrics GPU monitor makes, on the NVML
+  device found by the CUDA device's PCI bus id (NVML's indices ignore CUDA_VISIBLE_DEVICES, so the
+  CUDA index may name another GPU), else by its UUID.
 
 With random weights the forecasts are noise (the naive baseline's invalid rate is then ~100%): only
 speed, compile counts and memory mean something. The tokenizer is the real Qwen2.5 one when it can
@@ -36,8 +58,9 @@ $OUT is set.
 
 Examples:
   python benchmarks/gpu_check.py                               # full settings (GPU: ~1-2 minutes)
+  python benchmarks/gpu_check.py --compile both --skip-forecast  # torch.compile's effect on a step
   python benchmarks/gpu_check.py --layers 2 --batch 1 --seq-len 128 --steps 2 --warmup 1 \\
-      --series 8 --naive-series 2                              # a quick CPU smoke run
+      --series 4 --naive-series 1                              # a quick CPU smoke run
   python benchmarks/gpu_check.py --gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
   benchmarks/gpu_check.sh engine [ARGS]    # the same through the wrapper
   benchmarks/gpu_check.sh pipeline         # the whole qwen pipeline with MLflow (see the wrapper)
@@ -47,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import json
 import os
 import platform
@@ -62,6 +86,16 @@ for _src in sorted((ROOT / "packages").glob("*/src"), reverse=True):
 
 HISTORY_STEPS = 50  # the protocol's history: the first 50 steps of each series
 MFU_TARGET, SPEEDUP_TARGET = 0.35, 20.0
+# Dense (no sparsity) bf16 tensor-core peaks of NVIDIA's data sheets, TFLOP/s, looked up in
+# torch.cuda.get_device_name (upper case): (every word that must be in it, words that must not,
+# the name reported, TFLOP/s); the first match wins. The NVL boards (lower clocks) and GH200 are
+# left out: "unknown". H100 SXM reports itself as e.g. "NVIDIA H100 80GB HBM3".
+SPEC_BF16_TFLOPS: tuple[tuple[tuple[str, ...], tuple[str, ...], str, float], ...] = (
+    (("H100", "PCIE"), (), "H100 PCIe", 756.0),
+    (("H100",), ("NVL",), "H100 SXM", 989.0),
+    (("H200",), ("NVL", "GH200"), "H200", 989.0),
+    (("A100",), (), "A100", 312.0),
+)
 T0 = time.perf_counter()
 
 
@@ -110,7 +144,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--samples", type=int, default=10, help="sampled continuations per series (10; 1: skip)"
     )
     p.add_argument("--peak-n", type=int, help="matmul size for the peak (8192 CUDA, 2048 CPU)")
-    p.add_argument("--peak-reps", type=int, help="timed matmuls for the peak (50 CUDA, 5 CPU)")
+    p.add_argument("--peak-reps", type=int, help="timed matmuls for the peak (100 CUDA, 5 CPU)")
+    p.add_argument(
+        "--compile",
+        default="off",
+        choices=["off", "on", "both"],
+        help="train with TrainConfig(compile=...): torch.compile of the decoder (CUDA only; "
+        "ignored on the CPU); both: eager then compiled, and the speed-up (default off)",
+    )
     p.add_argument(
         "--gen-compile",
         default="auto",
@@ -174,10 +215,12 @@ def sync(device: Any) -> None:
 
 
 def matmul_peak(device: Any, dtype: Any, n: int, reps: int) -> tuple[float, int]:
-    """(FLOP/s, n) of an n x n @ n x n torch.matmul (counted n*n*(2n-1)): the MFU denominator.
+    """(FLOP/s, n) of an n x n @ n x n torch.matmul (counted n*n*(2n-1)) in `dtype`: the
+    measured MFU denominator. Pass the dtype the step's products run in (`train_compute_dtype`).
 
-    On the CPU n is halved while one product would take over 5 s (bf16 on a CPU without
-    AVX512-BF16/AMX runs at about 1 GFLOP/s).
+    On CUDA 10 untimed products first (clocks up), then `reps` timed between CUDA events. On the
+    CPU n is halved while one product would take over 5 s (bf16 on a CPU without AVX512-BF16/AMX
+    runs at about 1 GFLOP/s).
     """
     import torch
 
@@ -192,7 +235,7 @@ def matmul_peak(device: Any, dtype: Any, n: int, reps: int) -> tuple[float, int]
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    for _ in range(10 if device.type == "cuda" else 3):
         torch.matmul(a, b, out=out)
     sync(device)
     if device.type == "cuda":
@@ -210,6 +253,52 @@ def matmul_peak(device: Any, dtype: Any, n: int, reps: int) -> tuple[float, int]
         seconds = time.perf_counter() - t0
     del a, b, out
     return reps * n * n * (2 * n - 1) / seconds, n
+
+
+def train_compute_dtype(device: Any, model_dtype: Any) -> tuple[Any, str]:
+    """(dtype, why) of the training step's matrix products: lvmodel.train runs every step under
+    `autocast_for(device)`; where that enables autocast (bf16 on CUDA) its dtype, else the model's
+    weights' dtype. Asked of autocast_for itself, so it follows train.py."""
+    import torch
+
+    from lvmodel.train import autocast_for
+
+    with autocast_for(device):
+        if torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+            return dtype, f"{dtype_name(dtype)} autocast of lvmodel.train.autocast_for"
+    return model_dtype, "the weights' dtype (lvmodel.train uses no autocast here)"
+
+
+def dtype_name(dtype: Any) -> str:
+    return {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}.get(
+        str(dtype), str(dtype).removeprefix("torch.")
+    )
+
+
+def spec_peak(device: Any, compute: Any) -> tuple[float | None, str]:
+    """(FLOP/s or None, what): the spec-sheet dense bf16 peak of the named GPU (SPEC_BF16_TFLOPS),
+    None ("unknown ...") on the CPU, for another GPU, or when the step does not run in bf16/fp16
+    (these GPUs' fp16 dense peak equals their bf16 one)."""
+    import torch
+
+    if device.type != "cuda":
+        return None, "unknown (not a CUDA device)"
+    name = torch.cuda.get_device_name(device)
+    if dtype_name(compute) not in ("bf16", "fp16"):
+        return None, f"unknown ({name}: the step runs in {dtype_name(compute)}, not bf16)"
+    upper = name.upper()
+    for must, must_not, label, tflops in SPEC_BF16_TFLOPS:
+        if all(w in upper for w in must) and not any(w in upper for w in must_not):
+            return tflops * 1e12, f"{label} ({name}), dense bf16 {tflops:.0f} TFLOP/s"
+    return None, f"unknown ({name} is not in the spec table)"
+
+
+def rate(flops_per_s: float) -> str:
+    """FLOP/s in TFLOP/s at or above 1e12, else GFLOP/s."""
+    if flops_per_s >= 1e12:
+        return f"{flops_per_s / 1e12:.1f} TFLOP/s"
+    return f"{flops_per_s / 1e9:.1f} GFLOP/s"
 
 
 def qwen_config(layers: int | None) -> Any:
@@ -342,8 +431,10 @@ def nvml_check(device: Any) -> dict[str, Any]:
         return out
     try:
         out["nvml_gpus"] = pynvml.nvmlDeviceGetCount()
-        index = (device.index or 0) if device.type == "cuda" else 0
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        if device.type != "cuda":
+            return out  # no CUDA device to read: the import and the count only
+        handle, out["nvml_device_by"] = nvml_handle(pynvml, device)
+        out["nvml_device_name"] = pynvml.nvmlDeviceGetName(handle)
         memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
         out["nvml_memory_usage_percentage"] = round(memory.used / memory.total * 100, 1)
         out["nvml_memory_usage_megabytes"] = memory.used / 1e6
@@ -359,6 +450,25 @@ def nvml_check(device: Any) -> dict[str, Any]:
     return out
 
 
+def nvml_handle(pynvml: Any, device: Any) -> tuple[Any, str]:
+    """(NVML handle, how it was found) of CUDA `device`. NVML numbers the GPUs its own way (PCI
+    order, ignoring CUDA_VISIBLE_DEVICES), so the CUDA index is the last resort: the PCI bus id
+    from torch's device properties first, then the UUID."""
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    pci = [getattr(props, f"pci_{k}_id", None) for k in ("domain", "bus", "device")]
+    if None not in pci:
+        bus_id = f"{pci[0]:08x}:{pci[1]:02x}:{pci[2]:02x}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus_id), f"PCI bus id {bus_id}"
+    uuid = str(getattr(props, "uuid", "") or "")
+    if uuid:
+        uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+        return pynvml.nvmlDeviceGetHandleByUUID(uuid), f"UUID {uuid}"
+    return pynvml.nvmlDeviceGetHandleByIndex(index), f"CUDA index {index} (no PCI id, no UUID)"
+
+
 def make_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """Generated series (the coursework's generator): train, val, forecast histories, codec."""
     import lvdata
@@ -372,21 +482,27 @@ def make_data(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     return train, val, histories, codec
 
 
-def train_part(args, model, tok, codec, train, val, peak: float, device) -> tuple[Any, dict]:
-    """LoRA training through lvmodel.train.fit, timed between its per-step callbacks."""
-    import lvdata
-    from lvflops import executed_train_step_flops, train_step_flops
-    from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
-    from lvmodel.plan import model_shape
-    from lvmodel.train import Batches, TrainConfig, fit
+def compile_modes(args: argparse.Namespace, device: Any) -> list[str]:
+    """The training runs `--compile` asks for: ["off"], ["on"] or ["off", "on"]. lvmodel.train
+    compiles on CUDA only, so on the CPU every choice is one eager run."""
+    if device.type != "cuda":
+        return ["off"]
+    return ["off", "on"] if args.compile == "both" else [args.compile]
 
-    lora = LoraSettings(rank=4)  # q_proj, v_proj, alpha = rank, the lm_head bias
-    peft_model = apply_lora(model, lora)
-    trainable, total = parameter_counts(peft_model)
-    dtypes = sorted(
-        {str(p.dtype).removeprefix("torch.") for p in peft_model.parameters() if p.requires_grad}
-    )
-    n_steps = args.warmup + args.steps + 1  # the last step also evaluates: not timed
+
+def timed_fit(args, model, tok, codec, train, val, lora, device, compile_on: bool) -> dict:
+    """One `fit` of `--warmup` + `--steps` steps, timed between its warm-up and last logging points.
+
+    fit hands rows to `on_metrics` at logging points only, after one device read of every pending
+    step's loss and gradient norm, which waits for the stream to reach it. `log_every = warmup`
+    makes the first point fire right after the warm-up; the callback then sets `log_every = 0`
+    (with `log_seconds = 0`, the only point left is the last step's): the timed steps run as in a
+    real run whose logging interval spans them, with no device read in between. Each stamp is
+    taken after a device synchronize, so the window holds exactly the `--steps` timed steps.
+    """
+    from lvmodel.train import TrainConfig, fit
+
+    n_steps = args.warmup + args.steps
     config = TrainConfig(
         steps=n_steps,
         lr=1e-4,
@@ -396,67 +512,138 @@ def train_part(args, model, tok, codec, train, val, peak: float, device) -> tupl
         eval_every=0,
         eval_windows=args.batch,
         forecast_every=-1,
+        evaluate_at_end=False,  # no evaluation: the last logging point is the last step's
         checkpoint_every=0,
+        checkpoint_seconds=0.0,
+        log_every=args.warmup,
+        log_seconds=0.0,
+        compile=compile_on,
         seed=args.seed,
     )
-    # The micro-batches fit will draw (same windows, same order): their shapes give the FLOPs.
-    windows = lvdata.make_windows([codec.encode(s) for s in train], tok, args.seq_len)
-    draws = Batches(windows, args.batch, config.seed)
-    shapes = [tuple(draws.next()["input_ids"].shape) for _ in range(n_steps)]
-    fkw = lora.flops_kwargs()
-    shape = model_shape(peft_model)
+    points: list[dict[str, Any]] = []
 
-    stamps: list[float] = []
-    fit_tokens_per_s: list[float] = []
-
-    def on_metrics(step: int, metrics: dict[str, float]) -> None:
+    def on_metrics(rows: list[tuple[int, dict[str, float]]]) -> None:
         sync(device)
-        stamps.append(time.perf_counter())
-        if "tokens_per_s" in metrics:
-            fit_tokens_per_s.append(metrics["tokens_per_s"])
-        if step <= args.warmup or step % max(1, args.steps // 3) == 0:
-            say(f"  train step {step}/{n_steps}: loss {metrics.get('train_loss', 0):.4f}")
+        stamp = time.perf_counter()
+        step, metrics = rows[-1]
+        points.append({"t": stamp, "step": step, "metrics": metrics, "compile": compile_stats()})
+        if step == args.warmup:
+            config.log_every = 0  # warm-up over: the next logging point is the last step's
+        loss = metrics.get("train_loss", float("nan"))
+        say(f"  logging point at step {step}/{n_steps} ({len(rows)} rows): loss {loss:.4f}")
 
-    say(
-        f"train: fit() {n_steps} steps ({args.warmup} warm-up, {args.steps} timed, 1 with the "
-        f"final evaluation) of {args.batch} x {args.seq_len} tokens; {trainable:,} trainable "
-        f"({'/'.join(dtypes)}) of {total:,}"
-    )
+    before = compile_stats()
     reset_peak(device)
     t0 = time.perf_counter()
-    result = fit(
-        peft_model, tok, codec, train, val, config, lora, on_metrics=on_metrics, progress=False
-    )
+    result = fit(model, tok, codec, train, val, config, lora, on_metrics=on_metrics, progress=False)
     sync(device)
     wall = time.perf_counter() - t0
-    if len(stamps) < args.warmup + args.steps:
-        raise RuntimeError(f"fit stopped after {len(stamps)} steps ({result.stopped})")
-    timed = range(args.warmup, args.warmup + args.steps)  # 0-based indices of the timed steps
-    seconds = stamps[args.warmup + args.steps - 1] - stamps[args.warmup - 1]
-    executed = sum(
-        executed_train_step_flops(shape, shapes[i][1], shapes[i][0], **fkw).total for i in timed
+    steps_seen = [p["step"] for p in points]
+    start = next((p for p in points if p["step"] == args.warmup), None)
+    if result.steps != n_steps or start is None or steps_seen[-1] != n_steps:
+        raise RuntimeError(
+            f"fit ran {result.steps} of {n_steps} steps ({result.stopped}) with logging points at "
+            f"steps {steps_seen}: expected one at the warm-up's end ({args.warmup}) and one at "
+            f"{n_steps}"
+        )
+    end = points[-1]
+    seconds = end["t"] - start["t"]
+    warm = {k: start["compile"][k] - before[k] for k in before}
+    timed = {k: end["compile"][k] - start["compile"][k] for k in before}
+    return {
+        "seconds": seconds,
+        "seconds_per_step": seconds / args.steps,
+        "log_points_timed": len(points) - points.index(start) - 1,
+        "fit_tokens_per_s": end["metrics"].get("tokens_per_s"),
+        "final_loss": end["metrics"].get("train_loss"),
+        "peak_memory_gib": peak_gib(device),
+        "warmup_compiled_graphs": warm["graphs"],
+        "warmup_compile_s": warm["seconds"],
+        "timed_compiled_graphs": timed["graphs"],
+        "wall_s": wall,
+    }
+
+
+def train_part(args, model, tok, codec, train, val, peaks, device) -> tuple[Any, dict]:
+    """LoRA training through lvmodel.train.fit, timed by its logging points (`timed_fit`), once
+    per `--compile` mode; MFU from lvflops' executed FLOPs (GQA as run) against both peaks.
+
+    `peaks` = (measured FLOP/s, spec-sheet FLOP/s or None).
+    """
+    import lvdata
+    from lvflops import executed_train_step_flops, train_step_flops
+    from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
+    from lvmodel.plan import model_shape
+    from lvmodel.train import Batches
+
+    measured, spec = peaks
+    lora = LoraSettings(rank=4)  # q_proj, v_proj, alpha = rank, the lm_head bias
+    peft_model = apply_lora(model, lora)
+    trainable, total = parameter_counts(peft_model)
+    dtypes = sorted(
+        {str(p.dtype).removeprefix("torch.") for p in peft_model.parameters() if p.requires_grad}
     )
-    budgeted = sum(train_step_flops(shape, shapes[i][1], shapes[i][0], **fkw).total for i in timed)
-    tokens = sum(shapes[i][0] * shapes[i][1] for i in timed)
-    out = {
+    n_steps = args.warmup + args.steps
+    # The micro-batches fit will draw (same windows, same seed, same order; each fit starts
+    # afresh): their shapes give the FLOPs and the tokens of the timed steps.
+    windows = lvdata.make_windows([codec.encode(s) for s in train], tok, args.seq_len)
+    draws = Batches(windows, args.batch, args.seed)
+    shapes = [tuple(draws.next()["input_ids"].shape) for _ in range(n_steps)][args.warmup :]
+    fkw = lora.flops_kwargs()
+    shape = model_shape(peft_model)
+    executed = sum(executed_train_step_flops(shape, s, b, **fkw).total for b, s in shapes)
+    executed_mha = sum(
+        executed_train_step_flops(shape, s, b, gqa_as_mha=True, **fkw).total for b, s in shapes
+    )
+    budgeted = sum(train_step_flops(shape, s, b, **fkw).total for b, s in shapes)
+    tokens = sum(b * s for b, s in shapes)
+    out: dict[str, Any] = {
         "train_batch": args.batch,
         "train_seq_len": args.seq_len,
+        "train_warmup_steps": args.warmup,
         "train_timed_steps": args.steps,
         "train_trainable_params": trainable,
         "train_trainable_dtypes": dtypes,
-        "train_seconds_per_step": seconds / args.steps,
-        "train_tokens_per_s": tokens / seconds,
-        "train_fit_tokens_per_s_median": sorted(fit_tokens_per_s[args.warmup :][: args.steps])[
-            args.steps // 2
-        ],
         "train_executed_flops_per_step": executed / args.steps,
+        "train_executed_flops_gqa_as_mha_per_step": executed_mha / args.steps,
         "train_budgeted_flops_per_step": budgeted / args.steps,
-        "train_achieved_flops_per_s": executed / seconds,
-        "train_mfu": executed / seconds / peak,
-        "train_final_loss": result.history[-1].get("train_loss"),
-        "train_peak_memory_gib": peak_gib(device),
-        "train_wall_s": wall,
     }
+    modes = compile_modes(args, device)
+    if args.compile != "off" and device.type != "cuda":
+        say(f"train: --compile {args.compile} ignored: lvmodel.train compiles on CUDA only")
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        say(
+            f"train [compile {mode}]: fit() {n_steps} steps ({args.warmup} warm-up, {args.steps} "
+            f"timed) of {args.batch} x {args.seq_len} tokens; {trainable:,} trainable "
+            f"({'/'.join(dtypes)}) of {total:,}"
+        )
+        run = timed_fit(args, peft_model, tok, codec, train, val, lora, device, mode == "on")
+        seconds = run.pop("seconds")
+        run.update(
+            tokens_per_s=tokens / seconds,
+            achieved_flops_per_s=executed / seconds,
+            mfu=executed / seconds / measured,
+            mfu_spec=executed / seconds / spec if spec else None,
+        )
+        runs[mode] = run
+        say(
+            f"  [compile {mode}] {run['seconds_per_step'] * 1e3:.1f} ms/step, "
+            f"{run['tokens_per_s']:.0f} tokens/s, MFU {run['mfu']:.1%} of the measured peak, "
+            + (f"{run['mfu_spec']:.1%} of the spec peak" if spec else "spec peak unknown")
+            + f"; graphs compiled in warm-up {run['warmup_compiled_graphs']:.0f} "
+            f"({run['warmup_compile_s']:.1f} s), in the timed steps "
+            f"{run['timed_compiled_graphs']:.0f}; wall {run['wall_s']:.1f} s"
+        )
+        if run["timed_compiled_graphs"]:
+            say("  WARNING: graphs were compiled during the timed steps: raise --warmup")
+        gc.collect()
+    out["train_compile"] = modes[-1]
+    out.update({f"train_{k}": v for k, v in runs[modes[-1]].items()})
+    if len(modes) == 2:
+        out.update({f"train_eager_{k}": v for k, v in runs["off"].items()})
+        speedup = runs["off"]["seconds_per_step"] / runs["on"]["seconds_per_step"]
+        out["train_compile_speedup"] = speedup
     return peft_model, out
 
 
@@ -615,14 +802,43 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['peft']}; device {device} ({summary['device_name']}), {name}"
     )
     summary.update(nvml_check(device))
-    say(f"pynvml: {'importable' if summary['pynvml_import'] else summary.get('pynvml_error')}")
+    say(
+        f"pynvml: {'importable' if summary['pynvml_import'] else summary.get('pynvml_error')}"
+        + (
+            f"; device {summary['nvml_device_name']} by {summary['nvml_device_by']}"
+            if "nvml_device_by" in summary
+            else ""
+        )
+    )
 
+    # The MFU denominators: a matmul measured in the dtype the step's products run in, and the
+    # spec sheet's dense bf16 peak of the named GPU.
+    compute, why = train_compute_dtype(device, dtype)
+    if compute != dtype:
+        say(
+            f"train step matrix products run in {dtype_name(compute)} ({why}), not in the "
+            f"weights' {name}: the peak is measured in {dtype_name(compute)}"
+        )
     n = args.peak_n or (8192 if device.type == "cuda" else 2048)
-    reps = args.peak_reps or (50 if device.type == "cuda" else 5)
+    reps = args.peak_reps or (100 if device.type == "cuda" else 5)
     t = time.perf_counter()
-    peak, n = matmul_peak(device, dtype, n, reps)
-    summary.update(matmul_n=n, matmul_peak_flops_per_s=peak, matmul_wall_s=time.perf_counter() - t)
-    say(f"matmul peak ({name}, {n}^2 x {reps}): {peak / 1e9:.1f} GFLOP/s")
+    peak, n = matmul_peak(device, compute, n, reps)
+    spec, spec_what = spec_peak(device, compute)
+    summary.update(
+        train_compute_dtype=dtype_name(compute),
+        train_compute_dtype_why=why,
+        matmul_dtype=dtype_name(compute),
+        matmul_n=n,
+        matmul_reps=reps,
+        matmul_peak_flops_per_s=peak,
+        matmul_wall_s=time.perf_counter() - t,
+        spec_peak_flops_per_s=spec,
+        spec_peak=spec_what,
+    )
+    say(f"matmul peak measured ({dtype_name(compute)}, {n}^2 x {reps}): {rate(peak)}")
+    say(
+        f"spec-sheet peak: {spec_what}" + (f"; measured / spec = {peak / spec:.1%}" if spec else "")
+    )
 
     t = time.perf_counter()
     model, tok, weights, tok_source = build_model(args, device, dtype)
@@ -645,15 +861,31 @@ def main(argv: list[str] | None = None) -> int:
     write_summary(summary, args.json)
 
     if not args.skip_train:
-        model, figures = train_part(args, model, tok, codec, train, val, peak, device)
+        model, figures = train_part(args, model, tok, codec, train, val, (peak, spec), device)
         summary.update(figures)
         summary.update({f"after_train_{k}": v for k, v in nvml_check(device).items()})
+        f = figures
+        mfu_spec = f"{f['train_mfu_spec']:.1%}" if spec else "unknown"
         say(
-            f"train: {figures['train_tokens_per_s']:.0f} tokens/s, "
-            f"{figures['train_seconds_per_step'] * 1e3:.1f} ms/step, MFU {figures['train_mfu']:.1%}"
-            f" (executed {figures['train_executed_flops_per_step']:.3g} FLOPs/step; budgeted "
-            f"{figures['train_budgeted_flops_per_step']:.3g}); wall {figures['train_wall_s']:.1f} s"
+            f"train [compile {f['train_compile']}]: {f['train_tokens_per_s']:.0f} tokens/s, "
+            f"{f['train_seconds_per_step'] * 1e3:.1f} ms/step; MFU {f['train_mfu']:.1%} of the "
+            f"measured {dtype_name(compute)} peak ({rate(peak)}), {mfu_spec} of the spec peak"
+            + (f" ({rate(spec)})" if spec else "")
         )
+        say(
+            f"  FLOPs/step: executed {f['train_executed_flops_per_step']:.4g} (GQA as run; "
+            f"{f['train_executed_flops_gqa_as_mha_per_step']:.4g} with GQA counted as MHA), "
+            f"budgeted {f['train_budgeted_flops_per_step']:.4g} (3 x forward, GQA as MHA); "
+            f"{rate(f['train_achieved_flops_per_s'])} executed; fit's own "
+            f"{f['train_fit_tokens_per_s']:.0f} unpadded tokens/s; wall {f['train_wall_s']:.1f} s"
+        )
+        if "train_compile_speedup" in f:
+            say(
+                f"  torch.compile: {f['train_eager_seconds_per_step'] * 1e3:.1f} -> "
+                f"{f['train_seconds_per_step'] * 1e3:.1f} ms/step, speed-up "
+                f"{f['train_compile_speedup']:.2f}x (MFU {f['train_eager_mfu']:.1%} -> "
+                f"{f['train_mfu']:.1%} of the measured peak)"
+            )
         write_summary(summary, args.json)
     if not args.skip_forecast:
         summary.update(forecast_part(args, model, tok, codec, histories, device))
@@ -662,7 +894,11 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":  # the targets are for one H200-class GPU
         if "train_mfu" in summary:
             ok = summary["train_mfu_target_met"] = summary["train_mfu"] >= MFU_TARGET
-            say(f"target MFU >= {MFU_TARGET:.0%}: {'met' if ok else 'NOT met'}")
+            line = f"target MFU >= {MFU_TARGET:.0%}: {'met' if ok else 'NOT met'} (measured peak)"
+            if summary.get("train_mfu_spec") is not None:
+                ok = summary["train_mfu_spec_target_met"] = summary["train_mfu_spec"] >= MFU_TARGET
+                line += f", {'met' if ok else 'NOT met'} (spec peak)"
+            say(line)
         if "forecast_speedup" in summary:
             ok = summary["forecast_speedup"] >= SPEEDUP_TARGET
             summary["forecast_speedup_target_met"] = ok

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # GPU checks of lv-forecast, in two parts.
 #
-#   benchmarks/gpu_check.sh [engine] [ARGS]      LoRA step tokens/s and MFU, batched forecasting
-#                                                against naive, memory, compile counts, NVML; needs
-#                                                torch/transformers/peft only (no mlflow, no network).
-#                                                ARGS go to benchmarks/gpu_check.py (--help).
+#   benchmarks/gpu_check.sh [engine] [ARGS]      LoRA step tokens/s and MFU (executed FLOPs, GQA as
+#                                                run, against the measured and the spec-sheet peak),
+#                                                batched forecasting against naive, memory, compile
+#                                                counts, NVML; needs torch/transformers/peft only (no
+#                                                mlflow, no network). ARGS go to
+#                                                benchmarks/gpu_check.py (--help); e.g. --compile
+#                                                both: the step eager and under torch.compile.
 #   benchmarks/gpu_check.sh pipeline [-P k=v ...]
 #                                                the whole coursework pipeline in a fresh MLflow
 #                                                experiment (mlflow run . -e pipeline --env-manager

@@ -87,9 +87,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
             ) as (_, meter):
                 model, tok = model_and_tokenizer()
                 mlflow.log_params({f"base_{k}": v for k, v in describe_base(model).items()})
-                ev = evaluate_llm(
-                    model, tok, prep.codec, val, p.history_steps, p.horizon, ctx, batch_size=32
-                )
+                ev = evaluate_llm(model, tok, prep.codec, val, p.history_steps, p.horizon, ctx)
                 final = log_evaluation(ev, "val", p.horizon, prep.traj.time)
                 meter.log(ev.flops, 0)
                 final["budget_share"] = ev.flops / p.budget

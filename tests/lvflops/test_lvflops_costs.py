@@ -51,6 +51,26 @@ def test_executed_train_step_with_frozen_base():
     assert executed_train_step_flops(TINY, 3, frozen_base=False, **kw) == 3 * with_loss
 
 
+def test_executed_train_step_counts_gqa_as_run():
+    # TINY has 2 query heads over 1 KV head (head_dim 4): k/v are 4 wide, not 8.
+    kw = {"lora_rank": 2, "lm_head_bias": True}
+    gqa = executed_train_step_flops(TINY, 3, **kw)  # the default: GQA as executed
+    assert gqa == executed_train_step_flops(TINY, 3, gqa_as_mha=False, **kw)
+    fwd = forward_flops(TINY, 3, gqa_as_mha=False, **kw)
+    assert gqa.total == 2 * (fwd.total + loss_by_hand(3)) + 360 + 33
+    # Counted as MHA (k/v 8 wide), per token: k_proj and v_proj 8 x 15 instead of 4 x 15 (60 each
+    # more), biases 8 more (k and v: 4 each), RoPE on 2 key heads instead of 1 (14 more), v's
+    # LoRA B 8 x 3 instead of 4 x 3 (12 more) with 8 instead of 4 scale-and-add (8 more): 162 a
+    # token, 486 over 3 tokens in the forward; the step is 2 forwards + the adapters' weight
+    # gradients again (v's LoRA: 20 a token more, 60).
+    mha = executed_train_step_flops(TINY, 3, gqa_as_mha=True, **kw)
+    assert mha.total - gqa.total == 2 * 486 + 60 == 1032
+    # matrix products only: 60 + 60 + 12 = 132 a token, 396 over 3 tokens; + 36 of LoRA grads
+    assert mha.matmul - gqa.matmul == 2 * 396 + 36 == 828
+    # The budget keeps counting GQA as MHA.
+    assert train_step_flops(TINY, 3, **kw) == 3 * forward_flops(TINY, 3, loss=True, **kw)
+
+
 def test_eval_is_forward_with_loss():
     ev = eval_flops(TINY, 7, 3)
     assert ev.total == forward_flops(TINY, 7, 3).total + loss_by_hand(21)
@@ -72,6 +92,25 @@ def test_generate_with_cache_exact_tiny():
     assert g == forward_flops(TINY, 3, gqa_as_mha=False) + decode_step_flops(
         TINY, 4, gqa_as_mha=False
     ) + decode_step_flops(TINY, 5, gqa_as_mha=False)
+
+
+def test_generate_samples_share_the_prefill():
+    # 1 prompt of 3 tokens, 4 samples of 3 new tokens: one prefill (5571), then the two 1-token
+    # steps (1919 and 1981 for one row, as above) over 4 rows each.
+    g = generate_flops(TINY, 3, 3, num_samples=4, gqa_as_mha=False)
+    assert g.total == 5571 + 4 * (1919 + 1981) == 21171
+    # 2 prompts, 3 samples each, static cache of 5 slots: prefill 2 x 5943 (see the static test
+    # below), then 2 steps of 1981 over 6 rows.
+    g = generate_flops(TINY, 3, 3, batch=2, num_samples=3, cache_len=5, gqa_as_mha=False)
+    assert g.total == 2 * 5943 + 2 * 6 * 1981 == 35658
+    # one new token is the prefill alone, whatever the samples
+    assert generate_flops(TINY, 5, 1, 2, num_samples=7) == forward_flops(TINY, 5, 2)
+    # without a cache every step recomputes the whole sequence of every sample
+    g = generate_flops(TINY, 3, 2, kv_cache=False, num_samples=2)
+    assert g == forward_flops(TINY, 3, 1) + forward_flops(TINY, 4, 2)
+    for bad in (0, 1.0, True):
+        with pytest.raises(ValueError, match="num_samples"):
+            generate_flops(TINY, 3, 3, num_samples=bad)
 
 
 def test_generate_without_cache_recomputes_everything():

@@ -1,5 +1,6 @@
 """A toy Qwen2 (2 layers, hidden 32, GQA 4/2, vocab 128, tied embeddings) for fast training
-tests: the model with LoRA, and its shape as lvflops counts it."""
+tests: the model with LoRA, and its shape as lvflops counts it; and a small random Qwen2 (hidden
+64) for forecasting tests."""
 
 from __future__ import annotations
 
@@ -34,3 +35,18 @@ def toy_model(lora: LoraSettings) -> torch.nn.Module:
         tie_word_embeddings=True,
     )
     return apply_lora(Qwen2ForCausalLM(cfg), lora)
+
+
+def small_qwen2() -> Qwen2ForCausalLM:
+    """A random 2-layer Qwen2 (hidden 64, GQA 4/2, vocab 128, tied embeddings, seed 0), eval mode."""
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        tie_word_embeddings=True,
+    )
+    return Qwen2ForCausalLM(config).eval()

@@ -7,6 +7,8 @@
 - `tiny_base` (session): `(model, tokenizer)` of the pretrained tiny base via `load_base("tiny")`,
   float32 on CPU, eval mode. Shared by the whole session: treat it as read-only (no training, no
   PEFT wrapping in place; use `tiny_base_path` for that).
+- `one_thread` (module; `pytestmark = pytest.mark.usefixtures("one_thread")`): torch on one
+  thread for the module's tests.
 - `random_tiny` (function): `(model, tokenizer)` with the tiny architecture (Qwen2, GQA, tied
   embeddings, vocab 128) and random weights (seed 0): instant, fresh per test, safe to mutate; for
   plumbing tests that do not need a model that can forecast.
@@ -37,6 +39,15 @@ def tiny_base_path() -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tiny_base_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return load_base("tiny", dtype=torch.float32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: one thread is faster and immune to oversubscription on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(name="random_tiny")

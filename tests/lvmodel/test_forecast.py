@@ -13,38 +13,28 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from lvdata import LLMTimeCodec
 from lvflops import ModelShape, forward_flops
-from lvmodel.forecast import forecast, generation_cache, naive_generate_forecast, truncate_history
-from lvmodel.grammar import LLMTimeGrammar, LLMTimeLogitsProcessor, max_new_tokens_for
+from lvmodel.forecast import forecast, naive_generate_forecast, truncate_history
+from lvmodel.grammar import (
+    LLMTimeGrammar,
+    LLMTimeLogitsProcessor,
+    max_new_tokens_for,
+    min_new_tokens_for,
+)
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import model_shape
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
+from tests.lvmodel._toy import small_qwen2
 
 NUMBER = r"(?:0|[1-9][0-9]?)\.[0-9]{2}"
 STEP = rf"{NUMBER},{NUMBER};"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny matmuls: one thread is faster and immune to oversubscription on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def model() -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=128,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        tie_word_embeddings=True,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return small_qwen2()
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +139,14 @@ def test_sampled_quantiles_top_p_and_flops(model, tokenizer, codec, histories) -
             q[j], np.moveaxis(np.quantile(values, [0.1, 0.5, 0.9], 0), 0, -1)
         )
     np.testing.assert_array_equal(q[..., 1], f.values)  # the median is the point forecast
-    # Every sample's generation is charged: rows = series x samples, to the longest row.
+    # Each prompt is prefilled once; every sample's decoding is charged: rows = series x
+    # samples, to the longest row.
     shape = ModelShape.from_hf_config(model.config.to_dict())
     prompt_len = max(_n_tokens(tokenizer, codec.encode_prompt(h)) for h in histories)
     new_tokens = max(_n_tokens(tokenizer, t) for texts in f.texts for t in texts)
     slots = prompt_len + 2 * 12 - 1
-    assert f.flops == _by_hand(shape, prompt_len, new_tokens, 4 * len(histories), slots)
+    n = len(histories)
+    assert f.flops == _by_hand(shape, prompt_len, new_tokens, 4 * n, slots, prompts=n)
     # A vanishing top-p keeps only the most likely allowed token: every sample is greedy.
     greedy = forecast(model, tokenizer, codec, histories, 2)
     narrow = forecast(model, tokenizer, codec, histories, 2, top_p=1e-9, **kw)
@@ -166,11 +158,15 @@ def test_sampled_quantiles_top_p_and_flops(model, tokenizer, codec, histories) -
         forecast(model, tokenizer, codec, histories, 2, num_samples=2, top_p=0.0)
 
 
-def _by_hand(shape, prompt_len: int, new_tokens: int, rows: int, slots: int, **lora) -> int:
-    """Generation on the CPU path, assembled pass by pass: the prefill over the padded prompt
-    and one 1-token step per generated token but the last, every pass attending over all `slots`
-    keys of the static cache and computing the last position's logits only."""
-    passes = [forward_flops(shape, prompt_len, rows, kv_len=slots, logits_len=1, **lora)]
+def _by_hand(
+    shape, prompt_len: int, new_tokens: int, rows: int, slots: int, prompts: int = 0, **lora
+) -> int:
+    """Generation assembled pass by pass: the prefill over the `prompts` padded prompts (default:
+    one per row) and one 1-token step over the `rows` per generated token but the last, every
+    pass attending over all `slots` keys of the static cache and computing the last position's
+    logits only."""
+    prefill_rows = prompts or rows
+    passes = [forward_flops(shape, prompt_len, prefill_rows, kv_len=slots, logits_len=1, **lora)]
     passes += [
         forward_flops(shape, 1, rows, kv_len=slots, logits_len=1, **lora)
         for _ in range(new_tokens - 1)
@@ -200,25 +196,17 @@ def test_flops_are_the_passes_that_ran(model, tokenizer, codec, histories) -> No
     assert with_lora.flops > f.flops
 
 
-def test_the_cache_is_static_on_the_cpu_and_dynamic_on_cuda(model) -> None:
-    """On CUDA a static cache makes transformers compile generate (once per padded shape): the
-    CUDA path must use the dynamic cache, which never triggers compilation."""
-    from transformers import DynamicCache, GenerationConfig, StaticCache
+def test_forecast_never_calls_generate(model, tokenizer, codec, histories, monkeypatch) -> None:
+    """The decoder runs the model's forward itself: transformers' ``generate`` (which compiles
+    the forward for a static cache on CUDA, and reads the device every token to stop) is never
+    called, greedy or sampled."""
 
-    assert generation_cache(torch.device("cpu")) == "static"
-    assert generation_cache(torch.device("cuda")) == "dynamic"
-    assert generation_cache(torch.device("cuda", 1)) == "dynamic"
+    def generate(*args, **kwargs):
+        raise AssertionError("forecast must not call generate")
 
-    # transformers' own rule, evaluated as if the model sat on a CUDA device.
-    config = GenerationConfig()
-    static = StaticCache(config=model.config, max_cache_len=16)
-    cuda = property(lambda self: torch.device("cuda"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(type(model), "device", cuda)
-        assert model._valid_auto_compile_criteria({"cache": static}, config)
-        dynamic = DynamicCache(config=model.config)
-        assert not model._valid_auto_compile_criteria({"cache": dynamic}, config)
-    assert not model._valid_auto_compile_criteria({"cache": static}, config)  # on the CPU
+    monkeypatch.setattr(model, "generate", generate)
+    assert forecast(model, tokenizer, codec, histories, 2).invalid == 0
+    assert forecast(model, tokenizer, codec, histories, 2, num_samples=3).invalid == 0
 
 
 def test_grammar_masks_and_decimals_zero(tokenizer) -> None:
@@ -246,6 +234,9 @@ def test_grammar_masks_and_decimals_zero(tokenizer) -> None:
     assert allowed(";") == {tokenizer.pad_token}  # horizon reached: only padding
     assert max_new_tokens_for(5) == 60
     assert max_new_tokens_for(1, decimals=0, max_int_digits=1) == 4  # "d,d;"
+    assert min_new_tokens_for(5) == 50  # 5 x len("0.00,0.00;")
+    assert min_new_tokens_for(1, decimals=0) == 4  # "0,0;"
+    assert min_new_tokens_for(3, decimals=1, n_vars=3) == 36  # 3 x len("0.0,0.0,0.0;")
 
 
 def test_training_mode_restored_and_naive_baseline(model, tokenizer, codec, histories) -> None:

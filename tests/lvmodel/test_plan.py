@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lvflops import eval_flops, generate_flops, train_step_flops
+from lvflops import eval_flops, forward_flops, generate_flops, train_step_flops
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import RunPlan, forecast_bound, plan_run
 from lvmodel.train import TrainConfig
@@ -19,10 +19,22 @@ def _gen(n_rows: int, ctx: int, new: int, **kw) -> int:
     ).total
 
 
+def _sampled_by_hand(n_series: int, samples: int, ctx: int, new: int, **kw) -> int:
+    """Each prompt prefilled once (`n_series` rows), then `new - 1` 1-token steps over every
+    sample's row, every pass over `ctx + new - 1` cache slots and the last logits only."""
+    slots = ctx + new - 1
+    prefill = forward_flops(SHAPE, ctx, n_series, kv_len=slots, logits_len=1, **kw).total
+    step = forward_flops(SHAPE, 1, n_series * samples, kv_len=slots, logits_len=1, **kw).total
+    return prefill + (new - 1) * step
+
+
 def test_forecast_bound_is_every_row_at_the_grammars_longest_continuation():
     # horizon 3, 2 decimals: 3 steps x 2 numbers x ("dd" "." "dd" + separator) = 36 tokens
     assert forecast_bound(SHAPE, 5, 64, 3) == _gen(5, 64, 36)
-    assert forecast_bound(SHAPE, 5, 64, 3, lora=LORA, num_samples=4) == _gen(20, 64, 36, **KW)
+    sampled = forecast_bound(SHAPE, 5, 64, 3, lora=LORA, num_samples=4)
+    assert sampled == _sampled_by_hand(5, 4, 64, 36, **KW)
+    # the prompt's prefill is shared by its samples: less than 20 independent rows
+    assert sampled < _gen(20, 64, 36, **KW)
     # 0 decimals: "dd" + separator = 3 tokens a number
     assert forecast_bound(SHAPE, 1, 64, 1, decimals=0) == _gen(1, 64, 6)
 

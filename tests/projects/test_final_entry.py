@@ -37,9 +37,9 @@ def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:
     """micro's final run assembled from lvflops' costs by hand: (one training step, every
     evaluation). Batch 4 x 128 tokens; one validation-loss pass at the end over micro's 64
     windows (eval_every 0); no in-run forecasts (forecast_every -1); the final forecasts of the
-    validation and test series, 3 samples each (micro's eval_samples: 3 rows per series;
-    128-token prompts, at most 60 new tokens, a static cache of 187 slots). LoRA rank 2 on
-    q_proj and v_proj with the trainable lm_head bias."""
+    validation and test series, 3 samples each (micro's eval_samples: each prompt prefilled
+    once, then 3 rows per series; 128-token prompts, at most 60 new tokens, a static cache of
+    187 slots). LoRA rank 2 on q_proj and v_proj with the trainable lm_head bias."""
     from lvflops import eval_flops, generate_flops, train_step_flops
 
     lora = {"lora_rank": 2, "lora_targets": ("q_proj", "v_proj"), "lm_head_bias": True}
@@ -48,7 +48,15 @@ def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:
 
     def gen(n: int) -> int:
         return generate_flops(
-            shape, 128, 60, batch=3 * n, kv_cache=True, cache_len=187, logits_len=1, **lora
+            shape,
+            128,
+            60,
+            batch=n,
+            num_samples=3,
+            kv_cache=True,
+            cache_len=187,
+            logits_len=1,
+            **lora,
         ).total
 
     def report_cell(ctx: int, samples: int = 1, **lora_kw) -> int:  # the test series at ctx
@@ -56,7 +64,8 @@ def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:
             shape,
             ctx,
             60,
-            batch=samples * n_test,
+            batch=n_test,
+            num_samples=samples,
             kv_cache=True,
             cache_len=ctx + 59,
             logits_len=1,

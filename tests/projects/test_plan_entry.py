@@ -57,7 +57,15 @@ def test_plan_prints_every_phase_and_the_runs_reserve_it(tracking_uri, micro_arg
 
     def cell(ctx: int, samples: int = 1, **kw) -> int:
         return generate_flops(
-            shape, ctx, 60, batch=6 * samples, kv_cache=True, cache_len=ctx + 59, logits_len=1, **kw
+            shape,
+            ctx,
+            60,
+            batch=6,
+            num_samples=samples,
+            kv_cache=True,
+            cache_len=ctx + 59,
+            logits_len=1,
+            **kw,
         ).total
 
     by_hand = cell(64) + cell(128) + cell(64, **lora) + cell(128, **lora) + cell(64, 3, **lora)

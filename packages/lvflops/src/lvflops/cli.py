@@ -123,7 +123,10 @@ def count(
         "forward": fwd.as_dict(),
         "train_step": step.total,
         "train_step_multiplier": TRAIN_STEP_MULTIPLIER,
-        "train_step_executed": executed_train_step_flops(shape, seq_len, batch, **kwargs).total,
+        # what a LoRA step executes (for MFU): GQA as run, whatever the budget's convention
+        "train_step_executed": executed_train_step_flops(
+            shape, seq_len, batch, **{**kwargs, "gqa_as_mha": False}
+        ).total,
         "train_total": train_total,
         "budget": plan.total,
         "budget_share": plan.share_of(train_total),

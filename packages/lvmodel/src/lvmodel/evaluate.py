@@ -47,7 +47,7 @@ def evaluate_llm(
     horizon: int,
     context_length: int | None,
     lora: LoraSettings | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     num_samples: int = 1,
     progress: bool = False,
     temperature: float = 1.0,
@@ -58,7 +58,9 @@ def evaluate_llm(
     sample's generation included; the most it can spend is :func:`lvmodel.plan.forecast_bound`).
 
     `num_samples > 1` samples at `temperature`/`top_p`: the point forecast is the median, and the
-    metrics add CRPS and the 80% interval's coverage (:mod:`lvmodel.probabilistic`)."""
+    metrics add CRPS and the 80% interval's coverage (:mod:`lvmodel.probabilistic`).
+    `batch_size` (series per batch) None: as many as the generation memory allows (see
+    :func:`lvmodel.forecast.forecast`)."""
     histories, truth = protocol_split(series, history_steps, horizon)
     result = forecast(
         model,

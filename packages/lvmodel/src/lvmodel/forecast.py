@@ -1,32 +1,27 @@
 """Batched, grammar-constrained LLMTime forecasting with an analytic FLOPs count.
 
 :func:`forecast` turns histories (original units) into prompts with the codec, cuts each to the
-most recent whole time steps that fit ``context_length`` tokens, generates in left-padded batches
-with the KV cache, and decodes the continuations back to numbers. Decoding is constrained to the
-LLMTime grammar (:class:`LLMTimeGrammar`, :class:`LLMTimeLogitsProcessor`) so that the output is
-always well-formed, and every row stops exactly after ``horizon`` time steps
-(:class:`StepsStoppingCriteria`). :func:`naive_generate_forecast` is the unconstrained,
-one-series-at-a-time baseline kept for speed comparisons.
+most recent whole time steps that fit ``context_length`` tokens, decodes in left-padded batches
+with a KV cache (:class:`lvmodel.decode.Decoder`: each prompt prefilled once and shared by its
+samples, no host synchronisation per token), and decodes the continuations back to numbers.
+Decoding is constrained to the LLMTime grammar (:mod:`lvmodel.grammar`) so that the output is
+always well-formed, and every row is done exactly after ``horizon`` time steps.
+:func:`naive_generate_forecast` is the unconstrained, one-series-at-a-time baseline kept for
+speed comparisons (plain ``generate``).
+
+Batches hold as many series as their generation memory allows
+(:func:`lvmodel.batch_memory.series_per_batch` against
+:func:`lvmodel.batch_memory.memory_budget`) unless ``batch_size`` is given.
 
 FLOPs are counted with :func:`lvflops.generate_flops` for what was actually computed: per batch,
-the padded prompt length, the number of tokens the batch generated (the longest row; finished rows
-keep being computed as padding until every row is done), and ``batch x num_samples`` rows, with
-the KV cache and only the last position's logits (``logits_len=1``: ``generate`` asks the model
-for the last logits only), and attention over the key length the cache really holds (see
-:func:`generation_cache`). LoRA adapters and an LM-head bias cost FLOPs too, but the model is not
-inspected for them: pass ``lora`` (the :class:`~lvmodel.lora.LoraSettings`) to count them.
-The most a forecast can spend, before it runs, is :func:`lvmodel.plan.forecast_bound`.
-
-The KV cache depends on the device (:func:`generation_cache`): on the CPU a static cache sized for
-the batch (prompt + new tokens, built here and passed to ``generate``), on CUDA transformers'
-dynamic cache. Why: a static cache avoids the per-step concatenation of keys and values, measured
-10-15% faster for tiny on 2 CPU cores with the same tokens; but on CUDA ``generate`` compiles the
-model's forward with ``torch.compile`` whenever the cache is static
-(``GenerationMixin._valid_auto_compile_criteria``, transformers 5.x), once per padded shape, and
-every batch and every in-training forecast has its own prompt width: tens of seconds of
-compilation for a few hundred milliseconds of generation. A static cache also attends over all
-its slots (unused ones masked), so it computes more attention than a dynamic one. The dynamic
-cache never compiles; `benchmarks/gpu_check.py` prints the compile count and forecasts/s on a GPU.
+the prefill over its ``B`` prompts padded to the longest, then one 1-token step per generated
+token but the last over ``B x num_samples`` rows, to the length the decoder ran (rows that
+finished keep being computed as padding until every row is done), with only the last
+position's logits (``logits_len=1``), every pass attending over all slots of the batch's static
+cache (``cache_len = padded prompt + max_new - 1``). LoRA adapters and an LM-head bias cost FLOPs
+too, but the model is not inspected for them: pass ``lora`` (the
+:class:`~lvmodel.lora.LoraSettings`) to count them. The most a forecast can spend, before it
+runs, is :func:`lvmodel.plan.forecast_bound`.
 
 Prompts are tokenized like the training windows (:func:`lvdata.tokenize_steps`: one chunk per time
 step, concatenated), without special tokens.
@@ -42,16 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import StaticCache, StoppingCriteriaList
 
 from lvdata import LLMTimeCodec, tokenize_steps
-from lvflops import generate_flops, static_cache_len
+from lvflops import ModelShape, generate_flops
+from lvmodel.batch_memory import memory_budget, series_per_batch
+from lvmodel.decode import Decoder, model_device
 from lvmodel.grammar import (
     DEFAULT_MAX_INT_DIGITS,
     LLMTimeGrammar,
-    LLMTimeLogitsProcessor,
-    StepsStoppingCriteria,
     max_new_tokens_for,
+    min_new_tokens_for,
 )
 from lvmodel.grammar import (
     pad_id as tokenizer_pad_id,
@@ -65,7 +60,6 @@ __all__ = [
     "as_histories",
     "build_prompts",
     "forecast",
-    "generation_cache",
     "naive_generate_forecast",
     "truncate_history",
 ]
@@ -201,30 +195,9 @@ def _left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, 
 # -- model helpers ---------------------------------------------------------------------------------
 
 
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def generation_cache(device: torch.device) -> str:
-    """The KV cache `forecast` generates with on `device`: "static" on the CPU, "dynamic" elsewhere.
-
-    The reasons are in the module docstring: static is faster on the CPU; on CUDA a static cache
-    makes ``generate`` compile the forward once per padded shape.
-    """
-    return "static" if torch.device(device).type == "cpu" else "dynamic"
-
-
-def _static_cache(model: Any, cache_len: int) -> StaticCache:
-    base = getattr(model, "get_base_model", lambda: model)()
-    return StaticCache(config=base.config, max_cache_len=cache_len)
-
-
 def _flops_kwargs(model: Any, lora: LoraSettings | None) -> dict[str, Any]:
     """lvflops' keywords for a forecast's generation: the LoRA wrap's, and the last position's
-    logits only (``generate`` asks the model for those)."""
+    logits only (the decoder asks the model for those)."""
     if lora is None and getattr(model, "peft_config", None):
         warnings.warn(
             "forecasting with a PEFT model but lora=None: LoRA FLOPs are not counted",
@@ -266,14 +239,14 @@ def forecast(
     context_length: int | None = None,
     num_samples: int = 1,
     temperature: float = 1.0,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     seed: int = 0,
     top_p: float = 1.0,
     lora: LoraSettings | None = None,
     progress: bool = False,
     max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
 ) -> Forecast:
-    """Forecast ``horizon`` steps after each history with grammar-constrained generation.
+    """Forecast ``horizon`` steps after each history with grammar-constrained decoding.
 
     Args:
         model: a HF causal LM (or a PeftModel around one); put in eval mode for the call.
@@ -281,18 +254,21 @@ def forecast(
             ``tokenizer.pad_token_id`` (else the eos id). Padding is done here, on the left.
         codec: the LLMTime codec (``encode_prompt``, ``decode``, ``decimals``, separators).
         histories: (B, T, n_vars) array in original units, or a list of (T_i, n_vars) arrays.
-        horizon: time steps to forecast; every row stops exactly after ``horizon`` separators.
+        horizon: time steps to forecast; every row is done exactly after ``horizon`` separators.
         context_length: prompt token limit (the trailing separator included); histories are cut
             to the most recent whole steps that fit. None: no cut.
         num_samples: 1 = greedy; more = sampling at ``temperature`` with that many sequences per
-            series; the forecast is the per-value median over samples ignoring invalid ones,
-            and :meth:`Forecast.quantiles` gives intervals.
+            series (each prompt prefilled once); the forecast is the per-value median over
+            samples ignoring invalid ones, and :meth:`Forecast.quantiles` gives intervals.
         temperature: sampling temperature (used only when ``num_samples > 1``); applied after
             the grammar's mask, so only well-formed tokens are ever drawn.
-        batch_size: series per ``generate`` call (rows = ``batch_size * num_samples``); series
-            are batched in order of prompt length, so that a batch carries little padding.
+        batch_size: series per batch (rows = ``batch_size * num_samples``); None: as many as
+            the generation memory allows (:mod:`lvmodel.batch_memory`: 2 GiB on the CPU, half
+            the free memory on CUDA). Series are batched in order of prompt length, so that a
+            batch carries little padding.
         seed: sampling seed; batch ``i`` runs under ``torch.manual_seed(seed + i)`` in a forked
-            RNG, so the same call gives the same result (on CPU) and the global RNG is untouched.
+            RNG, so the same call gives the same result (on one device, at one batch size) and
+            the global RNG is untouched.
         lora: the LoRA wrap (and LM-head bias) the FLOPs count should include. The model is not
             inspected: pass the settings of a PeftModel (a warning is given when a PeftModel is
             forecast with ``lora=None``).
@@ -303,19 +279,35 @@ def forecast(
 
     Returns:
         :class:`Forecast`; FLOPs per batch are ``generate_flops(shape, padded_prompt_len,
-        tokens_generated_by_the_batch, batch=rows, kv_cache=True, logits_len=1, cache_len=...)``
-        with ``cache_len`` the static cache's slots on the CPU and None (dynamic) on CUDA.
+        tokens_decoded, batch=series_in_batch, num_samples=num_samples, kv_cache=True,
+        logits_len=1, cache_len=padded_prompt_len + max_new - 1)``.
     """
-    if horizon < 1 or num_samples < 1 or batch_size < 1:
-        raise ValueError(f"need horizon, num_samples, batch_size >= 1: {horizon}, {num_samples}")
+    if horizon < 1 or num_samples < 1 or (batch_size is not None and batch_size < 1):
+        raise ValueError(
+            f"need horizon, num_samples, batch_size >= 1: {horizon}, {num_samples}, {batch_size}"
+        )
     if num_samples > 1 and not (temperature > 0 and 0 < top_p <= 1):
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     start = time.perf_counter()
     prompts, kept = build_prompts(histories, codec, tokenizer, context_length)
-    gen = _Generator(
-        model, tokenizer, codec, horizon, num_samples, (temperature, top_p), max_int_digits
+    n_vars = int(getattr(codec, "n_vars", 2))
+    grammar = LLMTimeGrammar(
+        tokenizer, codec.decimals, n_vars, max_int_digits, codec.var_sep, codec.time_sep
     )
-    tally = _Tally(len(prompts), num_samples, horizon, gen.n_vars)
+    decoder = Decoder(
+        model,
+        grammar,
+        horizon,
+        max_new_tokens_for(horizon, codec.decimals, max_int_digits, n_vars),
+        min_new_tokens_for(horizon, codec.decimals, n_vars),
+        num_samples,
+        temperature,
+        top_p,
+    )
+    shape = model_shape(model)
+    if batch_size is None:
+        batch_size = _memory_batch_size(model, shape, prompts, decoder.max_new, num_samples)
+    tally = _Tally(len(prompts), num_samples, horizon, n_vars)
     fkw = _flops_kwargs(model, lora)
     # Batches of similar prompt lengths waste less compute on padding (kept order: stable sort).
     order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
@@ -324,94 +316,42 @@ def forecast(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="forecast", unit="batch")
+    device = decoder.device
     with _ModelMode(model), torch.inference_mode():
         for i, lo in enumerate(batches):
             members = order[lo : lo + batch_size]
-            ids, mask = _left_pad([prompts[j] for j in members], gen.pad_id)
-            out, cache_len = gen.generate(ids, mask, seed + i)
-            lengths = _row_lengths(out, gen.grammar.time_sep_id, horizon, gen.pad_id)
-            flops = 0
-            if out.shape[1] > 0:
-                flops = generate_flops(
-                    gen.shape,
-                    ids.shape[1],
-                    out.shape[1],
-                    batch=out.shape[0],
-                    kv_cache=True,
-                    cache_len=cache_len,
-                    **fkw,
-                ).total
+            ids, mask = _left_pad([prompts[j] for j in members], grammar.pad_token_id)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + i)
+                out = decoder(ids, mask)
+            lengths = _row_lengths(out, grammar.time_sep_id, horizon, grammar.pad_token_id)
+            flops = generate_flops(
+                shape,
+                ids.shape[1],
+                out.shape[1],
+                batch=ids.shape[0],
+                num_samples=num_samples,
+                kv_cache=True,
+                cache_len=decoder.cache_len(ids.shape[1]),
+                **fkw,
+            ).total
             rows = [out[r, : int(lengths[r])].tolist() for r in range(out.shape[0])]
             tally.add(members, rows, tokenizer, codec, flops, int(mask.sum()) * num_samples)
     return tally.result(kept, time.perf_counter() - start)
 
 
-class _Generator:
-    """One `forecast` call's generation set-up: the grammar, the generate settings and the KV
-    cache kind for the model's device; :meth:`generate` runs one left-padded batch."""
-
-    def __init__(
-        self,
-        model: Any,
-        tokenizer: Any,
-        codec: LLMTimeCodec,
-        horizon: int,
-        num_samples: int,
-        sampling: tuple[float, float],
-        max_int_digits: int,
-    ) -> None:
-        self.model, self.horizon = model, horizon
-        self.n_vars = int(getattr(codec, "n_vars", 2))
-        self.grammar = LLMTimeGrammar(
-            tokenizer, codec.decimals, self.n_vars, max_int_digits, codec.var_sep, codec.time_sep
-        )
-        self.pad_id, self.device = self.grammar.pad_token_id, _device(model)
-        self.cache_kind = generation_cache(self.device)
-        self.shape = model_shape(model)
-        self.max_new = max_new_tokens_for(horizon, codec.decimals, max_int_digits, self.n_vars)
-        self.kwargs: dict[str, Any] = {
-            "do_sample": num_samples > 1,
-            "max_new_tokens": self.max_new,
-            "num_return_sequences": num_samples,
-            "pad_token_id": self.pad_id,
-            "use_cache": True,
-            "repetition_penalty": 1.0,
-            "num_beams": 1,
-        }
-        if num_samples > 1:  # transformers applies these after the grammar's logits processor
-            temperature, top_p = sampling
-            self.kwargs.update(temperature=temperature, top_k=0, top_p=top_p)
-
-    def generate(
-        self, ids: torch.Tensor, mask: torch.Tensor, seed: int
-    ) -> tuple[torch.Tensor, int | None]:
-        """The generated tokens of a batch (rows x new, on the CPU) and the static cache's
-        slots (None for the dynamic cache)."""
-        processor = LLMTimeLogitsProcessor(self.grammar, self.horizon)
-        stop = StepsStoppingCriteria(self.grammar.time_sep_id, self.horizon, ids.shape[1])
-        cache: dict[str, Any] = {}
-        cache_len = None
-        if self.cache_kind == "static":  # sized for this batch: attention over exactly these slots
-            cache_len = static_cache_len(ids.shape[1], self.max_new)
-            cache["past_key_values"] = _static_cache(self.model, cache_len)
-        device = self.device
-        with (
-            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
-            warnings.catch_warnings(),
-        ):
-            # transformers >= 5.2x renames generate's `past_key_values` to `cache` and warns;
-            # the old name works in every version lvmodel supports (< 6).
-            warnings.filterwarnings("ignore", "`past_key_values` is deprecated", FutureWarning)
-            torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                logits_processor=[processor],
-                stopping_criteria=StoppingCriteriaList([stop]),
-                **self.kwargs,
-                **cache,
-            )
-        return out[:, ids.shape[1] :].cpu(), cache_len
+def _memory_batch_size(
+    model: Any, shape: ModelShape, prompts: Sequence[list[int]], max_new: int, num_samples: int
+) -> int:
+    """Series per batch from the generation memory of the longest prompt (see
+    :mod:`lvmodel.batch_memory`)."""
+    try:
+        dtype_bytes = next(model.parameters()).element_size()
+    except (StopIteration, AttributeError):
+        dtype_bytes = 4
+    longest = max((len(p) for p in prompts), default=1)
+    budget = memory_budget(model_device(model))
+    return series_per_batch(shape, longest, max_new, num_samples, budget, dtype_bytes)
 
 
 class _Tally:
@@ -485,7 +425,7 @@ def naive_generate_forecast(
     """
     start = time.perf_counter()
     prompts, kept = build_prompts(histories, codec, tokenizer, context_length)
-    pad_id, device = tokenizer_pad_id(tokenizer), _device(model)
+    pad_id, device = tokenizer_pad_id(tokenizer), model_device(model)
     shape = model_shape(model)
     fkw = _flops_kwargs(model, lora)
     tally = _Tally(len(prompts), 1, horizon, int(getattr(codec, "n_vars", 2)))

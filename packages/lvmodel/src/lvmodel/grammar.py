@@ -1,10 +1,12 @@
-"""The LLMTime grammar over token ids, as a logits processor and a per-row stopping rule.
+"""The LLMTime grammar over token ids, as a logits processor, and the lengths it allows.
 
 Constrained decoding keeps every continuation well-formed: a number is 1 to `max_int_digits`
 digits, then "." and exactly `decimals` digits; "," between the variables of a step, ";" after the
-last; a row is done after `horizon` steps. Token ids come from the tokenizer, so the same grammar
-serves the tiny character tokenizer and Qwen's byte-level BPE (where these characters are single
-tokens).
+last; a row is done after `horizon` steps (the processor then allows only the pad token). Token
+ids come from the tokenizer, so the same grammar serves the tiny character tokenizer and Qwen's
+byte-level BPE (where these characters are single tokens). A continuation of `horizon` steps has
+between :func:`min_new_tokens_for` and :func:`max_new_tokens_for` tokens: the decoder needs no
+per-token stopping check before the first and none at all after the second.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
 
 DEFAULT_MAX_INT_DIGITS = 2
 """Integer digits a generated number may have (values are scaled to about 0-10)."""
@@ -187,19 +189,6 @@ class LLMTimeLogitsProcessor(LogitsProcessor):
         return scores.masked_fill(~allowed[self.state], float("-inf"))  # type: ignore[return-value]
 
 
-class StepsStoppingCriteria(StoppingCriteria):
-    """Per row: done once it has generated ``horizon`` time-separator tokens after the prompt."""
-
-    def __init__(self, time_sep_id: int, horizon: int, prompt_len: int) -> None:
-        self.time_sep_id, self.horizon, self.prompt_len = time_sep_id, horizon, prompt_len
-
-    def __call__(
-        self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        gen = input_ids[:, self.prompt_len :]
-        return (gen == self.time_sep_id).sum(dim=1) >= self.horizon  # type: ignore[return-value]
-
-
 def max_new_tokens_for(
     horizon: int, decimals: int = 2, max_int_digits: int = 2, n_vars: int = 2
 ) -> int:
@@ -209,4 +198,14 @@ def max_new_tokens_for(
     for the defaults ``horizon * (2 * (2 + 1 + 2) + 2)`` = 12 per step.
     """
     number = max_int_digits + (1 + decimals if decimals > 0 else 0)
+    return horizon * n_vars * (number + 1)
+
+
+def min_new_tokens_for(horizon: int, decimals: int = 2, n_vars: int = 2) -> int:
+    """The fewest new tokens a complete continuation has: ``horizon`` steps of one-digit numbers.
+
+    ``horizon * n_vars * (1 + 1 + decimals + 1)`` (no point when decimals == 0); for the
+    defaults ``horizon * 2 * len("0.00,")`` = 10 per step.
+    """
+    number = 1 + (1 + decimals if decimals > 0 else 0)
     return horizon * n_vars * (number + 1)

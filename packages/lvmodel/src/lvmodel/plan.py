@@ -55,18 +55,20 @@ def forecast_bound(
     """The most FLOPs :func:`~lvmodel.forecast.forecast` can spend on `n_series` series, on any
     device.
 
-    Every prompt padded to `context_length` (the context limit), every row generating the
-    grammar's longest continuation (:func:`~lvmodel.grammar.max_new_tokens_for`), and attention
-    over a static cache of `context_length + new - 1` slots at every step (what the CPU path
-    computes; the dynamic cache of the CUDA path attends to fewer keys). Generation cost is linear
-    in the rows, so the split into batches does not change the bound.
+    Every prompt padded to `context_length` (the context limit) and prefilled once, every one of
+    its `num_samples` rows decoding the grammar's longest continuation
+    (:func:`~lvmodel.grammar.max_new_tokens_for`), attention over a static cache of
+    `context_length + new - 1` slots at every pass (what the decoder computes on every device).
+    The prefill is linear in the series and each decode step in the rows, so the split into
+    batches does not change the bound.
     """
     new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
     return generate_flops(
         shape,
         context_length,
         new,
-        batch=n_series * num_samples,
+        batch=n_series,
+        num_samples=num_samples,
         kv_cache=True,
         cache_len=static_cache_len(context_length, new),
         logits_len=1,

@@ -168,7 +168,6 @@ def _fill_one(
                 preset.horizon,
                 cell.context,
                 src.lora,
-                batch_size=32,
                 num_samples=cell_samples(cell.column, preset),
                 temperature=preset.temperature,
                 top_p=preset.top_p,
