@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,11 +216,12 @@ TEXT_ALLOWED = {"README.md"}
 
 
 def _not_safe(files: list[Path], root: Path) -> list[str]:
-    """Files that are neither safetensors nor JSON (nor PEFT's model card)."""
+    """Files that are neither safetensors nor JSON (JSON Lines: the metric history) nor PEFT's
+    model card."""
     return [
         p.relative_to(root).as_posix()
         for p in files
-        if p.suffix not in {".safetensors", ".json"} and p.name not in TEXT_ALLOWED
+        if p.suffix not in {".safetensors", ".json", ".jsonl"} and p.name not in TEXT_ALLOWED
     ]
 
 
@@ -228,6 +230,8 @@ def test_checkpoints_are_safetensors_and_json(micro_run: MicroRun) -> None:
     assert any(p.suffix == ".safetensors" for p in files), "the run wrote no checkpoint"
     assert any(p.parent.name == "adapter" for p in files)
     assert not _not_safe(files, micro_run.workdir)
+    lines = [ln for p in files if p.suffix == ".jsonl" for ln in p.read_text().splitlines()]
+    assert lines and all(isinstance(json.loads(ln), dict) for ln in lines)  # JSON, row by row
 
 
 def test_logged_adapter_is_safetensors_and_json(micro_run: MicroRun) -> None:
