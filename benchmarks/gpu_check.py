@@ -41,6 +41,21 @@ mlflow, no network, nothing from projects/. Prints, each part with its wall time
   by itself on CUDA when the KV cache is static; 0 expected otherwise), peak memory; and the same
   series sampled, `--samples` continuations each at temperature 1 (what `final` and the report
   score with): series/s and its time against greedy's.
+- rates (`--rates`): the wall-time plan's rates of this machine (`lvmodel.walltime.Rates`, the
+  figures `python -m projects.plan --rates FILE` predicts each pipeline step's wall time from):
+  a fresh model saved to a folder and loaded back with `lvmodel.base.load_base` (timed), LoRA
+  r=4 on q/v with the head bias, `fit` of `--warmup` + `--steps` steps of `--batch` windows at
+  each of `--rates-contexts` (the qwen preset's 128, 512, 768), a validation-loss pass over 64
+  windows, forecasts of 16 and 64 series (`--rates-series`) at each context and each of
+  `--rates-samples` (1 and 10); the data step (1000 series generated) and the reference forecasters on this host's CPU;
+  an entry point's process start without mlflow. The MLflow layer's figures (a run's open and
+  close, logging an evaluation, registering, `mlflow run` per step, mlflow's import) cannot be
+  measured without mlflow: they are ASSUMED_TRACKING below (measured on the project's CPU),
+  listed in the JSON under `rates.measured.assumed`. The rates go into the JSON as `rates`.
+  This script needs no mlflow, so it does not add up the pipeline itself: on a machine with
+  mlflow, `python -m projects.plan --preset qwen --method search --rates gpu_check.json` prints
+  each step's predicted wall time and the total against the 10-minute target (this script runs
+  that itself when mlflow is importable here).
 - nvml: whether `import pynvml` (nvidia-ml-py) works, and on CUDA one reading of GPU memory,
   utilisation and power with the calls MLflow's system-metrics GPU monitor makes, on the NVML
   device found by the CUDA device's PCI bus id (NVML's indices ignore CUDA_VISIBLE_DEVICES, so the
@@ -62,6 +77,7 @@ Examples:
   python benchmarks/gpu_check.py --layers 2 --batch 1 --seq-len 128 --steps 2 --warmup 1 \\
       --series 4 --naive-series 1                              # a quick CPU smoke run
   python benchmarks/gpu_check.py --gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
+  python benchmarks/gpu_check.py --rates --skip-train --skip-forecast  # the wall-time rates only
   benchmarks/gpu_check.sh engine [ARGS]    # the same through the wrapper
   benchmarks/gpu_check.sh pipeline         # the whole qwen pipeline with MLflow (see the wrapper)
 """
@@ -157,6 +173,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         choices=["auto", "off"],
         help="off: set generation_config.disable_compile (transformers' auto-compile) first",
+    )
+    p.add_argument(
+        "--rates",
+        action="store_true",
+        help="also measure the wall-time plan's rates (lvmodel.walltime.Rates) into the JSON",
+    )
+    p.add_argument(
+        "--rates-contexts", default="128,512,768", help="contexts of the rates (the qwen preset's)"
+    )
+    p.add_argument("--rates-samples", default="1,10", help="sample counts of the rates (1,10)")
+    p.add_argument(
+        "--rates-series", default="16,64", help="series of the two timed forecasts (16,64)"
     )
     p.add_argument("--skip-train", action="store_true", help="skip the training part")
     p.add_argument("--skip-forecast", action="store_true", help="skip the forecasting part")
@@ -766,6 +794,132 @@ def forecast_part(args, model, tok, codec, histories, device) -> dict[str, Any]:
     return out
 
 
+# Figures of the MLflow layer that this machine cannot measure (no mlflow here), in seconds:
+# measured on the project's 2-core CPU with a SQLite store by `python -m projects.plan --preset
+# tiny --method search --measure-rates` (lvtrack.rates_probe; docs/gpu.md "Wall-time plan").
+# `mlflow_layer_import_s` is what an entry point's imports add there beyond torch, transformers,
+# peft and lvmodel (10.7 s against 6.3 s), added to the process start measured here;
+# `register_pyfunc_s` is added to a base load (registering loads the logged model back and
+# forecasts once); `process_start_by_step` are the entry points that import no torch.
+ASSUMED_TRACKING: dict[str, Any] = {
+    "run_fixed_s": 1.16,
+    "eval_log_s": 0.76,
+    "register_pyfunc_s": 1.03,
+    "mlflow_layer_import_s": 4.4,
+    "process_start_by_step": {"data": 3.6, "promote": 2.9, "pipeline": 2.4},
+    "steps_s": {
+        "promote": 0.12,
+        "budget": 0.01,
+        "report": 1.17,
+        "search": 1.61,
+        "mlflow_run": 1.78,
+    },
+}
+
+
+def rates_part(args: argparse.Namespace, device: Any, dtype: Any) -> dict:
+    """lvmodel.walltime.Rates of this machine for the qwen preset's runs: a fresh model
+    (`build_model`) saved to a folder and loaded back with lvmodel.base.load_base (timed), LoRA
+    r=4 on q/v with the head bias, `fit` at each of --rates-contexts (batch --batch), the
+    validation loss over 64 windows, forecasts of --rates-series series at each context and
+    --rates-samples; the data step (1000 series generated) and the reference forecasters timed
+    on this host's CPU; the MLflow layer's figures from ASSUMED_TRACKING (listed in the rates'
+    `measured.assumed`)."""
+    import tempfile
+
+    import lvdata
+    from lvmodel.base import load_base
+    from lvmodel.lora import LoraSettings
+    from lvmodel.walltime import measure_process_start, measure_rates, measure_reference
+
+    contexts = [int(c) for c in args.rates_contexts.split(",")]
+    samples = [int(s) for s in args.rates_samples.split(",")]
+    sizes = [int(n) for n in args.rates_series.split(",")]
+    t = time.perf_counter()
+    traj = lvdata.simulate(n_systems=1000, seed=args.seed)
+    data_s = time.perf_counter() - t
+    parts = lvdata.split(1000, seed=0)
+    codec = lvdata.LLMTimeCodec.fit(traj.values[parts.train])
+    train, val, test = (traj.values[getattr(parts, k)] for k in ("train", "val", "test"))
+    say(f"rates: data generated in {data_s:.1f} s; timing the reference forecasters")
+    reference = measure_reference(train, traj.time, [val, test], HISTORY_STEPS, args.horizon)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-base-") as folder:
+        model, tok, _, _ = build_model(args, device, dtype)
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        del model
+        rates = measure_rates(
+            lambda: load_base(folder, dtype=dtype, device=device),
+            codec,
+            train[:64],
+            val,
+            contexts=contexts,
+            samples=samples,
+            batch_size=args.batch,
+            lora=LoraSettings(rank=4),
+            eval_windows=64,
+            forecast_sizes=(sizes[0], sizes[1]),
+            history_steps=HISTORY_STEPS,
+            horizon=args.horizon,
+            train_steps=args.steps,
+            warmup_steps=args.warmup,
+            device=f"{device} ({versions(device)['device_name']}, {dtype_name(dtype)})",
+            base="Qwen2.5-0.5B shape" + (f", {args.layers} layers" if args.layers else ""),
+            say=lambda m: say(f"rates: {m}"),
+        )
+    src = [str(s) for s in sorted((ROOT / "packages").glob("*/src"))]
+    start = measure_process_start(
+        ["torch", "transformers", "peft", "lvmodel.train", "lvmodel.forecast"], path=src
+    )
+    a = ASSUMED_TRACKING
+    rates.process_start_s = start + a["mlflow_layer_import_s"]
+    rates.process_start_by_step = dict(a["process_start_by_step"])
+    rates.run_fixed_s, rates.eval_log_s = a["run_fixed_s"], a["eval_log_s"]
+    rates.register_s = rates.load_base_s + a["register_pyfunc_s"]
+    # As lvtrack.rates_probe counts them: the data run with its figure; five reference runs,
+    # each logging a val and a test evaluation.
+    data_s += a["run_fixed_s"] + a["eval_log_s"]
+    reference_s = sum(reference.values()) + len(reference) * 2 * a["eval_log_s"]
+    rates.steps_s = {**a["steps_s"], "data": data_s, "reference": reference_s}
+    rates.measured.update(
+        reference_s=reference, process_start_without_mlflow_s=start, assumed=ASSUMED_TRACKING
+    )
+    say(
+        "rates: training positions/s "
+        + ", ".join(f"{c}: {r:.0f}" for c, r in rates.train_positions_per_s.items())
+        + "; forecast series/s "
+        + ", ".join(f"{k}: {r:.1f}" for k, r in rates.forecast_series_per_s.items())
+        + f"; base load {rates.load_base_s:.1f} s, process start {start:.1f} s (+ mlflow's)"
+    )
+    return {"rates": rates.to_dict()}
+
+
+def pipeline_plan(args: argparse.Namespace) -> None:
+    """The qwen pipeline's predicted wall time by step from the rates just measured: printed by
+    `projects.plan` where mlflow is importable, else the command that prints it elsewhere."""
+    import importlib.util
+    import subprocess
+
+    target = args.json or (
+        str(Path(os.environ["OUT"]) / "gpu_check.json")
+        if os.environ.get("OUT")
+        else "gpu_check.json"
+    )
+    command = [sys.executable, "-m", "projects.plan", "--preset", "qwen", "--method", "search",
+               "--rates", target]  # fmt: skip
+    if importlib.util.find_spec("mlflow") is None or not (args.json or os.environ.get("OUT")):
+        say(
+            "rates: no mlflow here (or no JSON written); on a machine with mlflow, `python -m "
+            "projects.plan --preset qwen --method search --rates gpu_check.json` prints the qwen "
+            "pipeline's predicted wall time by step"
+        )
+        return
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *(str(s) for s in sorted((ROOT / "packages").glob("*/src")))]
+    )}  # fmt: skip
+    subprocess.run(command, cwd=ROOT, env=env, check=False)
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -890,6 +1044,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_forecast:
         summary.update(forecast_part(args, model, tok, codec, histories, device))
         write_summary(summary, args.json)
+    if args.rates:
+        del model  # the rates load a fresh copy
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        summary.update(rates_part(args, device, dtype))
+        write_summary(summary, args.json)
+        pipeline_plan(args)
 
     if device.type == "cuda":  # the targets are for one H200-class GPU
         if "train_mfu" in summary:

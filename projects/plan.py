@@ -1,10 +1,14 @@
 """`plan` entry point: each phase's planned FLOPs and share of the budget, before anything runs.
 
 The plans are the ones the runs reserve in the ledger (`lvtrack.planning`), for the preset (and
-cuts) given; nothing is logged or charged.
+cuts) given; nothing is logged or charged. With rates (`--rates FILE`, or `--measure-rates` to
+measure them here), each step of `pipeline` also gets its predicted wall time
+(`lvtrack.wallplan`, docs/gpu.md "Wall-time plan").
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -19,9 +23,14 @@ from lvtrack.options import (
     preset_option,
     search_options,
 )
-from lvtrack.planning import experiment_plan, plan_table
+from lvtrack.planning import experiment_plan, plan_table, with_walls
 from lvtrack.presets import get_preset
+from lvtrack.rates_probe import rates_for
 from lvtrack.search import search_settings
+from lvtrack.steps import STEPS
+from lvtrack.wallplan import pipeline_walls, wall_summary
+
+DATA_FILE = "data/lotka_volterra_data.h5"  # the pipeline's default
 
 
 @click.command()
@@ -41,16 +50,31 @@ from lvtrack.search import search_settings
     help="The pipeline's way of choosing settings (see `pipeline --method`).",
 )  # fmt: skip
 @search_options
+@click.option(
+    "--rates", "rates_file", default="", help="A rates JSON (from --measure-rates, or "
+    "benchmarks/gpu_check.py --rates): add each pipeline step's predicted wall time.",
+)  # fmt: skip
+@click.option(
+    "--measure-rates", is_flag=True, help="Measure the rates on this machine with the preset's "
+    "base (minutes for tiny on a CPU), cache them, and add the predicted wall times.",
+)  # fmt: skip
 def main(
     preset: str, base_model: str, n_series: int, budget: float, eval_series: int, method: str,
-    **search: object,
+    rates_file: str, measure_rates: bool, **search: object,
 ) -> None:  # fmt: skip
-    """Print the experiment's FLOPs plan by phase for the preset (and search settings)."""
+    """Print the experiment's FLOPs plan by phase for the preset (and search settings), and
+    with rates each pipeline step's predicted wall time."""
     check_train_values(budget=budget, eval_series=eval_series)
     p = get_preset(preset, budget=budget, eval_series=eval_series)
     space, trials, share = search.pop("space"), search.pop("trials"), search.pop("share")
     p, settings = search_settings(p, str(space), int(str(trials)), float(str(share)), **search)
     base = base_model or p.base_model
+    entry_points = {s: f"projects.{s}" for s in (*STEPS["search"], "sweep", "context")}
+    project = Path.cwd() if Path("MLproject").is_file() else None
+    rates = rates_for(
+        rates_file, measure_rates, p, base, n_series, DATA_FILE,
+        {**entry_points, "pipeline": "projects.pipeline"}, project,
+    )  # fmt: skip
     try:
         shape = base_shape(base)
     except BaseModelError as err:
@@ -63,11 +87,19 @@ def main(
         shape = QWEN2_5_0_5B
     parts = lvdata.split(n_series, seed=SPLIT_SEED)
     n_val, n_test = (min(len(s), p.eval_series or len(s)) for s in (parts.val, parts.test))
-    phases = experiment_plan(
-        p, shape, DECIMALS, n_val, n_test, settings if method == "search" else None
-    )
+    chosen = settings if method == "search" else None
+    phases = experiment_plan(p, shape, DECIMALS, n_val, n_test, chosen)
     click.echo(f"plan of preset {p.name} on {base} ({n_val} val / {n_test} test series scored)")
-    click.echo(plan_table(phases, p.budget))
+    if rates is None:
+        click.echo(plan_table(phases, p.budget))
+        click.echo(
+            "(each step's predicted wall time: add --measure-rates, or --rates FILE)", err=True
+        )
+        return
+    final = next(ph for ph in phases if ph.phase == "final")
+    walls = pipeline_walls(p, shape, DECIMALS, n_val, n_test, rates, final.steps, chosen)
+    click.echo(plan_table(with_walls(phases, walls), p.budget, walls))
+    click.echo(wall_summary(walls, p, rates))
 
 
 if __name__ == "__main__":

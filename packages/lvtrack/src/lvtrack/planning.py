@@ -8,6 +8,7 @@ them up over the preset's phases for the `plan` entry point.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lvflops import ModelShape
@@ -16,6 +17,7 @@ from lvtrack.presets import Preset
 from lvtrack.report import cell_samples
 from lvtrack.request import TrainRequest
 from lvtrack.search import SearchSettings, first_rung_flops
+from lvtrack.wallplan import StepWall, format_seconds
 
 
 def request_plan(
@@ -76,10 +78,16 @@ def baseline_plan(
 
 @dataclass(frozen=True)
 class PhasePlan:
+    """A phase's runs and planned FLOPs; `steps` the optimizer steps `final` is planned at;
+    with rates, the predicted wall `seconds` and what dominates them (`lvtrack.wallplan`)."""
+
     phase: str
     runs: int
     flops: int
     note: str = ""
+    steps: int = 0
+    seconds: float | None = None
+    wall: str = ""
 
 
 def experiment_plan(
@@ -153,23 +161,52 @@ def experiment_plan(
     final_flops = (
         plan("final", steps, evaluate_test=True, eval_samples=preset.eval_samples) if steps else 0
     )
-    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note), report]
+    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note, steps), report]
 
 
-def plan_table(phases: list[PhasePlan], budget: float) -> str:
-    """A markdown table: phase, runs, planned FLOPs, share of the budget; the total and what the
-    plan leaves unspent."""
-    lines = [
-        "| phase | runs | planned FLOPs | share of budget | note |",
-        "|---|---:|---:|---:|---|",
+def with_walls(phases: list[PhasePlan], walls: Sequence[StepWall]) -> list[PhasePlan]:
+    """The phases with their steps' predicted wall time (`seconds`) and what dominates it."""
+    by_step = {w.step: w for w in walls}
+    return [
+        replace(p, seconds=by_step[p.phase].seconds, wall=by_step[p.phase].dominated_by)
+        if p.phase in by_step
+        else p
+        for p in phases
     ]
-    for p in phases:
-        lines.append(
-            f"| {p.phase} | {p.runs} | {p.flops:.3e} | {p.flops / budget:.2%} | {p.note} |"
-        )
+
+
+def plan_table(phases: list[PhasePlan], budget: float, walls: Sequence[StepWall] = ()) -> str:
+    """A markdown table: phase, runs, planned FLOPs, share of the budget; the total and what the
+    plan leaves unspent. With `walls` (every pipeline step's predicted wall time, in its order:
+    `lvtrack.wallplan.pipeline_walls`), a predicted-wall column, the steps that are not budgeted
+    phases in their place, and the total wall time."""
+    if not walls:
+        lines = [
+            "| phase | runs | planned FLOPs | share of budget | note |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for p in phases:
+            lines.append(
+                f"| {p.phase} | {p.runs} | {p.flops:.3e} | {p.flops / budget:.2%} | {p.note} |"
+            )
+    else:
+        lines = [
+            "| phase | runs | planned FLOPs | share of budget | predicted wall | note |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        by_phase = {p.phase: p for p in phases}
+        for w in walls:
+            wall = f"{format_seconds(w.seconds)} | wall: {w.dominated_by}"
+            if (ph := by_phase.get(w.step)) is None:
+                lines.append(f"| {w.step} | | | | {wall}; not budgeted: {w.note} |")
+                continue
+            share = f"{ph.flops / budget:.2%}"
+            note = "".join(f"; {n}" for n in (w.note, ph.note) if n)
+            lines.append(f"| {ph.phase} | {ph.runs} | {ph.flops:.3e} | {share} | {wall}{note} |")
     total = sum(p.flops for p in phases)
     runs = sum(p.runs for p in phases)
-    lines.append(f"| **total** | {runs} | {total:.3e} | {total / budget:.2%} | |")
+    wall_total = f" {format_seconds(sum(w.seconds for w in walls))} |" if walls else ""
+    lines.append(f"| **total** | {runs} | {total:.3e} | {total / budget:.2%} |{wall_total} |")
     before_final = total - sum(p.flops for p in phases if p.phase in ("final", "report"))
     lines.append(
         f"\nBudget {budget:.3e} FLOPs; the plan leaves {budget - total:.3e} unspent "
