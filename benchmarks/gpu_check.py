@@ -44,8 +44,9 @@ mlflow, no network, nothing from projects/. Prints, each part with its wall time
 - rates (`--rates`): the wall-time plan's rates of this machine (`lvmodel.walltime.Rates`, the
   figures `python -m projects.plan --rates FILE` predicts each pipeline step's wall time from):
   a fresh model saved to a folder and loaded back with `lvmodel.base.load_base` (timed), LoRA
-  r=4 on q/v with the head bias, `fit` of `--warmup` + `--steps` steps of `--batch` windows at
-  each of `--rates-contexts` (the qwen preset's 128, 512, 768), a validation-loss pass over 64
+  r=4 on q/v with the head bias, the training split's windows tokenized (timed) and `fit` of
+  `--warmup` + `--steps` steps of `--batch` of them at each of `--rates-contexts` (the qwen
+  preset's 128, 512, 768), a validation-loss pass over 64
   windows, forecasts of 16 and 64 series (`--rates-series`) at each context and each of
   `--rates-samples` (1 and 10); the data step (1000 series generated) and the reference forecasters on this host's CPU;
   an entry point's process start without mlflow. The MLflow layer's figures (a run's open and
@@ -851,7 +852,7 @@ def rates_part(args: argparse.Namespace, device: Any, dtype: Any) -> dict:
         rates = measure_rates(
             lambda: load_base(folder, dtype=dtype, device=device),
             codec,
-            train[:64],
+            train,  # all 700: `windows_s` is the training split's tokenization
             val,
             contexts=contexts,
             samples=samples,

@@ -133,3 +133,28 @@ def test_a_rung_must_grow_the_stable_phase(toy_data, tmp_path):
     rungs.rung(3)
     with pytest.raises(ValueError, match="more than 3 stable steps"):
         rungs.rung(3)
+
+
+def test_the_windows_are_tokenized_once_for_every_segment(toy_data, tmp_path, monkeypatch):
+    """A trial fits twice per rung on the same windows: they are built once (tokenizing the
+    training split is seconds of set-up per `fit` call), and windows of another context are
+    refused rather than trained on."""
+    import lvdata
+
+    train, val, codec = toy_data
+    tok = build_tiny_tokenizer()
+    contexts: list[int] = []
+    real = lvdata.make_windows
+
+    def counting(texts, tokenizer, context_length, *args, **kwargs):
+        contexts.append(context_length)
+        return real(texts, tokenizer, context_length, *args, **kwargs)
+
+    monkeypatch.setattr(lvdata, "make_windows", counting)
+    rungs = WsdRungs(_model(), tok, codec, train, val, CONFIG, LORA, tmp_path / "a")
+    rungs.rung(4)
+    rungs.rung(8)  # four `fit` calls
+    assert contexts == [64, 64]  # the training split and the validation split, once each
+    other = replace(CONFIG, context_length=32, steps=4)
+    with pytest.raises(ValueError, match=r"windows built for .*\(64, None, 4\).*\(32, None, 4\)"):
+        fit(_model(), tok, codec, train, val, other, LORA, data=rungs.data, progress=False)

@@ -31,6 +31,7 @@ def _rates() -> Rates:
         forecast_series_per_s={"128x1": 10.0, "512x1": 5.0, "128x10": 2.0, "512x10": 1.0},
         forecast_call_s={"128x1": 0.5, "512x1": 1.0, "128x10": 2.0, "512x10": 4.0},
         load_base_s=3.0,
+        windows_s=1.5,
         fit_fixed_s=1.0,
         process_start_s=5.0,
         run_fixed_s=2.0,
@@ -87,8 +88,9 @@ def test_run_seconds_by_hand():
     assert got.val_loss == pytest.approx(2 * 8 * 128 / 4000)  # due at 50 and 100 (the end)
     assert got.val_forecast == pytest.approx(0.5 + 4 * 0.1)  # due at 100 only
     assert got.final_eval == pytest.approx({"val": 2.0 + 10 * 0.5, "test": 2.0 + 20 * 0.5})
-    assert got.fixed == pytest.approx(3.0 + 1.0 + 2.0 + 2 * 0.5 + 7.0)
-    total = 51.2 + 0.512 + 0.9 + (7.0 + 12.0) + 14.0
+    # base 3, windows 1.5, fit 1, run 2, two logged evaluations, registering 7
+    assert got.fixed == pytest.approx(3.0 + 1.5 + 1.0 + 2.0 + 2 * 0.5 + 7.0)
+    total = 51.2 + 0.512 + 0.9 + (7.0 + 12.0) + 15.5
     assert got.total == pytest.approx(total)
     assert sum(got.parts().values()) == pytest.approx(total)
     # no in-run forecasts, no evaluation at the end: the due step's loss only
@@ -124,5 +126,6 @@ def test_measure_rates_times_the_real_code_paths(random_tiny_dir):
     assert all(r > 0 for r in rates.val_positions_per_s.values())
     assert set(rates.forecast_series_per_s) == {"64x1", "64x2", "128x1", "128x2"}
     assert all(c >= 0 for c in rates.forecast_call_s.values())
-    assert rates.load_base_s > 0 and rates.fit_fixed_s >= 0
+    assert rates.load_base_s > 0 and rates.windows_s > 0 and rates.fit_fixed_s >= 0
+    assert len(rates.measured["windows_s"]) == 2  # once per context, outside the timed fit
     assert Rates.from_dict(json.loads(rates.to_json())) == rates

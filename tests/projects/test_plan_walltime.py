@@ -25,6 +25,7 @@ def _rates() -> Rates:
         forecast_series_per_s={"64x1": 20.0, "128x1": 10.0, "64x3": 4.0, "128x3": 2.0},
         forecast_call_s={"64x1": 0.5, "128x1": 0.5, "64x3": 1.0, "128x3": 1.0},
         load_base_s=3.0,
+        windows_s=1.5,
         fit_fixed_s=1.0,
         process_start_s=5.0,
         run_fixed_s=2.0,
@@ -56,10 +57,10 @@ def test_plan_with_rates_prints_each_steps_predicted_wall_time(tmp_path, random_
     rows = {s: _row(result.output, s) for s in (*steps, "budget", "pipeline")}
     # micro's initial run by hand: 4 steps of 4 x 128 at 1000 positions/s; one validation-loss
     # pass at the end over 64 windows of 128 at 4000/s; the 6 validation series forecast
-    # greedily (0.5 s a call + 0.1 s a series); fixed: base 3, fit 1, run 2, one logged
-    # evaluation 0.5; the entry point's process start 5.
-    initial = 5 + 4 * 4 * 128 / 1000 + 64 * 128 / 4000 + (0.5 + 6 * 0.1) + 3 + 1 + 2 + 0.5
-    assert rows["initial"][4] == f"{initial:.0f} s"  # 17 s
+    # greedily (0.5 s a call + 0.1 s a series); fixed: base 3, windows 1.5, fit 1, run 2, one
+    # logged evaluation 0.5; the entry point's process start 5.
+    initial = 5 + 4 * 4 * 128 / 1000 + 64 * 128 / 4000 + (0.5 + 6 * 0.1) + 3 + 1.5 + 1 + 2 + 0.5
+    assert rows["initial"][4] == f"{initial:.0f} s"  # 19 s
     assert rows["initial"][2] != ""  # the FLOPs stay beside it
     assert rows["data"][4] == "9 s" and rows["data"][2] == ""  # process 5 + 4; not budgeted
     assert "not budgeted" in rows["reference"][5]
@@ -101,8 +102,10 @@ def test_search_wall_by_hand(random_tiny_dir):
     # each rung scored: validation loss over micro's 64 windows, 4 series forecast greedily
     evaluation = 64 * 128 / 4000 + (0.5 + 4 * 0.1)
     assert wall.parts["rung evaluations"] == pytest.approx(sum(counts) * evaluation)
-    # each trial loads the base and opens a run; each rung is two fits (stable, decay branch)
-    assert wall.parts["fixed costs"] == pytest.approx(5 * (3 + 2) + 2 * sum(counts) * 1)
+    # the worker loads the base once and tokenizes the one context's windows once; each trial
+    # opens a run; each rung is two fits (stable, decay branch)
+    fixed = 3 + 1.5 + 5 * 2 + 2 * sum(counts) * 1
+    assert wall.parts["fixed costs"] == pytest.approx(fixed)
     assert wall.seconds == pytest.approx(sum(wall.parts.values()))
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 import lvdata
 from lvmodel.lora import LoraSettings
-from lvmodel.train import FitResult, MetricsCallback, TrainConfig, fit
+from lvmodel.train import FitData, FitResult, MetricsCallback, TrainConfig, fit, fit_data
 
 __all__ = ["RungResult", "WsdRungs", "decay_steps_for"]
 
@@ -85,6 +85,7 @@ class WsdRungs:
         min_lr_ratio: float = 0.0,
         on_metrics: MetricsCallback | None = None,
         progress: bool = False,
+        data: FitData | None = None,
     ) -> None:
         if not 0 < decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
@@ -94,6 +95,8 @@ class WsdRungs:
         self.root = Path(checkpoint_dir)
         self.decay_fraction, self.min_lr_ratio = decay_fraction, min_lr_ratio
         self.on_metrics, self.progress = on_metrics, progress
+        # Tokenized once for every segment (and shared by trials of one context when given).
+        self.data = data or fit_data(tokenizer, codec, train_series, val_series, config)
         self.rungs: list[RungResult] = []
         self.stable: str | None = None  # the stable phase's newest checkpoint
         self.stable_flops = 0  # what the stable phase has cost so far
@@ -115,6 +118,7 @@ class WsdRungs:
             checkpoint_dir=directory,
             resume_from=self.stable,
             progress=self.progress,
+            data=self.data,
             **kw,
         )
 

@@ -8,8 +8,10 @@ take. :class:`Rates` holds what was measured on one machine for one base model a
 - forecasting: per context and sample count, the seconds of one call (prefill and decode
   latency that does not shrink with fewer series) and the series per second beyond it, so that
   a forecast of ``n`` series takes ``call_s + n / series_per_s``;
-- fixed seconds: loading the base, one `fit` call's set-up and end (windows, optimizer, the end
-  checkpoint), and, filled by the MLflow layer (``lvtrack.walltime_probe``), a process start, a
+- fixed seconds: loading the base, tokenizing the training split's windows at one context
+  (:func:`lvmodel.train.fit_data`; a search builds them once per context, a run once), one `fit`
+  call's set-up and end beyond that (optimizer, the end checkpoint), and, filled by the MLflow
+  layer (``lvtrack.rates_probe``), a process start, a
   budgeted run's open and close, one logged evaluation (metrics, plots), registering a model,
   and the pipeline's steps that are not budgeted (data, reference forecasters...).
 
@@ -86,8 +88,11 @@ class Rates:
         forecast_series_per_s: "CONTEXTxSAMPLES" -> series per second beyond a call's fixed part.
         forecast_call_s: "CONTEXTxSAMPLES" -> a forecast call's fixed seconds.
         load_base_s: loading the base model and tokenizer (in a fresh process).
-        fit_fixed_s: one `fit` call beyond its steps: windows, optimizer, first steps' warm-up,
-            the end checkpoint.
+        windows_s: tokenizing the training split (and the validation-loss subset) into one
+            context's windows (`lvmodel.train.fit_data`).
+        fit_fixed_s: one `fit` call beyond its steps and its windows: optimizer, first steps'
+            warm-up, the end checkpoint. (Rates measured before `windows_s` existed count the
+            windows here, with `windows_s` 0.)
         process_start_s: an entry point's process start (python and its imports).
         process_start_by_step: the same for each pipeline step's own entry point, where
             measured (their imports differ: `data` needs no torch); else `process_start_s`.
@@ -108,6 +113,7 @@ class Rates:
     forecast_series_per_s: dict[str, float]
     forecast_call_s: dict[str, float]
     load_base_s: float = 0.0
+    windows_s: float = 0.0
     fit_fixed_s: float = 0.0
     process_start_s: float = 0.0
     process_start_by_step: dict[str, float] = field(default_factory=dict)
@@ -262,7 +268,7 @@ def run_seconds(
     final = {
         split: forecast_seconds(rates, ctx, final_samples, n) for split, n in final_series.items()
     }
-    fixed = rates.load_base_s + rates.fit_fixed_s + rates.run_fixed_s
+    fixed = rates.load_base_s + rates.windows_s + rates.fit_fixed_s + rates.run_fixed_s
     fixed += rates.eval_log_s * len(final_series) + (rates.register_s if register else 0.0)
     return RunSeconds(
         train=train_seconds(rates, ctx, config.steps, batch),
@@ -306,22 +312,26 @@ def _timed_fit(
     train: Any,
     val: Any,
     lora: Any,
-    context: int,
+    data: Any,
     batch: int,
     steps: int,
     warmup: int,
     root: Path,
 ) -> tuple[float, float]:
-    """(seconds per step, fixed seconds of the call) of `fit` at `context`: the steps timed
-    between the logging point after `warmup` steps and the last one (fit reads the device
-    there, so the stamps follow the device), the rest of the call is its fixed part."""
+    """(seconds per step, fixed seconds of the call) of `fit` on `data` (`lvmodel.train.FitData`,
+    built beforehand): the steps timed between the logging point after `warmup` steps and the
+    last one (fit reads the device there, so the stamps follow the device), the rest of the
+    call is its fixed part."""
     from lvmodel.train import TrainConfig, fit
+
+    context = data.context_length
 
     config = TrainConfig(
         steps=warmup + steps,
         lr=1e-4,
         batch_size=batch,
         context_length=context,
+        eval_windows=data.eval_windows,
         schedule="constant",
         eval_every=0,
         forecast_every=-1,
@@ -338,7 +348,7 @@ def _timed_fit(
 
     t0 = time.perf_counter()
     fit(model, tok, codec, train, val, config, lora, on_metrics=on_metrics, progress=False,
-        checkpoint_dir=root / f"fit-{context}")  # fmt: skip
+        checkpoint_dir=root / f"fit-{context}", data=data)  # fmt: skip
     t_end = time.perf_counter()
     per_step = (stamps[warmup + steps] - stamps[warmup]) / steps
     fixed = (t_end - t0) - (warmup + steps) * per_step
@@ -416,12 +426,12 @@ def measure_rates(
     """Measure :class:`Rates` with lvmodel's own code paths (no MLflow): `load()` timed (the
     base model and tokenizer, as a run loads them), then, on the model with `lora` applied, at
     each context: `fit` of `warmup_steps` + `train_steps` steps of `batch_size` windows (the
-    timed steps give the training rate, the rest of the call `fit_fixed_s`), a validation-loss
+    timed steps give the training rate, the rest of the call `fit_fixed_s`) on windows built
+    beforehand (timed: `windows_s`, over all of `train_series`), a validation-loss
     pass over `eval_windows` windows, and `evaluate_llm` of `forecast_sizes` validation series
     at each sample count. The fields the MLflow layer measures stay 0."""
-    import lvdata
     from lvmodel.lora import LoraSettings, apply_lora
-    from lvmodel.train import validation_loss
+    from lvmodel.train import TrainConfig, fit_data, validation_loss
 
     t0 = time.perf_counter()
     base_model, tok = load()
@@ -430,29 +440,30 @@ def measure_rates(
     lora = lora or LoraSettings()
     model = apply_lora(base_model, lora)
     dev = next(model.parameters()).device
-    train_pos, val_pos, fixed = {}, {}, []
+    train_pos, val_pos, fixed, windows_s = {}, {}, [], []
     series_per_s, call_s, raw = {}, {}, {}
     sizes = (min(forecast_sizes[0], len(val_series) - 1), min(forecast_sizes[1], len(val_series)))
     with tempfile.TemporaryDirectory(prefix="lv-rates-") as tmp:
         evaluate_warm = False
         for ctx in contexts:
+            t1 = time.perf_counter()
+            config = TrainConfig(context_length=ctx, eval_windows=eval_windows)
+            data = fit_data(tok, codec, train_series, val_series, config)
+            windows_s.append(time.perf_counter() - t1)
             per_step, fit_fixed = _timed_fit(
-                model, tok, codec, train_series, val_series, lora, ctx, batch_size,
+                model, tok, codec, train_series, val_series, lora, data, batch_size,
                 train_steps, warmup_steps, Path(tmp),
             )  # fmt: skip
             train_pos[ctx] = batch_size * ctx / per_step
             fixed.append(fit_fixed)
-            windows = lvdata.make_windows([codec.encode(s) for s in val_series], tok, ctx)
-            windows = lvdata.Windows(
-                **{f.name: getattr(windows, f.name)[:eval_windows] for f in fields(windows)}
-            )
-            n_windows = len(windows.input_ids)
+            n_windows = len(data.val.input_ids)
             t1 = time.perf_counter()
-            validation_loss(model, windows, batch_size, dev)
+            validation_loss(model, data.val, batch_size, dev)
             val_pos[ctx] = n_windows * ctx / (time.perf_counter() - t1)
             say(
                 f"context {ctx}: {per_step * 1e3:.1f} ms a training step of {batch_size} x "
-                f"{ctx} ({train_pos[ctx]:.0f} positions/s), fit's fixed {fit_fixed:.2f} s, "
+                f"{ctx} ({train_pos[ctx]:.0f} positions/s), windows {windows_s[-1]:.2f} s, "
+                f"fit's fixed {fit_fixed:.2f} s, "
                 f"validation loss {val_pos[ctx]:.0f} positions/s"
             )
             if not evaluate_warm:  # the first forecast call's one-time costs
@@ -479,6 +490,7 @@ def measure_rates(
         forecast_series_per_s=series_per_s,
         forecast_call_s=call_s,
         load_base_s=load_s,
+        windows_s=sum(windows_s) / len(windows_s),
         fit_fixed_s=sum(fixed) / len(fixed),
         measured={
             "train_steps": train_steps,
@@ -486,6 +498,7 @@ def measure_rates(
             "eval_windows": eval_windows,
             "forecast_sizes": list(sizes),
             "lora": lora.to_dict() if hasattr(lora, "to_dict") else str(lora),
+            "windows_s": windows_s,
             "fit_fixed_s": fixed,
             **raw,
         },

@@ -21,6 +21,7 @@ charged to the ledger, any number of workers on one study.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -44,7 +45,7 @@ from lvmodel.base import BaseModelError, base_shape, load_base
 from lvmodel.lora import LoraSettings, apply_lora
 from lvmodel.plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
-from lvmodel.train import TrainConfig
+from lvmodel.train import FitData, TrainConfig, fit_data
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
 from lvtrack.ledger import (
@@ -346,6 +347,8 @@ class Search:
         self.val = self.prep.scored("val", preset)
         self.r0 = first_rung_flops(self.shape, preset, settings, self.prep.codec.decimals)
         self.parent_id = ""
+        self._bases: dict[str, tuple[Any, Any]] = {}
+        self._windows: dict[tuple[int, int | None, int], FitData] = {}
 
     # -- the study and the parent run ------------------------------------------------------
 
@@ -474,10 +477,7 @@ class Search:
     ) -> tuple[str, float]:
         """Rung after rung until pruned, refused or at the top; (outcome, last rung's score)."""
         s = self.settings
-        try:
-            base, tok = load_base(req.base)
-        except BaseModelError as err:
-            raise click.ClickException(str(err)) from None
+        base, tok = self._fresh_base(req.base)
         torch.manual_seed(s.seed)
         model: Any = apply_lora(base, lora)
         trainer: WsdRungs
@@ -502,6 +502,7 @@ class Search:
             decay_fraction=s.decay_fraction,
             on_metrics=on_metrics,
             progress=sys.stderr.isatty(),
+            data=self._fit_data(tok, config),
         )
         value = math.nan
         for k, stable in enumerate(steps):
@@ -532,6 +533,27 @@ class Search:
             if trial.should_prune():
                 return f"pruned at rung {k}", value
         return "completed", value
+
+    def _fresh_base(self, spec: str) -> tuple[Any, Any]:
+        """A trial's base model: loaded once per worker, a copy per trial (LoRA wraps it in
+        place); loading takes seconds (a process's first load of Qwen2.5 about 4 s on a GPU
+        machine, docs/gpu.md), a copy of its bf16 weights on the device milliseconds."""
+        if spec not in self._bases:
+            try:
+                self._bases[spec] = load_base(spec)
+            except BaseModelError as err:
+                raise click.ClickException(str(err)) from None
+        base, tok = self._bases[spec]
+        return copy.deepcopy(base), tok
+
+    def _fit_data(self, tok: Any, config: TrainConfig) -> FitData:
+        """The training windows at the trial's context: tokenized once per worker and context
+        (the space has a few contexts; a trial fits twice per rung)."""
+        key = (config.context_length, config.stride, config.eval_windows)
+        if key not in self._windows:
+            train = self.prep.series("train")
+            self._windows[key] = fit_data(tok, self.prep.codec, train, self.val, config)
+        return self._windows[key]
 
     def _close_failed_original(self, trial: optuna.Trial) -> None:
         """A retried trial (its worker died): close the dead trial's run FAILED with what it

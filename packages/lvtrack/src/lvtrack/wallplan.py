@@ -14,9 +14,9 @@ then its own work:
   evaluations successive halving plans (`max(1, trials / eta**k)` at rung k, each a
   validation loss and a forecasting metric at the space's mean), the rest training at the mean
   seconds per training FLOP over the space's contexts and ranks; each rung two `fit` calls,
-  each trial a base load and a run, and the study's own set-up. An approximation: which
-  contexts and ranks the sampler picks, and how many trials successive halving promotes, are
-  known only once it runs;
+  each trial a run, the worker's one base load and windows per context, and the study's own
+  set-up. An approximation: which contexts and ranks the sampler picks, and how many trials
+  successive halving promotes, are known only once it runs;
 - `baseline` and `report`: one forecast per context or table cell (the report's cells as
   `report_plan` counts them), each in a run of its own, the base loads, the report's page;
 - `data`, `reference`, `promote`, `budget`: seconds measured by `lvtrack.rates_probe` (data
@@ -146,7 +146,9 @@ def search_wall(
         "training": train_flops * sum(per_flop) / len(per_flop),
         "rung evaluations": rung_runs * evaluation,
         "fixed costs": rates.steps_s.get("search", 0.0)
-        + settings.trials * (rates.load_base_s + rates.run_fixed_s)
+        + rates.load_base_s  # once per worker; each trial a copy (`Search._fresh_base`)
+        + len(space.contexts) * rates.windows_s  # once per worker and context
+        + settings.trials * rates.run_fixed_s
         + 2 * rung_runs * rates.fit_fixed_s,
     }
     note = (
