@@ -37,12 +37,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from lvmodel.base import flush_denormals
 from lvmodel.synthetic import synthetic_text
 from lvmodel.tiny_tokenizer import VOCAB_SIZE, build_tiny_tokenizer
 
 log = logging.getLogger(__name__)
 
-TINY_VERSION = "2"  # bump when the recipe changes in a way the hashed settings miss (the corpus)
+TINY_VERSION = (
+    "3"  # bump when the recipe changes in a way the hashed settings miss (3: denormals flushed)
+)
 CACHE_ENV = "LV_CACHE_DIR"
 PRETRAIN_FILE = "pretrain.json"
 PADDED_VOCAB = 128
@@ -159,6 +162,7 @@ def build_tiny_base(
         s = dataclasses.replace(s, steps=steps)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    flush_denormals()  # 2x faster steps on a CPU (lvmodel.base.flush_denormals)
     with _torch_threads(s.threads):
         torch.manual_seed(seed)
         config = tiny_config()
