@@ -12,11 +12,12 @@ from dataclasses import asdict, replace
 import click
 import mlflow
 
+from lvtrack.budget_db import default_storage
 from lvtrack.describe import describe_run, search_description
 from lvtrack.options import check_train_values, run_options, search_options
 from lvtrack.presets import get_preset
 from lvtrack.runs import parent_run
-from lvtrack.search import Search, default_storage, open_study, search_settings
+from lvtrack.search import Search, open_study, search_settings
 from lvtrack.tracking import setup_tracking
 
 

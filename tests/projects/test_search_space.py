@@ -3,11 +3,13 @@ runs; rungs sized from the search's share of the budget."""
 
 from __future__ import annotations
 
+import click
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
+from lvtrack.budget_db import default_storage
 from lvtrack.presets import get_preset
-from lvtrack.search import SearchError, default_storage, rung_flops
+from lvtrack.search import rung_flops
 from lvtrack.search_space import ALL_LINEAR, SearchSpaceError, parse_space
 
 TINY = get_preset("tiny")
@@ -76,5 +78,5 @@ def test_the_study_lives_beside_the_tracking_store(tmp_path):
         default_storage("postgresql://lv@127.0.0.1:5432/mlflow")
         == "postgresql://lv@127.0.0.1:5432/mlflow_optuna"
     )
-    with pytest.raises(SearchError, match="give --storage"):
+    with pytest.raises(click.ClickException, match="give --storage"):
         default_storage("http://127.0.0.1:5000")

@@ -1,8 +1,9 @@
 """Budget-aware search on Optuna: successive halving at FLOPs rungs, each trial an MLflow child run
 charged to the ledger, any number of workers on one study.
 
-- The study lives in an RDB storage (:func:`default_storage`: SQLite beside the tracking DB, or
-  a database of its own on the PostgreSQL server behind the tracking store); every worker started
+- The study lives in an RDB storage (`lvtrack.budget_db.default_storage`: SQLite beside the
+  tracking DB, or a database of its own on the PostgreSQL server behind the tracking store, where
+  the budget ledger's tables live too); every worker started
   with the same study name and storage joins it. Optuna's heartbeat marks a dead worker's trial
   failed, and :class:`optuna.storages.RetryHeartbeatStaleTrialCallback` queues it again for another
   worker; the dead trial's MLflow run is closed with what it logged, so its FLOPs count once.
@@ -27,9 +28,8 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import click
 import mlflow
@@ -46,6 +46,7 @@ from lvmodel.lora import LoraSettings, apply_lora
 from lvmodel.plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.train import FitData, TrainConfig, fit_data
+from lvtrack.budget_db import driver_url, ensure_postgres_database
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
 from lvtrack.ledger import (
@@ -191,59 +192,17 @@ def search_settings(
     return preset, settings
 
 
-def default_storage(tracking_uri: str) -> str:
-    """SQLite `optuna.db` beside a SQLite tracking DB; a database `<name>_optuna` on the same
-    server for a PostgreSQL tracking store. Anything else (an `http://` tracking server) needs
-    `--storage`: the server's backend is not visible from here."""
-    parts = urlsplit(tracking_uri)
-    if parts.scheme == "sqlite":
-        db = Path(parts.path[1:] if parts.path.startswith("/") else parts.path)
-        return f"sqlite:///{db.with_name('optuna.db')}"
-    if parts.scheme.startswith("postgresql"):
-        name = parts.path.lstrip("/") or "postgres"
-        return urlunsplit(parts._replace(path=f"/{name}_optuna"))
-    raise SearchError(
-        f"the tracking store {tracking_uri} does not say where the Optuna study can live: give "
-        "--storage (e.g. postgresql://user@host:5432/optuna, a database every worker reaches)"
-    )
-
-
-def _ensure_postgres_database(url: str) -> None:
-    """Create the storage's PostgreSQL database when missing (the server is the tracking one)."""
-    import sqlalchemy
-
-    parts = urlsplit(url)
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    engine = sqlalchemy.create_engine(admin, isolation_level="AUTOCOMMIT")
-    name = parts.path.lstrip("/")
-    with engine.connect() as conn:
-        found = conn.execute(
-            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
-        ).first()
-        if not found:
-            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-
-
-def _driver_url(url: str) -> str:
-    """`postgresql://` with the driver installed beside MLflow (psycopg 3; SQLAlchemy's default
-    for the bare scheme is psycopg2, which the project does not install)."""
-    if url.startswith("postgresql://"):
-        return "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
-
-
 def open_storage(url: str, heartbeat_s: int = 30, attempts: int = 3) -> RDBStorage:
     """The study's storage, with a heartbeat (a dead worker's trial fails after 3 beats missed)
     and the retry of failed trials; a storage that does not answer is a :class:`SearchError`.
 
     Workers that start together on a new storage race to create its tables: a loser retries
     (the tables are then there)."""
-    target = _driver_url(url)
+    target = driver_url(url)
     for attempt in range(attempts):
         try:
             if urlsplit(target).scheme.startswith("postgresql"):
-                _ensure_postgres_database(target)
+                ensure_postgres_database(target)
             engine: dict[str, Any] = {}
             if target.startswith("sqlite"):
                 engine = {"connect_args": {"timeout": 60}}  # several workers on one file
