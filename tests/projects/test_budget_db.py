@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from lvtrack.budget_db import BudgetDB, Holder, LedgerUnavailable, default_storage, ledger_url
+from lvtrack.budget_db import BudgetDB, Holder, LedgerUnavailable, ledger_url
 from lvtrack.ledger import BudgetRefused, Entry
 from tests.serving import free_port
 
