@@ -18,8 +18,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from lvtrack.budget_db import BudgetDB, Holder
-from tests.projects.test_budget_db import TIMEOUT_S, Child, dead_pid, run_at_once
+from lvtrack.budget_db import BudgetDB
+from tests.projects.test_budget_db import (  # the same races, here against the `url` below
+    Child,
+    test_eight_at_once_with_budget_for_three,
+    test_holder_killed_inside_its_transaction_blocks_nobody,
+    test_two_concurrent_claims_exactly_one_wins,
+)
 
 if TYPE_CHECKING:
     from tests.reliability.conftest import Postgres
@@ -37,58 +42,9 @@ IDLE_S = 2  # the stopped holder's LV_LEDGER_IDLE_S: the server cuts it off afte
 
 @pytest.fixture
 def url(postgres: Postgres) -> str:
-    """A database of its own (not created yet: the ledger creates it)."""
+    """A database of its own (not created yet: the ledger creates it, the 8 processes of
+    `test_eight_at_once_with_budget_for_three` racing to do so)."""
     return f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/ledger_{uuid.uuid4().hex}"
-
-
-def test_eight_at_once_with_budget_for_three(url: str) -> None:
-    """A brand-new database: the 8 processes also race to create it and its tables."""
-    planned, budget = 3 * 10**16, 10**17
-    children = [Child(url, "reserve", "1", f"run{i}", planned, budget, "") for i in range(8)]
-    outcomes = run_at_once(children)
-    assert sorted(outcomes) == ["admitted"] * 3 + ["refused"] * 5, outcomes
-    ledger = BudgetDB(url).read("1")
-    assert len(ledger.entries) == 8 and ledger.reserved == 3 * planned
-    admitted = {f"run{i}" for i, out in enumerate(outcomes) if out == "admitted"}
-    assert {e.run_id for e in ledger.entries if not e.refused} == admitted
-
-
-def test_two_concurrent_claims_exactly_one_wins(url: str) -> None:
-    db = BudgetDB(url)
-    db.reserve(
-        "1", "a", "A", "train", 100, 1000, holder=Holder(Holder.here().host, dead_pid(), "x")
-    )
-    children = [Child(url, "claim", "1", "a", 0, 0, "") for _ in range(2)]
-    try:
-        for child in children:
-            child.expect("ready")
-        for child in children:
-            child.go()
-        outcomes = [child.line() for child in children]
-        assert sorted(outcomes) == ["lost", "won"], outcomes
-        winner = children[outcomes.index("won")].proc.pid
-        assert db.read("1").entries[0].tags["lv.pid"] == str(winner)
-    finally:
-        for child in children:
-            child.close()
-
-
-def test_holder_killed_inside_its_transaction_blocks_nobody(url: str) -> None:
-    BudgetDB(url).import_runs("1", 100, [])
-    holder = Child(url, "reserve", "1", "stalled", 100, 100, "stop")
-    try:
-        holder.expect("ready")
-        holder.go()
-        holder.expect("inside")
-        holder.wait_stopped()  # holding the budget row (FOR UPDATE), its row written
-        holder.proc.kill()
-        holder.proc.wait(timeout=TIMEOUT_S)
-    finally:
-        holder.close()
-    start = time.monotonic()
-    ledger = BudgetDB(url).reserve("1", "next", "N", "train", 100, 100)
-    assert time.monotonic() - start < 30
-    assert [e.run_id for e in ledger.entries] == ["next"]
 
 
 def test_holder_stopped_inside_its_admission_is_cut_off_by_the_server(url: str) -> None:
@@ -113,3 +69,10 @@ def test_holder_stopped_inside_its_admission_is_cut_off_by_the_server(url: str) 
         holder.close()
     ledger = BudgetDB(url).read("1")
     assert [e.run_id for e in ledger.entries] == ["waiter"] and ledger.reserved == 100
+
+
+__all__ = [  # collected here as well, with this module's `url`
+    "test_eight_at_once_with_budget_for_three",
+    "test_holder_killed_inside_its_transaction_blocks_nobody",
+    "test_two_concurrent_claims_exactly_one_wins",
+]
