@@ -69,7 +69,8 @@ def _defaults(
 def flush_denormals() -> None:
     """CPU arithmetic flushes denormal floats to zero (x86 FTZ/DAZ; GPUs flush in most kernels).
 
-    Measured on the tiny preset's LoRA step on 2 cores: 310-430 ms -> 160 ms. Its attention
+    Measured on the tiny preset's LoRA step on 2 cores: 311 -> 214 ms (`benchmarks/denormals.py`;
+    310-430 -> 160 ms a step inside `fit`, timed as 60 steps less 10). Its attention
     logits reach about 70, and the backward of PyTorch's CPU flash attention then computes
     exp() far below float32's normal range, where x86 takes a slow path (the backward alone:
     50 ms -> 10 ms a layer; `benchmarks/denormals.py`). torch's worker threads
