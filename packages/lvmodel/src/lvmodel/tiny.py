@@ -121,6 +121,8 @@ def _lr_at(step: int, s: TinyPretrainSettings) -> float:
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
+    """The build's CPU: `n` torch threads, denormals flushed (lvmodel.base.flush_denormals)."""
+    flush_denormals()
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -162,7 +164,6 @@ def build_tiny_base(
         s = dataclasses.replace(s, steps=steps)
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    flush_denormals()  # 2x faster steps on a CPU (lvmodel.base.flush_denormals)
     with _torch_threads(s.threads):
         torch.manual_seed(seed)
         config = tiny_config()
@@ -237,7 +238,8 @@ def build_tiny_base(
     return out
 
 
-def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """`cache_dir`, else $LV_CACHE_DIR, else ~/.cache/lv-forecast: the tiny base, the rates."""
     if cache_dir is not None:
         return Path(cache_dir)
     env = os.environ.get(CACHE_ENV)
@@ -262,7 +264,7 @@ def tiny_base_dir(
         "settings": dataclasses.asdict(s),
     }
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
-    return _cache_root(cache_dir) / f"tiny-base-{key[:12]}"
+    return cache_root(cache_dir) / f"tiny-base-{key[:12]}"
 
 
 def ensure_tiny_base(

@@ -42,7 +42,7 @@ from lvmodel.base import load_base
 from lvmodel.evaluate import Evaluation
 from lvmodel.lora import LoraSettings, apply_lora, save_adapter
 from lvmodel.metrics import baseline_forecasts, protocol_split, score
-from lvmodel.tiny import CACHE_ENV
+from lvmodel.tiny import cache_root
 from lvmodel.walltime import Rates, measure_process_start, measure_rates, measure_reference
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import Prepared, prepare_data
@@ -229,9 +229,8 @@ def rates_cache(preset: str, base: str) -> Path:
     """Where `plan --measure-rates` keeps what it measured: the project's cache folder
     ($LV_CACHE_DIR, else ~/.cache/lv-forecast, where the tiny base lives),
     `rates/<preset>-<base>.json`."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "lv-forecast")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_")[-60:]
-    return root / "rates" / f"{preset}-{slug}.json"
+    return cache_root() / "rates" / f"{preset}-{slug}.json"
 
 
 def measure_pipeline_rates(
