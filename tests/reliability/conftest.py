@@ -161,6 +161,12 @@ def mlflow_server(
     artifacts, log = root / "artifacts", root / "server.log"
     env = child_env()
     env.pop("MLFLOW_TRACKING_URI", None)
+    # SQLAlchemy's default pool (5 + 10 overflow per worker) is smaller than the 40 request threads
+    # of a worker (anyio's default): with eight training processes logging at once on a loaded
+    # 2-core machine, requests waited 30 s for a connection and failed ("QueuePool limit reached",
+    # seen in CI). 60 per worker covers every thread; 2 workers x 60 stays inside max_connections.
+    env["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = "20"
+    env["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = "40"
     # Create the schema once, before several server workers open the database.
     done = subprocess.run(
         [sys.executable, "-m", "mlflow", "db", "upgrade", postgres.uri],
