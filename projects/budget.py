@@ -37,7 +37,7 @@ def main(preset: str, budget: float, release: str, force: bool) -> None:
     exp_id = setup_tracking()
     if release.strip():
         try:
-            spent = release_dead_run(MlflowClient(), release, force=force)
+            spent = release_dead_run(MlflowClient(), release, int(p.budget), force=force)
         except ReleaseError as err:
             raise click.ClickException(str(err)) from None
         click.echo(

@@ -1,7 +1,8 @@
 """`search` entry point: budget-aware search on Optuna (successive halving at FLOPs rungs).
 
-Start it on as many machines as you like with the same `--study` and `--storage` (and tracking
-store): they share one study and one budget (docs/team.md).
+Start it on as many machines as you like with the same `--study` and storage (`--storage` or
+$LV_STORAGE, the ledger's too) and tracking store: they share one study and one budget
+(docs/team.md).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import asdict, replace
 import click
 import mlflow
 
-from lvtrack.budget_db import default_storage
 from lvtrack.describe import describe_run, search_description
+from lvtrack.ledger import storage_url
 from lvtrack.options import check_train_values, run_options, search_options
 from lvtrack.presets import get_preset
 from lvtrack.runs import parent_run
@@ -25,7 +26,11 @@ from lvtrack.tracking import setup_tracking
 @run_options
 @search_options
 @click.option("--study", default="", help="Optuna study name (default: per experiment and preset).")
-@click.option("--storage", default="", help="Optuna RDB storage URL (default: beside tracking).")
+@click.option(
+    "--storage", default="",
+    help="The study's and the budget ledger's RDB storage URL (default: $LV_STORAGE, else beside "
+    "a SQLite or PostgreSQL tracking DB).",
+)  # fmt: skip
 @click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
 @click.option(
     "--heartbeat", default=30, show_default=True, type=click.IntRange(min=1),
@@ -48,7 +53,7 @@ def main(
     settings = replace(
         settings,
         study=study or f"lv-{exp_id}-{p.name}-{sampler}",
-        storage=storage or default_storage(mlflow.get_tracking_uri()),
+        storage=storage_url(storage),
     )
     opened = open_study(settings, p)  # refuses a storage that does not answer, another space
     worker = Search(settings, p, data_file, base_model, exp_id)

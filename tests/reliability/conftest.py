@@ -208,8 +208,14 @@ def mlflow_server(
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """One tracking store shared by every process of a test: a SQLite file or a REST server."""
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """One tracking store shared by every process of a test: a SQLite file (the budget ledger
+    beside it) or a REST server (the ledger in a PostgreSQL database of the test's own, named by
+    $LV_STORAGE for this process and its children)."""
     if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres")
+        name = "ledger_" + "".join(c if c.isalnum() else "_" for c in tmp_path.name.lower())
+        monkeypatch.setenv("LV_STORAGE", f"postgresql://{pg.user}@{pg.host}:{pg.port}/{name}")
         return Store("postgres", request.getfixturevalue("mlflow_server").url)
+    monkeypatch.delenv("LV_STORAGE", raising=False)
     return Store("sqlite", f"sqlite:///{tmp_path / 'mlflow.db'}")

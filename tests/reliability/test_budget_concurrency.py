@@ -1,11 +1,11 @@
 """The FLOPs budget under concurrency: runs started together against one tracking store.
 
 Eight `python -m projects.train` processes start at once against one store, with a budget that
-holds exactly three runs' plans. The ledger's admission lock (a registered model the store
-creates atomically, see packages/lvtrack/src/lvtrack/ledger.py) must let exactly three train and refuse the other
-five cleanly. Two stores: a SQLite file, and an `mlflow server` on PostgreSQL reached over REST
-(the set-up a team shares, docs/team.md). A second test checks the lock alone: processes taking
-it in turn never overlap inside it.
+holds exactly three runs' plans. The ledger (SQL tables, one transaction per admission, see
+packages/lvtrack/src/lvtrack/budget_db.py) must let exactly three train and refuse the other five
+cleanly. Two stores: a SQLite file with the ledger beside it, and an `mlflow server` on
+PostgreSQL reached over REST with the ledger in PostgreSQL (the set-up a team shares,
+docs/team.md).
 """
 
 from __future__ import annotations
@@ -21,16 +21,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from lvtrack.ledger import (
-    LOCK_PREFIX,
-    METRIC_FLOPS,
-    STALE_LOCK_S,
-    STALE_SUFFIX,
-    TAG_PLANNED,
-    TAG_REFUSED,
-    budget_lock,
-    read_ledger,
-)
+from lvtrack.ledger import METRIC_FLOPS, TAG_PLANNED, TAG_REFUSED, open_ledger, read_ledger
 from projects import train as train_entry
 from tests.stores import Store, using_store
 
@@ -162,93 +153,20 @@ def test_eight_runs_at_once_only_three_fit(
         assert "train_loss" not in run.data.metrics
         assert client.get_metric_history(run.info.run_id, "train_loss") == []
 
-    ledger = read_ledger(client, exp_id, budget)
-    assert sorted(e.name for e in ledger.entries) == trained
-    assert ledger.reserved == 0  # nothing left RUNNING
-    assert ledger.spent == sum(int(runs[n].data.metrics[METRIC_FLOPS]) for n in trained)
-    assert ledger.spent <= budget and ledger.remaining < planned
-    # The admission lock was released by its last holder.
-    assert client.search_registered_models(f"name = '{LOCK_PREFIX}{exp_id}'") == []
-
-
-LOCK_WORKER = """
-import os, sys, time
-from pathlib import Path
-from mlflow.tracking import MlflowClient
-from lvtrack.ledger import budget_lock
-
-exp_id, journal, rounds, procs = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-client = MlflowClient()
-# A barrier: start only once every worker has imported, so that all of them contend.
-(journal.parent / f"ready-{os.getpid()}").touch()
-deadline = time.monotonic() + 300
-while len(list(journal.parent.glob("ready-*"))) < procs and time.monotonic() < deadline:
-    time.sleep(0.05)
-for i in range(rounds):
-    with budget_lock(client, exp_id):
-        with open(journal, "a") as f:
-            f.write(f"enter {os.getpid()}\\n")
-        time.sleep(0.2)
-        with open(journal, "a") as f:
-            f.write(f"leave {os.getpid()}\\n")
-print("done")
-"""
-
-
-def test_budget_lock_excludes_across_processes(
-    store: Store, subprocess_env: Callable[..., dict[str, str]], tmp_path: Path
-) -> None:
-    """Processes taking the lock in turn never overlap inside it (every `enter` is followed by
-    the same pid's `leave`), and a dead holder's lock is broken once, by one of the waiters."""
-    client = MlflowClient(store.uri)
-    exp_id = client.create_experiment(
-        f"lock-{store.kind}-{tmp_path.name}", artifact_location=_artifacts(store, tmp_path)
-    )
-    lock = f"{LOCK_PREFIX}{exp_id}"
-    # A holder that died inside the critical section: its lock is older than STALE_LOCK_S.
-    dead = "deadhost:1:0"
-    client.create_registered_model(
-        lock, tags={"owner": dead, "since": f"{time.time() - STALE_LOCK_S - 5:.3f}"}
-    )
-    (tmp_path / "sync").mkdir()
-    journal = tmp_path / "sync" / "journal.txt"
-    env = subprocess_env(MLFLOW_TRACKING_URI=store.uri, PYTHONPATH=str(REPO))
-    procs, rounds = 6, 3
-    cmd = [sys.executable, "-c", LOCK_WORKER, exp_id, str(journal), str(rounds), str(procs)]
-    outcomes = _race({f"lock-{i}": cmd for i in range(procs)}, env, tmp_path)
-    for o in outcomes.values():
-        assert o.returncode == 0 and "done" in o.output, o.output[-3000:]
-        assert "was broken while held" not in o.output
-    lines = journal.read_text().split()
-    events = list(zip(lines[0::2], lines[1::2], strict=True))
-    assert len(events) == 2 * procs * rounds
-    for (kind_in, pid_in), (kind_out, pid_out) in zip(events[0::2], events[1::2], strict=True):
-        assert (kind_in, kind_out) == ("enter", "leave") and pid_in == pid_out, events
-    assert len({pid for _, pid in events}) == procs
-    # The lock is released; the dead one was parked exactly once, nothing else was.
-    left = client.search_registered_models(f"name LIKE '{lock}%'")
-    assert [m.tags.get("owner") for m in left] == [dead]
-    assert left[0].name.startswith(lock + STALE_SUFFIX)
-
-
-def test_a_broken_holder_does_not_release_the_next_holders_lock(tmp_path: Path) -> None:
-    """A holder whose lock was broken as stale (it held it too long) leaves the lock that a
-    waiter took meanwhile alone, and says so."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    exp_id = client.create_experiment("slow", artifact_location=(tmp_path / "a").as_uri())
-    lock = f"{LOCK_PREFIX}{exp_id}"
-    with pytest.warns(RuntimeWarning, match="broken while held"), budget_lock(client, exp_id):
-        # Meanwhile a waiter broke it and took it.
-        client.rename_registered_model(lock, lock + STALE_SUFFIX + "test")
-        client.create_registered_model(
-            lock, tags={"owner": "waiter:2:0", "since": f"{time.time():.3f}"}
-        )
-    (held,) = client.search_registered_models(f"name = '{lock}'")
-    assert held.tags["owner"] == "waiter:2:0"
-    # It stays taken: a fresh lock is not stale, so the next taker waits (here: gives up).
-    with pytest.raises(TimeoutError), budget_lock(client, exp_id, timeout=0.5):
-        pass
+    logged = read_ledger(client, exp_id, budget)  # MLflow's record of the runs
+    assert sorted(e.name for e in logged.entries) == trained
+    assert logged.reserved == 0  # nothing left RUNNING
+    assert logged.spent == sum(int(runs[n].data.metrics[METRIC_FLOPS]) for n in trained)
+    assert logged.spent <= budget and logged.remaining < planned
+    with pytest.MonkeyPatch.context() as mp, using_store(mp, store.uri):  # the ledger agrees
+        ledger = open_ledger(exp_id, budget).read(exp_id)
+    assert {e.name: e.charge for e in ledger.entries if not e.refused} == {
+        e.name: e.spent for e in logged.entries
+    }
+    assert sorted(e.name for e in ledger.entries if e.refused) == refused
+    assert ledger.budget == budget and ledger.reserved == 0
+    # No lock of any kind in the model registry (train registers nothing).
+    assert client.search_registered_models() == []
 
 
 DATASET_WORKER = """

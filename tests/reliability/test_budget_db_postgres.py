@@ -1,7 +1,7 @@
 """The FLOPs budget ledger in SQL tables (lvtrack.budget_db) on PostgreSQL, as a team shares it.
 
-Skipped unless LV_TEST_POSTGRES=1; then a throwaway server runs (the `postgres` fixture of
-conftest.py) and each test gets a database of its own, created by the ledger itself. The races of
+A throwaway server runs (the `postgres` fixture of conftest.py, skipped where PostgreSQL cannot be
+installed) and each test gets a database of its own, created by the ledger itself. The races of
 tests/projects/test_budget_db.py (same child processes, same pipes): 8 reservations at once with
 budget for exactly 3, two concurrent claims, a holder killed inside its transaction; and a holder
 stopped (SIGSTOP) inside its admission: the server ends its session after LV_LEDGER_IDLE_S, the
@@ -29,13 +29,7 @@ from tests.projects.test_budget_db import (  # the same races, here against the 
 if TYPE_CHECKING:
     from tests.reliability.conftest import Postgres
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("LV_TEST_POSTGRES") != "1",
-        reason="PostgreSQL ledger tests: set LV_TEST_POSTGRES=1 (starts a temporary server)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 IDLE_S = 2  # the stopped holder's LV_LEDGER_IDLE_S: the server cuts it off after this
 

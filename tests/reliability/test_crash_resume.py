@@ -28,7 +28,8 @@ from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
 from lvtrack import experiment, runs
-from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
+from lvtrack.budget_db import Holder
+from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, open_ledger, read_ledger
 from projects import budget as budget_entry
 from projects import train as train_entry
 from tests.reliability._scripts import RUN_ID, STALLED_TRAIN
@@ -316,9 +317,12 @@ def test_release_refuses_other_hosts_runs_without_force_and_unbudgeted_runs(stor
     other = client.create_run(
         exp.experiment_id, tags={TAG_PLANNED: "1000", "lv.host": "gpu-7", "lv.pid": "1"}
     )
+    ledger = open_ledger(exp.experiment_id, int(5e13))
+    gpu7 = Holder("gpu-7", 1, None)  # a run admitted on another machine
+    ledger.reserve(exp.experiment_id, other.info.run_id, "other", "train", 1000, 5e13, gpu7)
     client.log_metric(other.info.run_id, "flops_total", 400.0, step=3)
     refused = _budget(["--release", other.info.run_id])
-    assert refused.exit_code == 1 and "host 'gpu-7'" in refused.output
+    assert refused.exit_code == 1 and "runs on host gpu-7, not here" in refused.output
     assert "--force" in refused.output and _run(other.info.run_id).info.status == "RUNNING"
     forced = _budget(["--release", other.info.run_id, "--force", "true"])
     assert forced.exit_code == 0, forced.output
@@ -326,7 +330,10 @@ def test_release_refuses_other_hosts_runs_without_force_and_unbudgeted_runs(stor
     assert _by_step(other.info.run_id, "flops_total") == {3: 400.0}
     plain = client.create_run(exp.experiment_id)
     not_budgeted = _budget(["--release", plain.info.run_id])
-    assert not_budgeted.exit_code == 1 and "not a budgeted run" in not_budgeted.output
+    assert not_budgeted.exit_code == 1 and "not in the FLOPs budget ledger" in not_budgeted.output
+    assert {e.run_id: e.charge for e in ledger.read(exp.experiment_id).entries}[
+        other.info.run_id
+    ] == 400  # what it logged, not its plan
     client.set_terminated(plain.info.run_id)
     missing = _budget(["--release", "0" * 32])
     assert missing.exit_code == 1 and "no run" in missing.output

@@ -1,11 +1,12 @@
 """Two resumes of one dead run started together: exactly one trains it, the other stops with a
-clear error naming the run and the process that claimed it (`lvtrack.resume.reserve_resumed`).
+clear error naming the run and the process that has it (`lvtrack.resume.reserve_resumed`).
 
 The run is the `micro` preset on the random tiny base (8 steps, a checkpoint every 3), killed
 outright after step 5 so that it stays RUNNING, as in test_crash_resume.py. Both resuming
 processes wait, once they have looked the run up (`find_resumable`), until the other has too: so
-both saw the same dead run, and only the claim taken under the budget lock can tell them apart.
-`LV_TEST_NO_CLAIM=1` turns the claim check off in them: the test then fails (both train).
+both saw the same dead run, and only the claim, one transaction of the budget ledger, can tell
+them apart. `LV_TEST_NO_CLAIM=1` makes every claim succeed in them: the test then fails (both
+train).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from lvtrack.ledger import TAG_PLANNED, read_ledger
-from lvtrack.resume import TAG_CLAIM
+from lvtrack.budget_db import Holder
+from lvtrack.ledger import TAG_PLANNED, open_ledger, read_ledger
 from tests.reliability._scripts import RUN_ID, STALLED_TRAIN
+from tests.stores import using_store
 
 pytestmark = pytest.mark.slow  # three training processes
 
@@ -35,9 +37,9 @@ BARRIER_RESUME = """
 import os, sys, time
 from pathlib import Path
 import lvtrack.experiment as experiment
-import lvtrack.resume as resume
-if os.environ.get("LV_TEST_NO_CLAIM") == "1":  # resumes as they were before claims
-    resume._check_claim = lambda resume, run: None
+from lvtrack.budget_db import BudgetDB
+if os.environ.get("LV_TEST_NO_CLAIM") == "1":  # every claim wins: no exclusion
+    BudgetDB.claim = lambda self, run_id, holder=None, planned=None: True
 sync, ready = Path(sys.argv.pop(1)), int(sys.argv.pop(1))
 find = experiment.find_resumable
 def found(*args, **kwargs):
@@ -133,8 +135,9 @@ def test_two_resumes_of_one_run_at_once_train_it_once(
     lost = outputs[loser]
     assert "Traceback" not in lost, lost[-3000:]
     # A click error that names the run and the process that has it.
-    assert f"Error: run {run_id} was claimed by another resume" in lost, lost[-3000:]
-    assert f"pid {resumers[winner].pid} on host" in lost
+    assert f"Error: run {run_id} is still running (pid {resumers[winner].pid} on this host)" in (
+        lost
+    ), lost[-3000:]
     assert "only one process may train a run" in lost
     assert f"training run {run_id} (attempt 2)" in outputs[winner]
     assert "training run" not in lost  # it never reopened the run
@@ -142,7 +145,9 @@ def test_two_resumes_of_one_run_at_once_train_it_once(
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["lv.attempt"] == "2" and "lv.attempt.3" not in run.data.tags
-    assert run.data.tags[TAG_CLAIM].split(":")[1] == str(resumers[winner].pid)
+    with pytest.MonkeyPatch.context() as mp, using_store(mp, env["MLFLOW_TRACKING_URI"]):
+        (held,) = open_ledger(run.info.experiment_id, 10**18).read(run.info.experiment_id).entries
+    assert Holder.of(held).pid == resumers[winner].pid and held.status == "FINISHED"
     # Trained once more from the step-3 checkpoint, by one process: no step was logged thrice.
     losses = sorted(client.get_metric_history(run_id, "train_loss"), key=lambda m: m.timestamp)
     assert [m.step for m in losses] == [1, 2, 3, 4, 5, 4, 5, 6, 7, 8]

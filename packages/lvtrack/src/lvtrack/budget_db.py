@@ -4,10 +4,10 @@ Where: the storage that holds the Optuna study (`ledger_url`): by default the SQ
 `optuna.db` beside a SQLite tracking DB, for a team the PostgreSQL database of the study. Tables:
 `lv_budget` (per experiment: its budget, and whether its older MLflow runs were imported) and
 `lv_budget_run` (per budgeted run: reserved, spent, state, and the holder: host, pid and token of
-the process that runs it). A run's charge is `lvtrack.ledger.Entry.charge`: a running run holds
+the process that runs it). A run's charge is `Entry.charge`: a running run holds
 max(reserved, spent), a finished, failed or killed run what it spent, a refused run nothing.
 
-Mutual exclusion is the database's; there is no lock, lease or thread of our own. Each method of
+Mutual exclusion is the database's own (no thread or table of ours keeps it). Each method of
 `BudgetDB` is one short transaction that reads what it decides on and writes its rows:
 
 - SQLite: write transactions begin with BEGIN IMMEDIATE (pysqlite's own transaction handling
@@ -33,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -43,8 +43,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from lvtrack.ledger import BudgetRefused, Entry, Ledger
-
+OPEN_STATUSES = ("RUNNING", "SCHEDULED")  # an MLflow run in these holds its reservation
 CLOSED = ("finished", "failed", "killed")
 STATES = ("running", *CLOSED, "refused")
 _STATUS = {"running": "RUNNING", "finished": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
@@ -75,6 +74,71 @@ runs = sa.Table(
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
     sa.CheckConstraint(f"state IN {STATES}", name="lv_budget_run_state"),
 )
+notes = sa.Table(  # values decided once among processes (the search's parent run)
+    "lv_note",
+    meta,
+    sa.Column("scope", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+
+class BudgetRefused(RuntimeError):
+    """A run's planned FLOPs do not fit the remaining budget."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One budgeted run as the ledger sees it (`status` in MLflow's words)."""
+
+    run_id: str
+    name: str
+    phase: str
+    status: str
+    start_time: int
+    planned: int
+    spent: int
+    refused: bool
+    tags: dict[str, str] = field(default_factory=dict, compare=False)  # lv.host, lv.pid, ...
+
+    @property
+    def running(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def charge(self) -> int:
+        """What this run holds of the budget now."""
+        if self.refused:
+            return 0
+        return max(self.planned, self.spent) if self.running else self.spent
+
+
+@dataclass
+class Ledger:
+    budget: int
+    entries: list[Entry] = field(default_factory=list)
+
+    @property
+    def spent(self) -> int:
+        return sum(e.charge for e in self.entries if not e.running)
+
+    @property
+    def reserved(self) -> int:
+        return sum(e.charge for e in self.entries if e.running)
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.spent - self.reserved
+
+    def by_phase(self) -> dict[str, tuple[int, int]]:
+        """phase -> (runs, FLOPs charged), refused runs left out."""
+        out: dict[str, tuple[int, int]] = {}
+        for e in self.entries:
+            if e.refused:
+                continue
+            runs, flops = out.get(e.phase, (0, 0))
+            out[e.phase] = (runs + 1, flops + e.charge)
+        return out
 
 
 class LedgerUnavailable(click.ClickException):
@@ -120,6 +184,12 @@ class Holder:
     def here(cls) -> Holder:
         return cls(socket.gethostname(), os.getpid(), _TOKEN)
 
+    @classmethod
+    def of(cls, entry: Entry) -> Holder:
+        """The holder an entry names (its tags `lv.host` and `lv.pid`; no token)."""
+        pid = entry.tags.get("lv.pid", "")
+        return cls(entry.tags.get("lv.host"), int(pid) if pid.isdigit() else None, None)
+
     def alive(self) -> bool | None:
         """Whether its process still runs: None when it ran on another host (or is unknown)."""
         if self.host != socket.gethostname() or self.pid is None:
@@ -145,7 +215,9 @@ def _safe(url: str) -> str:
 def _failure(url: str, what: str, err: BaseException) -> LedgerUnavailable:
     orig = getattr(err, "orig", None) or err
     first = (str(orig).strip().splitlines() or [""])[0][:300]
-    if url.startswith("sqlite"):
+    if isinstance(orig, ImportError):
+        hint = "Install the database's driver: pip install 'psycopg[binary]==3.3.9' for PostgreSQL."
+    elif url.startswith("sqlite"):
         hint = (
             "Check that the file's folder exists and is writable. A process stopped inside a "
             "ledger transaction (SIGSTOP, Ctrl-Z) holds the file until it is continued or killed."
@@ -153,7 +225,7 @@ def _failure(url: str, what: str, err: BaseException) -> LedgerUnavailable:
     else:
         hint = (
             "Check that the server runs and that this machine reaches it (every worker uses the "
-            "same --storage). A transaction waits for another at most LV_LEDGER_LOCK_S, and one "
+            "same LV_STORAGE or --storage). A transaction waits for another at most LV_LEDGER_LOCK_S, and one "
             "stalled past LV_LEDGER_IDLE_S is cut off by the server: if this process was stopped "
             "or paused, run it again."
         )
@@ -271,7 +343,7 @@ class BudgetDB:
         self.url = url
         try:
             self.engine = _engine(driver_url(url))
-        except (sa.exc.SQLAlchemyError, sqlite3.Error) as err:
+        except (sa.exc.SQLAlchemyError, sqlite3.Error, ImportError) as err:
             raise _failure(url, "opening it", err) from None
         self.postgres = self.engine.dialect.name == "postgresql"
 
@@ -317,7 +389,7 @@ class BudgetDB:
     def _entries(self, conn: Connection, experiment_id: str) -> list[Entry]:
         query = sa.select(runs).where(runs.c.experiment_id == experiment_id)
         rows = conn.execute(query.order_by(runs.c.created_ms, runs.c.run_id))
-        return [  # a refused run ends FAILED; the tags are those of lvtrack.resume
+        return [  # a refused run ends FAILED; the tags are the run's (lvtrack.runs)
             Entry(
                 r.run_id,
                 r.name,
@@ -434,7 +506,13 @@ class BudgetDB:
                 spent = max(int(spent), row.spent)
                 self._set(conn, run_id, state=state, spent=spent, updated_ms=_now_ms())
 
-    def claim(self, run_id: str, holder: Holder | None = None, planned: int | None = None) -> bool:
+    def claim(
+        self,
+        run_id: str,
+        holder: Holder | None = None,
+        planned: int | None = None,
+        budget: int | None = None,
+    ) -> bool:
         """Take a run over to resume it: True when `holder` now runs it, False when a live
         process does (only one of concurrent claimers wins; the others read its holder).
 
@@ -442,11 +520,12 @@ class BudgetDB:
         held by `holder` already can be claimed; a holder on another host counts as alive
         (`release_dead(force=True)` first). The run reopens running and holds `planned` (what
         it may spend in all, default its reservation) or what it spent if more; BudgetRefused
-        when that does not fit beside the other runs: the claim is not taken, and a run left
-        running by a dead holder is closed failed so that it holds only what it spent."""
+        when that does not fit beside the other runs under `budget` (which becomes the
+        experiment's; default the stored one): the claim is not taken, and a run left running by
+        a dead holder is closed failed so that it holds only what it spent."""
         holder, refusal = holder or Holder.here(), ""
         with self._tx(f"claiming run {run_id}") as conn:
-            row, budget = self._run(conn, run_id)
+            row, budget = self._run(conn, run_id, budget)
             if row.state == "refused":
                 raise ValueError(f"run {run_id} was refused before it trained: nothing to resume")
             current = Holder(row.host, row.pid, row.token)
@@ -469,14 +548,17 @@ class BudgetDB:
             raise BudgetRefused(refusal)
         return True
 
-    def release_dead(self, run_id: str, force: bool = False) -> int:
-        """Close failed a running run whose holder is dead, so that it holds what it spent, not
-        its reservation; returns what it spent. ValueError for a run that is not running, whose
-        holder runs on this host, or (unless `force`) whose holder ran on another host."""
+    def release_dead(self, run_id: str, force: bool = False, spent: int = 0) -> int:
+        """Close failed a running run whose holder is dead, so that it holds what it spent (the
+        larger of `spent` and what was recorded), not its reservation; returns that. ValueError
+        for a run that is not running, whose holder runs on this host, or (unless `force`) whose
+        holder ran on another host."""
         with self._tx(f"releasing run {run_id}") as conn:
             row, _ = self._run(conn, run_id)
             if row.state != "running":
-                raise ValueError(f"run {run_id} is {row.state}: it holds only what it spent")
+                raise ValueError(
+                    f"run {run_id} is {row.state.upper()}: it holds only what it spent"
+                )
             alive = Holder(row.host, row.pid, row.token).alive()
             if alive:
                 raise ValueError(f"run {run_id} is still running (pid {row.pid} on this host)")
@@ -485,8 +567,9 @@ class BudgetDB:
                     f"run {run_id} runs on host {row.host or '?'}, not here: make sure its "
                     f"process is dead there, then release it with --force"
                 )
-            self._set(conn, run_id, state="failed", updated_ms=_now_ms())
-            return int(row.spent)
+            spent = max(int(spent), row.spent)
+            self._set(conn, run_id, state="failed", spent=spent, updated_ms=_now_ms())
+            return spent
 
     def import_runs(self, experiment_id: str, budget: int, entries: Iterable[Entry]) -> bool:
         """Write the rows of an experiment logged before this ledger (its MLflow runs, as
@@ -506,12 +589,26 @@ class BudgetDB:
                 if e.run_id in known:
                     continue
                 state = "refused" if e.refused else "running" if e.running else e.status.lower()
-                pid = e.tags.get("lv.pid", "")
-                who = Holder(e.tags.get("lv.host"), int(pid) if pid.isdigit() else None, None)
-                row = (e.run_id, experiment_id, e.name, e.phase, e.planned, e.spent, state, who)
-                self._insert(conn, *row, created_ms=e.start_time)
+                row = (e.run_id, experiment_id, e.name, e.phase, e.planned, e.spent, state)
+                who = Holder.of(e)
+                self._insert(conn, *row, who, created_ms=e.start_time)
             conn.execute(budgets.update().where(where).values(imported=True))
         return True
+
+    def first_value(self, scope: str, key: str, value: str) -> str:
+        """`value` if this is the first process to give one for (scope, key), else the value the
+        first one gave: an insert that keeps an existing row, then a read, in one transaction."""
+        with self._tx(f"deciding {key} of {scope}") as conn:
+            insert = (postgresql if self.postgres else sqlite).insert(notes)
+            conn.execute(insert.values(scope=scope, key=key, value=value).on_conflict_do_nothing())
+            where = (notes.c.scope == scope) & (notes.c.key == key)
+            return str(conn.execute(sa.select(notes.c.value).where(where)).scalar_one())
+
+    def imported(self, experiment_id: str) -> bool:
+        """Whether the experiment's runs logged before this ledger were imported (one read)."""
+        where = budgets.c.experiment_id == experiment_id
+        with self._tx(f"reading the ledger of experiment {experiment_id}", read=True) as conn:
+            return bool(conn.execute(sa.select(budgets.c.imported).where(where)).scalar())
 
     def read(self, experiment_id: str, budget: int | None = None) -> Ledger:
         """The experiment's ledger, as one consistent read (a given `budget` overrides the

@@ -6,17 +6,19 @@ import re
 
 from mlflow.tracking import MlflowClient
 
-from lvtrack.ledger import Ledger, read_ledger
-from lvtrack.resume import TAG_HOST, gone_here, resume_hint
+from lvtrack.budget_db import Holder, Ledger
+from lvtrack.ledger import disagreements, open_ledger, read_ledger
+from lvtrack.resume import resume_hint
 
 PHASE_ORDER = ("baseline", "initial", "train", "sweep", "context", "final")
 
 
 def budget_table(exp_id: str, budget: float) -> tuple[str, dict[str, float]]:
     """A markdown table like the seed's "Training Phases": phase, runs, FLOPs, share, planned;
-    and the
+    notes on running runs and on where the ledger and the runs' `flops_total` disagree; and the
     metrics the `budget` entry point logs."""
-    ledger = read_ledger(MlflowClient(), exp_id, int(budget))
+    client = MlflowClient()
+    ledger = open_ledger(exp_id, int(budget), client=client).read(exp_id, int(budget))
     phases = ledger.by_phase()
     order = [p for p in PHASE_ORDER if p in phases] + sorted(set(phases) - set(PHASE_ORDER))
     # What the runs reserved: their plans (`lvtrack.planning`, the numbers `plan` prints).
@@ -46,6 +48,9 @@ def budget_table(exp_id: str, budget: float) -> tuple[str, dict[str, float]]:
         f"{ledger.reserved:.3e}; remaining {ledger.remaining:.3e}."
     )
     lines += running_notes(ledger, exp_id)
+    differ = disagreements(ledger, read_ledger(client, exp_id, int(budget)))
+    if differ:
+        lines += ["", "The ledger and the runs' flops_total disagree:", *(f"- {d}" for d in differ)]
     metrics.update(
         flops_spent=float(total),
         budget_share=total / budget,
@@ -61,12 +66,12 @@ def running_notes(ledger: Ledger, exp_id: str) -> list[str]:
         if not e.running or e.refused:
             continue
         held = f"run {e.name} ({e.run_id}) holds {e.charge:.3e} FLOPs (spent {e.spent:.3e})"
-        if gone_here(e.tags):
+        if Holder.of(e).alive() is False:
             notes.append(
                 f"- {held} but its process on this host is gone: resume it with "
                 f"{resume_hint(e.run_id, exp_id)}, or give back what it did not "
                 f"spend with: python -m projects.budget --release {e.run_id}"
             )
         else:
-            notes.append(f"- {held}; running on {e.tags.get(TAG_HOST, '?')}")
+            notes.append(f"- {held}; running on {e.tags.get('lv.host') or '?'}")
     return ["", "Running:", *notes] if notes else []

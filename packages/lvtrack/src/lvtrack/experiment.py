@@ -29,7 +29,7 @@ from lvmodel.plan import RunPlan
 from lvmodel.train import FitResult, fit
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
-from lvtrack.ledger import METRIC_FLOPS, read_ledger
+from lvtrack.ledger import METRIC_FLOPS, open_ledger
 from lvtrack.planning import budget_steps, request_plan
 from lvtrack.plots import plot_curves, plot_fan, plot_forecasts, plot_step_errors
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster
@@ -241,10 +241,11 @@ def steps_from_budget(
 ) -> TrainRequest:
     """`req` with the most steps whose plan fits what the experiment's ledger has left.
 
-    Read without the ledger's lock: a run admitted meanwhile makes the reservation fail with the
-    ledger's refusal, which names what is left (run it again).
+    Read in a transaction of its own: a run admitted meanwhile makes the reservation fail with
+    the ledger's refusal, which names what is left (run it again).
     """
-    left = read_ledger(MlflowClient(), experiment_id, int(req.preset.budget)).remaining
+    budget = int(req.preset.budget)
+    left = open_ledger(experiment_id, budget).read(experiment_id, budget).remaining
     kept = 0
     if req.phase == "final":  # leave what the report needs for the table's other cells
         kept = report_reserve(

@@ -13,23 +13,17 @@ lost, and `flops_rework = S - C` (all attempts together) says how much went into
 run's counted work (`flops_train + flops_eval`) is that of an uninterrupted run, so at the end
 `flops_total = flops_train + flops_eval + flops_rework`.
 
-Budget: before it trains again, the run re-reserves under the ledger's lock what it may hold at
-most, S + (its plan - C), against what the other runs hold; if that no longer fits, the resume is
-refused and the run keeps what it spent (it is not marked `lv.refused`, which would zero its
-charge).
+Budget and one trainer at a time: before it trains again, the run is claimed in the budget
+ledger (`lvtrack.budget_db.BudgetDB.claim`), one transaction that checks that no live process
+holds it, re-reserves what it may hold at most, S + (its plan - C), against what the other runs
+hold, and makes this process its holder. Of two resumes of one run started together, exactly one
+claims it (the other stops: ResumeClaimed); if it no longer fits, the resume is refused and the
+run keeps what it spent. A run held by a process on another host counts as alive: release it
+first (`--force`) once that process is known to be dead.
 
-One trainer at a time: the re-reservation also claims the resume (tag `lv.resume_claim`,
-host:pid:time of the claimer), in the same fenced admission (`lvtrack.ledger.fenced`). Under the
-lock the claimer re-reads the run, and the resume is refused (ResumeClaimed, nothing changed) when
-the claim is no longer the one `find_resumable` saw (another process claimed the run meanwhile,
-on any host) or when it belongs to a live process of this project on this host. So of two
-resumes of one run started together, exactly one trains. A RUNNING run whose last attempt ran on
-another host and that nobody claims meanwhile is resumed with a note, as before: this host cannot
-tell whether that attempt is dead.
-
-A dead run that will not be resumed keeps holding its reservation (RUNNING counts as its plan):
-`release_dead_run` (`python -m projects.budget --release RUN_ID`) closes it FAILED so that it holds
-only what it spent. It can still be resumed afterwards.
+A dead run that will not be resumed keeps holding its reservation: `release_dead_run`
+(`python -m projects.budget --release RUN_ID`) closes it FAILED so that it holds only what it
+spent. It can still be resumed afterwards.
 """
 
 from __future__ import annotations
@@ -37,8 +31,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,18 +40,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lvmodel.checkpoint import latest_checkpoint
-from lvtrack.ledger import (
-    METRIC_FLOPS,
-    OPEN_STATUSES,
-    TAG_BUDGET,
-    TAG_PLANNED,
-    TAG_REFUSED,
-    BudgetLock,
-    BudgetRefused,
-    budget_lock,
-    fenced,
-    read_ledger,
-)
+from lvtrack.budget_db import OPEN_STATUSES, BudgetDB, BudgetRefused, Holder
+from lvtrack.ledger import METRIC_FLOPS, TAG_BUDGET, TAG_PLANNED, TAG_REFUSED, open_ledger
 
 CHECKPOINT_ENV = "LV_CHECKPOINT_DIR"
 TAG_ATTEMPT = "lv.attempt"
@@ -68,8 +50,7 @@ TAG_HOST = "lv.host"
 TAG_PID = "lv.pid"
 TAG_WORK_RUN = "lv.work_run"
 TAG_RESUMES = "lv.resumes"
-TAG_RELEASED = "lv.released"
-TAG_CLAIM = "lv.resume_claim"  # host:pid:time of the process that last claimed the run's resume
+TAG_RELEASED = "lv.released"  # host:pid of the process that released the run
 METRIC_REWORK = "flops_rework"
 
 
@@ -136,56 +117,6 @@ class Resume:
         return int(self.spent + max(planned - self.checkpoint_flops, 0))
 
 
-def _pid_here(tags: dict[str, str]) -> int | None:
-    """The pid of the run's last attempt if it ran on this host (and is not this process)."""
-    pid = tags.get(TAG_PID, "")
-    if tags.get(TAG_HOST) != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return None
-    return int(pid)
-
-
-def _runs_project(pid: int) -> bool:
-    """Process `pid` exists and runs this project (or `mlflow run`): a reused pid does not count."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
-    return "projects." in cmdline or "mlflow" in cmdline
-
-
-def _alive_here(tags: dict[str, str]) -> int | None:
-    """The pid of the run's last attempt if it ran on this host and still runs, else None."""
-    pid = _pid_here(tags)
-    return pid if pid is not None and _runs_project(pid) else None
-
-
-def _claim_here(claim: str) -> int | None:
-    """The pid of a resume claim's process if it runs this project on this host (not this one)."""
-    parts = claim.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return None
-    pid = int(parts[1])
-    return pid if pid != os.getpid() and _runs_project(pid) else None
-
-
-def _claimer(claim: str) -> str:
-    """A resume claim in words: 'pid P on host H, N s ago'."""
-    parts = claim.rsplit(":", 2)
-    if len(parts) != 3:
-        return repr(claim)
-    try:
-        ago = f", {time.time() - float(parts[2]):.0f} s ago"
-    except ValueError:
-        ago = ""
-    return f"pid {parts[1]} on host {parts[0]}{ago}"
-
-
-def gone_here(tags: dict[str, str]) -> bool:
-    """The run's last attempt ran on this host and its process no longer runs."""
-    pid = _pid_here(tags)
-    return pid is not None and not _runs_project(pid)
-
-
 def _get_run(client: MlflowClient, run_id: str, error: type[Exception], hint: str = "") -> Run:
     """The run, or `error` saying that the store has no such run (and `hint`)."""
     try:
@@ -212,42 +143,26 @@ class ReleaseError(RuntimeError):
     """The run cannot be released (the message says why)."""
 
 
-def release_dead_run(client: MlflowClient, run_id: str, force: bool = False) -> float:
-    """Close a dead RUNNING budgeted run FAILED, so that it holds what it spent, not its plan.
+def release_dead_run(
+    client: MlflowClient, run_id: str, budget: int, storage: str = "", force: bool = False
+) -> int:
+    """Close a dead running budgeted run FAILED, so that it holds what it spent, not its plan.
 
-    Returns what it spent (its largest `flops_total`). Refused (ReleaseError) for a run that is
-    not budgeted or not RUNNING, a run whose process still runs on this host, and, unless `force`,
-    a run whose last attempt ran on another host (this one cannot tell whether it is dead; a live
-    process would go on spending against a budget that no longer holds its plan).
+    Returns what it spent. Refused (ReleaseError) for a run that is not in the ledger or not
+    running, a run whose process still runs on this host, and, unless `force`, a run whose holder
+    ran on another host (this one cannot tell whether it is dead; a live process would go on
+    spending against a budget that no longer holds its plan).
     """
     run_id = run_id.strip()
     run = _get_run(client, run_id, ReleaseError)
-    tags, status = run.data.tags, run.info.status
-    if TAG_PLANNED not in tags:
-        raise ReleaseError(f"run {run_id} is not a budgeted run: it holds no reservation")
-    if status not in OPEN_STATUSES:
-        raise ReleaseError(
-            f"run {run_id} is {status}: it holds only what it spent; nothing to release"
-        )
-    if pid := _alive_here(tags) or _claim_here(tags.get(TAG_CLAIM, "")):
-        raise ReleaseError(f"run {run_id} is still running (pid {pid} on this host); stop it first")
-    host = tags.get(TAG_HOST, "?")
-    if host != socket.gethostname() and not force:
-        raise ReleaseError(
-            f"run {run_id}'s last attempt ran on host {host!r}, not here: make sure its process "
-            f"is dead there, then release it with --force"
-        )
-    spent, step = _flops_logged(client, run_id)
-    with budget_lock(client, run.info.experiment_id):
-        now = client.get_run(run_id)
-        if now.info.status not in OPEN_STATUSES:
-            raise ReleaseError(f"run {run_id} was closed meanwhile; nothing to release")
-        if (claim := now.data.tags.get(TAG_CLAIM, "")) != tags.get(TAG_CLAIM, ""):
-            raise ReleaseError(
-                f"run {run_id} was claimed meanwhile by a resume ({_claimer(claim)}): it trains "
-                f"again; not released"
-            )
-        client.set_tag(run_id, TAG_RELEASED, f"{socket.gethostname()}:{os.getpid()}")
+    ledger = open_ledger(run.info.experiment_id, budget, storage, client)
+    logged, step = _flops_logged(client, run_id)
+    try:
+        spent = ledger.release_dead(run_id, force=force, spent=int(logged))
+    except ValueError as err:
+        raise ReleaseError(str(err)) from None
+    client.set_tag(run_id, TAG_RELEASED, f"{socket.gethostname()}:{os.getpid()}")
+    if run.info.status in OPEN_STATUSES:
         _close_dead(client, run_id, spent, step)
     return spent
 
@@ -279,19 +194,7 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
         raise ResumeError(f"run {run_id} is not a budgeted training run; nothing to resume")
     if status == "FINISHED":
         raise ResumeError(f"run {run_id} already FINISHED; nothing to resume")
-    if status == "RUNNING" and (pid := _alive_here(tags)):
-        raise ResumeError(f"run {run_id} is still running (pid {pid} on this host)")
-    if pid := _claim_here(tags.get(TAG_CLAIM, "")):
-        raise ResumeClaimed(
-            f"run {run_id} is being resumed by another process (pid {pid} on this host): only "
-            f"one process may train a run"
-        )
-    notes = []
-    if status == "RUNNING" and tags.get(TAG_HOST, "") != socket.gethostname():
-        notes.append(
-            f"run {run_id} is RUNNING and its last attempt ran on {tags.get(TAG_HOST, '?')}: "
-            f"make sure it is dead, or two processes train it"
-        )
+    notes: list[str] = []
     directory = Path(tags.get(TAG_CHECKPOINTS) or checkpoint_root() / run_id)
     ckpt = latest_checkpoint(directory)
     if ckpt is None:
@@ -326,75 +229,39 @@ def _data_digest(run: Run) -> str | None:
     return inputs[0].dataset.digest if inputs else None
 
 
-def _check_claim(resume: Resume, run: Run) -> None:
-    """ResumeClaimed if another process claimed the run since `find_resumable` looked at it, or
-    holds its claim and runs on this host; ResumeError if it finished meanwhile."""
-    claim, seen = run.data.tags.get(TAG_CLAIM, ""), resume.tags.get(TAG_CLAIM, "")
-    if claim != seen:
-        raise ResumeClaimed(
-            f"run {resume.run_id} was claimed by another resume ({_claimer(claim)}) after this "
-            f"process looked at it: only one process may train a run, this one stops. If that "
-            f"process is gone, resume again: {resume_hint(resume.run_id, resume.experiment_id)}"
-        )
-    if pid := _claim_here(claim):
-        raise ResumeClaimed(
-            f"run {resume.run_id} is being resumed by another process (pid {pid} on this host, "
-            f"claim {claim}): only one process may train a run, this one stops"
-        )
-    if run.info.status == "FINISHED":
-        raise ResumeError(f"run {resume.run_id} FINISHED meanwhile; nothing to resume")
+def reserve_resumed(
+    client: MlflowClient, ledger: BudgetDB, resume: Resume, planned: int, budget: int
+) -> int:
+    """Claim the run in the ledger and re-reserve what the resumed run may hold (see the module
+    docstring), then mark it RUNNING in MLflow. Returns the reservation.
 
-
-def reserve_resumed(client: MlflowClient, resume: Resume, planned: int, budget: int) -> int:
-    """Under the budget lock, fenced: claim the run's resume, re-reserve what the resumed run may
-    hold and mark it RUNNING (see the module docstring).
-
-    Returns the reservation. Raises ResumeClaimed (changing nothing) when another process claimed
-    the run; BudgetRefused when it no longer fits: the run keeps its status and its spending,
-    except that a RUNNING run (dead, or this would not be reached) is closed FAILED so that it
+    ResumeClaimed (nothing changed) when a live process holds the run; BudgetRefused when it no
+    longer fits: the run keeps its spending, and a run left RUNNING is closed FAILED so that it
     stops holding its old reservation.
     """
     need = resume.need(planned)
-    claim = f"{socket.gethostname()}:{os.getpid()}:{time.time():.6f}"
-    status = [resume.status]  # the run's status as read under the lock
-
-    def attempt(lock: BudgetLock) -> tuple[int, Callable[[], object]]:
-        run = client.get_run(resume.run_id)
-        _check_claim(resume, run)
-        status[0] = run.info.status
-        ledger = read_ledger(client, resume.experiment_id, budget)
-        others = sum(e.charge for e in ledger.entries if e.run_id != resume.run_id)
-        if others + need > budget:
-            raise BudgetRefused(
-                f"FLOPs budget refused resuming run {resume.run_id}: it has spent "
-                f"{resume.spent:.3e} and may still spend {need - resume.spent:.3e} (the rest of "
-                f"its plan), other runs hold {others:.3e}, remaining "
-                f"{budget - others - resume.spent:.3e} of {budget:.3e}. Raise the budget "
-                f"(--budget) to resume it."
-            )
-        tags = run.data.tags
-        before = {key: tags.get(key) for key in (TAG_CLAIM, TAG_PLANNED)}
-        client.set_tag(resume.run_id, TAG_CLAIM, claim)
-        client.set_tag(resume.run_id, TAG_PLANNED, str(need))
-        client.update_run(resume.run_id, status="RUNNING")
-
-        def undo() -> None:
-            client.update_run(resume.run_id, status=run.info.status)
-            for key, value in before.items():
-                if value is None:
-                    client.delete_tag(resume.run_id, key)
-                else:
-                    client.set_tag(resume.run_id, key, value)
-
-        return need, undo
-
-    def refuse() -> None:
-        if status[0] in OPEN_STATUSES:
+    try:
+        claimed = ledger.claim(resume.run_id, Holder.here(), need, int(budget))
+    except BudgetRefused:
+        if client.get_run(resume.run_id).info.status in OPEN_STATUSES:
             _close_dead(client, resume.run_id, resume.spent, resume.last_step)
-
-    reserved = fenced(client, resume.experiment_id, attempt, refuse)
+        raise
+    except ValueError as err:
+        raise ResumeError(str(err)) from None
+    if not claimed:
+        entries = ledger.read(resume.experiment_id).entries
+        holder = next((Holder.of(e) for e in entries if e.run_id == resume.run_id), None)
+        pid, host = (holder.pid, holder.host) if holder else (None, None)
+        where = "this host" if host == socket.gethostname() else f"host {host or '?'}"
+        raise ResumeClaimed(
+            f"run {resume.run_id} is still running (pid {pid or '?'} on {where}): only one "
+            f"process may train a run, this one stops. If that process is gone, resume again: "
+            f"{resume_hint(resume.run_id, resume.experiment_id)}"
+        )
+    client.set_tag(resume.run_id, TAG_PLANNED, str(need))
     client.set_tag(resume.run_id, TAG_BUDGET, str(int(budget)))
-    return reserved
+    client.update_run(resume.run_id, status="RUNNING")
+    return need
 
 
 def attempt_record(resume: Resume, planned: int, parent: str | None) -> dict[str, Any]:

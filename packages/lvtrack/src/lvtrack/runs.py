@@ -22,8 +22,16 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
 
+from lvtrack.budget_db import BudgetDB, BudgetRefused
 from lvtrack.describe import describe_run
-from lvtrack.ledger import METRIC_FLOPS, TAG_PHASE, BudgetRefused, reserve
+from lvtrack.ledger import (
+    METRIC_FLOPS,
+    TAG_BUDGET,
+    TAG_PHASE,
+    TAG_PLANNED,
+    TAG_REFUSED,
+    open_ledger,
+)
 from lvtrack.presets import Preset
 from lvtrack.resume import (
     TAG_ATTEMPT,
@@ -82,18 +90,28 @@ def signals_deferred() -> AbstractContextManager[None]:
 
 
 class FlopsMeter:
-    """Logs `flops_total` as a run goes, so a killed run's spending still counts.
+    """Logs `flops_total` as a run goes, so a killed run's spending still counts, and records it
+    in the budget ledger at the same cadence.
 
     `counted` is what the run's own work has cost so far (the FLOPs of an uninterrupted run up to
     here); `offset` is what earlier attempts spent beyond the checkpoint a resumed run continues
     from (rework). `flops_total` = offset + counted.
     """
 
-    def __init__(self, offset: float = 0.0, counted: float = 0.0, step: int = 0, attempt: int = 1):
+    def __init__(
+        self,
+        offset: float = 0.0,
+        counted: float = 0.0,
+        step: int = 0,
+        attempt: int = 1,
+        ledger: BudgetDB | None = None,
+        run_id: str = "",
+    ):
         self.offset = float(offset)
         self.counted = float(counted)
         self.step = step  # the highest step logged: the closing value goes there, so it is latest
         self.attempt = attempt
+        self.ledger, self.run_id = ledger, run_id
 
     @property
     def spent(self) -> float:
@@ -118,12 +136,19 @@ class FlopsMeter:
             values = {**metrics, METRIC_FLOPS: self.spent}
             batch += [Metric(k, float(v), now, step) for k, v in values.items()]
         MlflowClient().log_batch(run.info.run_id, metrics=batch, synchronous=False)
+        if self.ledger is not None:  # one short transaction per logging interval
+            self.ledger.record_spent(self.run_id, int(self.spent))
 
     def close(self) -> None:
         """Log what was spent at the highest step seen (a dying run's last word), after every
         queued row."""
         mlflow.flush_async_logging()
         mlflow.log_metric(METRIC_FLOPS, self.spent, step=self.step)
+
+    def finish(self, status: str) -> None:
+        """Close the run's row in the ledger: it is charged what it spent."""
+        if self.ledger is not None:
+            self.ledger.finish(self.run_id, status.lower(), int(self.spent))
 
 
 @contextmanager
@@ -136,8 +161,12 @@ def budgeted_run(
     nested: bool = False,
     tags: dict[str, str] | None = None,
     resume: Resume | None = None,
+    storage: str = "",
 ) -> Iterator[tuple[mlflow.ActiveRun, FlopsMeter]]:
     """A run that reserves `planned` FLOPs first (or is refused: FAILED, exit 1, nothing run).
+
+    The reservation is a row of the budget ledger at `storage` (`lvtrack.ledger.open_ledger`);
+    the run's spending reaches it as the run logs, and its closing state when it ends.
 
     `log_start` logs what a new run records before its reservation (parameters, data set); a
     failure there ends the run FAILED like any other.
@@ -148,12 +177,12 @@ def budgeted_run(
     """
     with killed_as_failure():
         if resume is None:
-            run, meter = _start(run_name, phase, preset, planned, log_start, nested, tags)
+            run, meter = _start(run_name, phase, preset, planned, log_start, nested, tags, storage)
         else:
-            run, meter = _reopen(resume, preset, planned, nested)
+            run, meter = _reopen(resume, preset, planned, nested, storage)
         with _ended_on_failure(run, meter):
             yield run, meter
-        _close(run, None, "FINISHED")
+        _close(run, meter, "FINISHED")
 
 
 @contextmanager
@@ -181,6 +210,7 @@ def _start(
     log_start: Callable[[], None],
     nested: bool,
     tags: dict[str, str] | None,
+    storage: str,
 ) -> tuple[mlflow.ActiveRun, FlopsMeter]:
     run = mlflow.start_run(run_name=run_name, nested=nested, log_system_metrics=True)
     meter = FlopsMeter()
@@ -195,20 +225,27 @@ def _start(
             }
         )
         log_start()
+        run_id, experiment_id, budget = run.info.run_id, run.info.experiment_id, int(preset.budget)
+        ledger = open_ledger(experiment_id, budget, storage)
         try:
-            reserve(MlflowClient(), run, planned, int(preset.budget))
+            ledger.reserve(experiment_id, run_id, run_name, phase, planned, budget)
         except BudgetRefused as err:
+            mlflow.set_tag(TAG_REFUSED, "true")
             raise click.ClickException(str(err)) from None
+        meter.ledger, meter.run_id = ledger, run_id
+        mlflow.set_tags({TAG_PLANNED: str(int(planned)), TAG_BUDGET: str(budget)})
+        mlflow.log_metric(METRIC_FLOPS, 0.0, step=0)
     return run, meter
 
 
 def _reopen(
-    resume: Resume, preset: Preset, planned: int, nested: bool
+    resume: Resume, preset: Preset, planned: int, nested: bool, storage: str
 ) -> tuple[mlflow.ActiveRun, FlopsMeter]:
-    """Re-reserve, then reopen the dead run, nested under the `mlflow run` parent if any."""
+    """Claim and re-reserve, then reopen the dead run, nested under the `mlflow run` parent."""
     client = MlflowClient()
+    ledger = open_ledger(resume.experiment_id, int(preset.budget), storage, client)
     try:
-        reserve_resumed(client, resume, planned, int(preset.budget))
+        reserve_resumed(client, ledger, resume, planned, int(preset.budget))
     except (BudgetRefused, ResumeError) as err:  # refused, or claimed by another process
         raise click.ClickException(str(err)) from None
     parent = mlflow.active_run()
@@ -231,21 +268,31 @@ def _reopen(
         counted=resume.checkpoint_flops,
         step=resume.last_step,
         attempt=resume.attempt,
+        ledger=ledger,
+        run_id=resume.run_id,
     )
     return run, meter
 
 
-def _close(run: mlflow.ActiveRun, meter: FlopsMeter | None, status: str) -> None:
-    """End `run` with `status`, logging the FLOPs spent first when it dies."""
+def _close(run: mlflow.ActiveRun, meter: FlopsMeter, status: str) -> None:
+    """End `run` with `status` in the ledger and in MLflow, logging the FLOPs spent first when it
+    dies."""
     with signals_deferred():
-        if meter is not None:
+        if status != "FINISHED":
             with suppress(Exception):
                 meter.close()
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run.info.run_id:
-            mlflow.end_run(status)
-        else:
-            MlflowClient().set_terminated(run.info.run_id, status)
+        try:
+            meter.finish(status)
+        finally:
+            _end(run, status)
+
+
+def _end(run: mlflow.ActiveRun, status: str) -> None:
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run.info.run_id:
+        mlflow.end_run(status)
+    else:
+        MlflowClient().set_terminated(run.info.run_id, status)
 
 
 def parent_run(name: str, phase: str, params: dict[str, Any], preset: str) -> mlflow.ActiveRun:

@@ -49,13 +49,7 @@ from lvmodel.train import FitData, TrainConfig, fit_data
 from lvtrack.budget_db import driver_url, ensure_postgres_database
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
-from lvtrack.ledger import (
-    TAG_PHASE,
-    BudgetRefused,
-    budget_lock,
-    extend_reservation,
-    read_ledger,
-)
+from lvtrack.ledger import TAG_PHASE, TAG_PLANNED, BudgetRefused, open_ledger
 from lvtrack.plots import plot_rungs, plot_search_history
 from lvtrack.presets import Preset
 from lvtrack.request import TrainRequest
@@ -297,6 +291,7 @@ class Search:
         self.data_file, self.base = data_file, base_model or preset.base_model
         self.experiment_id = experiment_id
         self.client = MlflowClient()
+        self.ledger = open_ledger(experiment_id, int(preset.budget), settings.storage, self.client)
         self.prep: Prepared = prepare_data(data_file)
         try:
             self.shape: ModelShape = base_shape(self.base)
@@ -313,12 +308,11 @@ class Search:
 
     def attach(self, study: optuna.Study, worker_run_id: str) -> str:
         """The search's parent run: the first worker's own run; later workers' runs become its
-        children. Decided under the experiment's budget lock (one parent however many start)."""
-        with budget_lock(self.client, self.experiment_id):
-            parent = study.user_attrs.get(ATTR_PARENT)
-            if parent is None:
-                study.set_user_attr(ATTR_PARENT, worker_run_id)
-                parent = worker_run_id
+        children. Decided in one transaction of the ledger's database (one parent however many
+        start), then kept in the study for the UI."""
+        parent = self.ledger.first_value(f"study:{study.study_name}", "parent", worker_run_id)
+        if parent == worker_run_id:
+            study.set_user_attr(ATTR_PARENT, parent)
         if parent != worker_run_id:
             self.client.set_tag(worker_run_id, MLFLOW_PARENT_RUN_ID, parent)
         self.parent_id = str(parent)
@@ -349,7 +343,7 @@ class Search:
 
     def search_charged(self) -> int:
         """What the search's trials hold of the budget now (spent and reserved)."""
-        ledger = read_ledger(self.client, self.experiment_id, int(self.preset.budget))
+        ledger = self.ledger.read(self.experiment_id, int(self.preset.budget))
         return ledger.by_phase().get(PHASE, (0, 0))[1]
 
     # -- one trial -------------------------------------------------------------------------
@@ -407,10 +401,10 @@ class Search:
         outcome: str = "completed"
         value = math.nan
         # Nested under this worker's run (the active one), then re-parented by the tag.
-        with budgeted_run(name, PHASE, p, first, lambda: _log_params(params), True, tags) as (
-            run,
-            meter,
-        ):
+        log_start = lambda: _log_params(params)  # noqa: E731
+        with budgeted_run(
+            name, PHASE, p, first, log_start, True, tags, storage=self.settings.storage
+        ) as (run, meter):
             trial.set_user_attr(ATTR_RUN, run.info.run_id)
             outcome, value = self._train(
                 trial, req, config, lora, steps, meter, run.info.run_id, first
@@ -471,9 +465,8 @@ class Search:
                 if others + want > self.search_flops:
                     return "pruned for budget (the search's share)", value
                 try:
-                    extend_reservation(
-                        self.client, run_id, self.experiment_id, want, int(self.preset.budget)
-                    )
+                    self.ledger.extend(run_id, want, int(self.preset.budget))
+                    self.client.set_tag(run_id, TAG_PLANNED, str(want))  # for the UI
                 except BudgetRefused as err:
                     click.echo(f"trial {trial.number}: {err}", err=True)
                     return "pruned for budget", value
@@ -528,7 +521,9 @@ class Search:
         if not run_id:
             return
         try:
-            spent = release_dead_run(self.client, str(run_id), force=True)
+            spent = release_dead_run(
+                self.client, str(run_id), int(self.preset.budget), self.settings.storage, True
+            )
         except ReleaseError as err:
             click.echo(f"trial {trial.number}: the failed trial's run: {err}", err=True)
         else:
