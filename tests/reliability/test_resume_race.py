@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from lvtrack.budget_db import Holder
 from lvtrack.ledger import TAG_PLANNED, open_ledger, read_ledger
 from tests.reliability._scripts import RUN_ID, STALLED_TRAIN
-from tests.stores import using_store
+from tests.stores import Store, using_store
 
 pytestmark = pytest.mark.slow  # three training processes
 
@@ -57,12 +57,14 @@ main(prog_name="projects.train")
 
 
 @pytest.fixture
-def env(tmp_path: Path, subprocess_env) -> dict[str, str]:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(uri).create_experiment("race", artifact_location=str(tmp_path / "artifacts"))
+def env(store: Store, tmp_path: Path, subprocess_env) -> dict[str, str]:
+    """On each store (SQLite, or a server on PostgreSQL with the ledger there too)."""
+    name = f"race-{store.kind}-{tmp_path.name}"
+    where = str(tmp_path / "artifacts") if store.kind == "sqlite" else None
+    MlflowClient(store.uri).create_experiment(name, artifact_location=where)
     return subprocess_env(
-        MLFLOW_TRACKING_URI=uri,
-        MLFLOW_EXPERIMENT_NAME="race",
+        MLFLOW_TRACKING_URI=store.uri,
+        MLFLOW_EXPERIMENT_NAME=name,
         LV_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     )

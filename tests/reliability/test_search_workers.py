@@ -17,6 +17,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from lvtrack.budget_db import BudgetDB, Ledger, driver_url
 from lvtrack.ledger import METRIC_FLOPS, TAG_PLANNED, read_ledger
 from lvtrack.search import ATTR_PARENT, ATTR_RUN, TAG_TRIAL, TAG_TRIAL_STATE
 
@@ -35,6 +36,16 @@ def _stores(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[
         pg = request.getfixturevalue("postgres")
         return server.url, f"postgresql://{pg.user}@{pg.host}:{pg.port}/optuna_{tmp_path.name}"
     return f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+
+
+def _agree(storage: str, exp_id: str, logged: Ledger) -> None:
+    """The budget ledger (SQL, in the study's storage) charges every run what MLflow's record
+    says it spent, and holds nothing for runs that ended."""
+    ledger = BudgetDB(storage).read(exp_id)
+    assert {e.run_id: e.charge for e in ledger.entries} == {
+        e.run_id: e.charge for e in logged.entries
+    }
+    assert ledger.reserved == 0 and ledger.budget == int(BUDGET)
 
 
 def _command(micro_args: list[str], storage: str, *extra: str) -> list[str]:
@@ -94,9 +105,7 @@ def test_four_workers_share_one_study_and_one_budget(
         assert proc.returncode == 0, log[-3000:]
         assert "Traceback" not in log, log[-3000:]
 
-    study = optuna.load_study(study_name="shared", storage=storage.replace(
-        "postgresql://", "postgresql+psycopg://"
-    ))  # fmt: skip
+    study = optuna.load_study(study_name="shared", storage=driver_url(storage))
     parent = study.user_attrs[ATTR_PARENT]
     runs = client.search_runs([exp_id], max_results=500)
     workers = [r for r in runs if r.data.tags.get("lv.search_worker") == "true"]
@@ -127,16 +136,20 @@ def test_four_workers_share_one_study_and_one_budget(
     assert ledger.reserved == 0
     assert ledger.spent <= BUDGET
     assert ledger.spent == sum(int(r.data.metrics[METRIC_FLOPS]) for r in trial_runs)
+    _agree(storage, exp_id, ledger)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_a_killed_worker_s_trial_is_retried_and_counted_once(
+    kind: str,
+    request: pytest.FixtureRequest,
     micro_args: list[str],
     subprocess_env: Callable[..., dict[str, str]],
     tmp_path: Path,
 ) -> None:
-    uri, storage = f"sqlite:///{tmp_path / 'mlflow.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    uri, storage = _stores(kind, request, tmp_path)
     client = MlflowClient(uri)
-    exp_id = client.create_experiment("search-kill")
+    exp_id = client.create_experiment(f"search-kill-{kind}-{tmp_path.name}")
     env = subprocess_env(
         MLFLOW_TRACKING_URI=uri,
         MLFLOW_EXPERIMENT_ID=exp_id,
@@ -163,7 +176,7 @@ def test_a_killed_worker_s_trial_is_retried_and_counted_once(
     log = (tmp_path / "rescuer.log").read_text()
     assert "retries trial 0 (its worker died)" in log, log[-3000:]
 
-    study = optuna.load_study(study_name="shared", storage=storage)
+    study = optuna.load_study(study_name="shared", storage=driver_url(storage))
     states = {t.number: t.state for t in study.trials}
     assert states[0] == optuna.trial.TrialState.FAIL
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
@@ -177,3 +190,4 @@ def test_a_killed_worker_s_trial_is_retried_and_counted_once(
     trial_runs = client.search_runs([exp_id], filter_string=f"tags.`{TAG_TRIAL}` != ''")
     assert ledger.spent == sum(int(r.data.metrics[METRIC_FLOPS]) for r in trial_runs)
     assert ledger.spent <= BUDGET
+    _agree(storage, exp_id, ledger)
