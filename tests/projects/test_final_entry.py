@@ -31,6 +31,22 @@ def test_final_registers_and_leaves_a_champion(tracking_uri, micro_args):
     champion = client.get_model_version_by_alias("lv-forecaster", "champion")
     assert champion.run_id == run.info.run_id
     assert champion.tags["promotion.champion.metric"] == "val_mse_filled_h5"
+    # Scale-free and joint scores beside MSE, each headline metric with its 95% interval.
+    m = run.data.metrics
+    for split in ("val", "test"):
+        for name in ("mse_filled", "mase", "crps", "wql", "energy"):
+            key = f"{split}_{name.replace('_filled', '')}{'_filled' * ('filled' in name)}_h5"
+            assert m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"], key
+    series = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/scores/test_series.json")
+    assert len(series["mse_filled"]["num"]) == len(series["wql"]["den"]) > 1
+    # The logged model is named for what it is and carries its scores (model-linked metrics).
+    (model,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
+    assert model.name == "lv-forecaster" and model.source_run_id == run.info.run_id
+    linked = {x.key: x.value for x in model.metrics or []}
+    assert linked["val_mse_filled_h5"] == m["val_mse_filled_h5"]
+    assert linked["test_wql_h5_hi"] == m["test_wql_h5_hi"]
 
 
 def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:

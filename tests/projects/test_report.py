@@ -15,7 +15,7 @@ from lvtrack.datafile import prepare_data
 from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from lvtrack.presets import get_preset
 from lvtrack.report import TAG_CONTEXT, TAG_MODEL, TAG_SOURCE, report_reserve
-from lvtrack.report_render import number
+from lvtrack.report_render import DASH, differences_table, number, reference_table
 from lvtrack.report_run import run_report
 from lvtrack.selection import finished_runs
 from projects import final as final_entry
@@ -174,6 +174,12 @@ def test_report_explains_fills_and_reuses_cells(
         assert f"evaluated by this report in run `{r.info.run_id}`, charged" in md
         assert number(r.data.metrics["test_mse_filled_h5"]) in page
     assert "penalised by persistence" in md
+    # Every measured MSE with its 95% interval; paired differences of final and initial.
+    mse = m["final_test_mse_ctx128"]
+    lo, hi = m["final_test_mse_lo_ctx128"], m["final_test_mse_hi_ctx128"]
+    assert f"{number(mse)} [{lo:.3g}, {hi:.3g}]" in md
+    assert "## Differences (test MSE, paired)" in md
+    assert md.count("| final - initial (ctx ") == len(p.contexts)
     # Self-contained: the figures inline, no external source, link or script.
     assert "<table>" in page and page.count('src="data:image/png;base64,') == 3
     assert "http://" not in page and "https://" not in page and "<script" not in page
@@ -194,6 +200,30 @@ def test_report_explains_fills_and_reuses_cells(
     for r in fills:
         assert f"evaluated by an earlier report in run `{r.info.run_id}`" in again
     same = [k for k in m if "_test_" in k and "_ctx" in k]
-    # contexts x (untrained and initial: MSE, MAE greedy; final: MSE, MAE, CRPS, coverage)
-    assert len(same) == 2 * (2 + 2 + 4)
+    # contexts x (untrained and initial: MSE, MAE greedy; final: MSE, MAE, CRPS, coverage),
+    # each with the two ends of its 95% interval
+    assert len(same) == 2 * (2 + 2 + 4) * 3
+    for k in same:
+        if k.endswith(tuple(f"_lo_ctx{c}" for c in p.contexts)):
+            value = m[k.replace("_lo_ctx", "_ctx")]
+            assert m[k] <= value <= m[k.replace("_lo_ctx", "_hi_ctx")], k
     assert {k: second.data.metrics[k] for k in same} == {k: m[k] for k in same}
+
+
+def test_reference_and_difference_tables_print_intervals_and_say_what_is_resolved() -> None:
+    refs = {"persistence": {"mse": 0.349, "mse_lo": 0.3, "mse_hi": 0.41, "mae": 0.4}, "var": {}}
+    lines = reference_table(refs, 5)
+    assert lines[0] == "| forecaster | test MSE h5 [95%] | test MAE h5 |"
+    assert lines[2] == "| persistence | 0.349 [0.3, 0.41] | 0.4 |"
+    assert lines[3] == f"| var | {DASH} | {DASH} |"  # nothing logged: no interval either
+    rows = differences_table(
+        [
+            ("final - persistence", -0.2, -0.25, -0.15),
+            ("final - initial (ctx 64)", 0.01, -0.02, 0.04),
+        ]
+    )
+    assert rows[2] == "| final - persistence | -0.2 | [-0.25, -0.15] | yes |"
+    assert (
+        rows[3]
+        == "| final - initial (ctx 64) | 0.01 | [-0.02, 0.04] | no: the interval includes 0 |"
+    )

@@ -130,17 +130,36 @@ def protocol_split(series: np.ndarray, history_steps: int, horizon: int) -> tupl
     return series[:, :history_steps], series[:, history_steps : history_steps + horizon]
 
 
+def mase(predictions: Any, histories: Any, truth: Any, fallback: Any = None) -> float:
+    """Mean absolute scaled error: each series' and variable's MAE over the horizon divided by its
+    history's in-sample one-step naive MAE, mean |x_t - x_(t-1)| (Hyndman & Koehler 2006; GluonTS
+    and fev scale by the same, per item), then averaged over series and variables. Invalid
+    predictions (NaN) count as ``fallback`` (persistence), as in ``mae_filled``. A history that
+    never moves has no scale: such a series is left out (NaN when all are)."""
+    pred = np.asarray(predictions, dtype=np.float64)
+    hist = np.asarray(histories, dtype=np.float64)
+    y = np.asarray(truth, dtype=np.float64)
+    if fallback is not None:
+        pred = np.where(np.isfinite(pred), pred, np.asarray(fallback, dtype=np.float64)[:, None])
+    scale = np.abs(np.diff(hist, axis=1)).mean(axis=1)  # (B, n_vars)
+    err = np.abs(pred - y).mean(axis=1)  # (B, n_vars)
+    ok = scale > 0
+    return float(np.mean(err[ok] / scale[ok])) if ok.any() else float("nan")
+
+
 def score(
     predictions: np.ndarray,
     histories: np.ndarray,
     truth: np.ndarray,
     samples: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """`forecast_metrics` of the protocol: invalid values penalised by persistence in `*_filled`;
-    with `samples` (B, S, H, n_vars) of a sampled forecast, also its CRPS and 80% coverage
+    """`forecast_metrics` of the protocol: invalid values penalised by persistence in `*_filled`,
+    and `mase` (filled the same way); with `samples` (B, S, H, n_vars) of a sampled forecast, also
+    its CRPS, WQL, energy score and 80% coverage
     (:func:`lvmodel.probabilistic.probabilistic_metrics`, invalid samples filled the same way)."""
     fallback = last_values(histories)
     out = forecast_metrics(predictions, truth, fallback=fallback)
+    out["mase"] = mase(predictions, histories, truth, fallback)
     if samples is not None:
         out.update(probabilistic_metrics(samples, truth, fallback))
     return out

@@ -1,4 +1,4 @@
-"""Probabilistic forecast scores: quantiles of samples, CRPS and interval coverage.
+"""Probabilistic forecast scores: quantiles of samples, CRPS, WQL, energy score, interval coverage.
 
 A sampled forecast is ``samples`` (B, S, H, n_vars): S continuations per series, NaN where a
 sample's value was invalid. Invalid sample values are replaced by the fallback (the last observed
@@ -17,6 +17,17 @@ has 1.0 but not 0.0, so it is not symmetric about 0.5). Per-step values (``crps_
 With many levels it converges to the integral CRPS ``E|X - y| - E|X - X'| / 2`` of the empirical
 distribution, divided by ``mean |y|``; tests check it against that direct computation.
 
+**WQL**, the weighted quantile loss of GluonTS (``mean_weighted_sum_quantile_loss``) and fev: at
+each level q of ``WQL_LEVELS`` = 0.1, 0.2, ..., 0.9, ``2 sum |(y - q_pred)(1{y <= q_pred} - q)|
+/ sum |y|`` over all values, averaged over the levels; so it is LLMTime's CRPS formula at those
+nine levels (``wql`` calls ``crps`` with them). fev and Chronos rank probabilistic forecasters by it.
+
+**Energy score** of the joint (prey, predator) forecast at each series and step, ``E||X - y|| -
+E||X - X'|| / 2`` over the samples (the multivariate CRPS: it rewards getting the two variables'
+joint spread right, which per-variable scores cannot see), in original units, averaged over
+series and steps. Computed by ``scoringrules.es_ensemble`` (its default ``nrg`` estimator, the
+exact sample formula); tests check it by hand.
+
 **Coverage** of the central 80% interval: the share of true values within the samples' 0.1 and
 0.9 quantiles (inclusive); a calibrated forecaster covers 0.8 of them.
 """
@@ -27,15 +38,22 @@ import warnings
 from typing import Any
 
 import numpy as np
+import scoringrules
 
 __all__ = [
     "LLMTIME_LEVELS",
     "QUANTILES",
+    "WQL_LEVELS",
     "crps",
+    "crps_grid",
+    "energy_grid",
+    "energy_score",
     "filled_samples",
+    "inside_grid",
     "interval_coverage",
     "probabilistic_metrics",
     "sample_quantiles",
+    "wql",
 ]
 
 QUANTILES = (0.1, 0.5, 0.9)
@@ -43,6 +61,10 @@ QUANTILES = (0.1, 0.5, 0.9)
 
 LLMTIME_LEVELS = tuple(float(q) for q in np.linspace(0.0, 1.0, 21)[1:])
 """LLMTime's CRPS levels: ``linspace(0, 1, 21)[1:]`` = 0.05, 0.10, ..., 1.00."""
+
+
+WQL_LEVELS = tuple(round(0.1 * k, 1) for k in range(1, 10))
+"""The weighted quantile loss's levels (GluonTS, fev): 0.1, 0.2, ..., 0.9."""
 
 
 def _check(samples: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +115,18 @@ def _pinball_sums(q_pred: np.ndarray, truth: np.ndarray, levels: np.ndarray) -> 
     return (2.0 * np.abs((q_pred - y) * ((y <= q_pred).astype(np.float64) - levels))).sum(-1)
 
 
+def crps_grid(
+    samples: Any, truth: Any, fallback: Any = None, levels: Any = LLMTIME_LEVELS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CRPS's numerator and denominator at each value of the (B, H, n_vars) grid: the pinball
+    losses summed over ``levels``, and ``len(levels) * |truth|``. A sum of the one over a sum of
+    the other is the CRPS of those values (``crps``); series-level bootstraps resample them."""
+    s, t = _check(samples, truth)
+    lv = np.asarray(levels, dtype=np.float64)
+    q_pred = sample_quantiles(filled_samples(s, fallback), lv)
+    return _pinball_sums(q_pred, t, lv), len(lv) * np.abs(t)
+
+
 def crps(
     samples: Any,
     truth: Any,
@@ -107,15 +141,29 @@ def crps(
     replaced by ``fallback`` first (see the module docstring); a value whose samples are all
     invalid and that has no fallback makes the result NaN.
     """
-    s, t = _check(samples, truth)
-    lv = np.asarray(levels, dtype=np.float64)
-    q_pred = sample_quantiles(filled_samples(s, fallback), lv)
-    losses = _pinball_sums(q_pred, t, lv)
-    scale = len(lv) * np.abs(t)
+    losses, scale = crps_grid(samples, truth, fallback, levels)
     if axis is None:
         return float(losses.sum() / scale.sum()) if scale.sum() > 0 else float("nan")
     with np.errstate(all="ignore"):
         return losses.sum(axis=axis) / scale.sum(axis=axis)
+
+
+def wql(samples: Any, truth: Any, fallback: Any = None) -> float:
+    """The weighted quantile loss at ``WQL_LEVELS`` over all values (see the module docstring)."""
+    return float(crps(samples, truth, fallback, levels=WQL_LEVELS))
+
+
+def energy_grid(samples: Any, truth: Any, fallback: Any = None) -> np.ndarray:
+    """The energy score of the joint forecast of all ``n_vars`` variables at each series and step,
+    (B, H); invalid samples are filled first."""
+    s, t = _check(samples, truth)
+    fct = np.moveaxis(filled_samples(s, fallback), 1, 2)  # (B, H, S, n_vars)
+    return np.asarray(scoringrules.es_ensemble(t, fct, m_axis=-2, v_axis=-1), dtype=np.float64)
+
+
+def energy_score(samples: Any, truth: Any, fallback: Any = None) -> float:
+    """Mean energy score over series and steps (see the module docstring)."""
+    return float(np.mean(energy_grid(samples, truth, fallback)))
 
 
 def interval_coverage(
@@ -128,21 +176,31 @@ def interval_coverage(
 ) -> Any:
     """Share of ``truth`` values inside the samples' [``lower``, ``upper``] quantiles (inclusive),
     over ``axis`` of the (B, H, n_vars) grid (None: all). Invalid samples are filled first."""
+    inside = inside_grid(samples, truth, fallback, lower, upper)
+    return float(inside.mean()) if axis is None else inside.mean(axis=axis)
+
+
+def inside_grid(
+    samples: Any, truth: Any, fallback: Any = None, lower: float = 0.1, upper: float = 0.9
+) -> np.ndarray:
+    """Whether each value of the (B, H, n_vars) grid lies within the samples' [``lower``,
+    ``upper``] quantiles (inclusive), invalid samples filled first."""
     if not 0.0 <= lower < upper <= 1.0:
         raise ValueError(f"need 0 <= lower < upper <= 1, got {lower}, {upper}")
     s, t = _check(samples, truth)
     q = sample_quantiles(filled_samples(s, fallback), (lower, upper))
-    inside = (t >= q[..., 0]) & (t <= q[..., 1])
-    return float(inside.mean()) if axis is None else inside.mean(axis=axis)
+    return (t >= q[..., 0]) & (t <= q[..., 1])
 
 
 def probabilistic_metrics(samples: Any, truth: Any, fallback: Any = None) -> dict[str, float]:
-    """``crps`` and ``coverage80`` over all values, and per horizon step (``crps_step1`` ...,
+    """``crps``, ``coverage80``, ``wql`` and ``energy`` over all values, and per horizon step (``crps_step1`` ...,
     ``coverage80_step1`` ...): the keys :func:`lvmodel.metrics.score` adds for a sampled
     forecast."""
     out = {
         "crps": crps(samples, truth, fallback),
         "coverage80": interval_coverage(samples, truth, fallback),
+        "wql": wql(samples, truth, fallback),
+        "energy": energy_score(samples, truth, fallback),
     }
     per_crps = crps(samples, truth, fallback, axis=(0, 2))
     per_cov = interval_coverage(samples, truth, fallback, axis=(0, 2))

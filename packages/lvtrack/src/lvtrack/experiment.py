@@ -8,6 +8,7 @@ MLflow run is reopened and `fit` continues from its newest checkpoint.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from lvflops import ModelShape
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import Evaluation, evaluate_llm
+from lvmodel.intervals import intervals, series_terms
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
 from lvmodel.plan import RunPlan
 from lvmodel.train import FitResult, fit
@@ -61,7 +63,14 @@ def log_common(prep: Prepared, params: dict[str, Any]) -> None:
 
 
 #: Metrics over the whole horizon: logged as `{split}_{name}_h{H}` (the others as `{split}_{key}`).
-HORIZON_METRICS = ("mse", "mae", "mse_filled", "mae_filled", "crps", "coverage80")
+HORIZON_METRICS = (
+    "mse", "mae", "mse_filled", "mae_filled", "mase", "crps", "wql", "energy", "coverage80"
+)  # fmt: skip
+
+
+def _headline(split: str, key: str, horizon: int) -> str:
+    """`val_mse_h5`, `val_mse_filled_h5`, ...: a whole-horizon metric's logged name."""
+    return f"{split}_{key.replace('_filled', '')}{'_filled' if 'filled' in key else ''}_h{horizon}"
 
 
 def log_evaluation(
@@ -72,21 +81,24 @@ def log_evaluation(
     references: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """Headline metrics `{split}_mse_h{H}` (and `{split}_crps_h{H}`, `{split}_coverage80_h{H}`
-    for a sampled forecast), per-step and per-variable ones, and plots: the forecasts, a fan
+    for a sampled forecast), each with its 95% series-bootstrap interval (`..._lo`, `..._hi`,
+    `lvmodel.intervals`), per-step and per-variable ones, the per-series terms of the headline
+    metrics (`scores/{split}_series.json`, for paired comparisons), and plots: the forecasts, a fan
     chart of a sampled one (`plots/fan_{split}.png`), and with `references` (name -> MSE at
     steps 1..H of the reference forecasters) the error against the step ahead beside them."""
-    named = {}
-    for key, value in ev.metrics.items():
-        if key in HORIZON_METRICS:
-            named[
-                f"{split}_{key.replace('_filled', '')}_filled_h{horizon}"
-                if "filled" in key
-                else f"{split}_{key}_h{horizon}"
-            ] = value
-        else:
-            named[f"{split}_{key}"] = value
+    named = {
+        _headline(split, key, horizon) if key in HORIZON_METRICS else f"{split}_{key}": value
+        for key, value in ev.metrics.items()
+    }
+    terms = series_terms(ev.predictions, ev.histories, ev.truth, ev.samples)
+    for key, (lo, hi) in intervals(terms).items():
+        name = _headline(split, key, horizon)
+        named[f"{name}_lo"], named[f"{name}_hi"] = lo, hi
     clean = {k: float(v) for k, v in named.items() if np.isfinite(v)}
     mlflow.log_metrics(clean)
+    # Per-series terms, so that a later comparison can pair this forecast with another's.
+    series = {k: {"num": num.tolist(), "den": den.tolist()} for k, (num, den) in terms.items()}
+    mlflow.log_dict(series, f"scores/{split}_series.json")
     k = ev.histories.shape[1]
     fig = plot_forecasts(
         time[: k + horizon],
@@ -405,6 +417,7 @@ def finish_run(
         if req.register:
             try:  # registration loads the logged model and forecasts with it: it must work
                 info = log_forecaster(
+                    name=REGISTERED_MODEL,
                     adapter_dir=adapter,
                     codec=prep.codec,
                     base_spec=req.base,
@@ -424,6 +437,11 @@ def finish_run(
                     f"its model could not be registered: {err}"
                 ) from None
             mlflow.set_tag("registered_version", str(info.registered_model_version))
+            # MLflow 3's model-linked metrics: the experiment's models page compares models by
+            # their validation and test scores (each headline metric and its interval).
+            headline = re.compile(rf"(val|test)_\w+_h{preset.horizon}(_lo|_hi)?")
+            linked = {k: v for k, v in final.items() if headline.fullmatch(k)}
+            mlflow.log_metrics(linked, step=result.steps, model_id=info.model_id)
 
     settings = {"lr": req.lr, "rank": req.rank, "context_length": req.context_length}
     describe_run(run_description(req.phase, settings, final))

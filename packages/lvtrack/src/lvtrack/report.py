@@ -43,12 +43,15 @@ PENDING = "pending"  # the key of the final run `report_reserve` assumes is abou
 
 def metric_keys(horizon: int) -> dict[str, str]:
     """Cell metric name -> the run metric it reads."""
-    return {
+    keys = {
         "mse": f"{SPLIT}_mse_filled_h{horizon}",
         "mae": f"{SPLIT}_mae_filled_h{horizon}",
         "crps": f"{SPLIT}_crps_h{horizon}",
         "coverage80": f"{SPLIT}_coverage80_h{horizon}",
     }
+    # Their 95% series-bootstrap intervals (lvtrack.experiment.log_evaluation).
+    bounds = {f"{n}_{end}": f"{k}_{end}" for n, k in keys.items() for end in ("lo", "hi")}
+    return keys | bounds
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,13 @@ def number(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def interval(lo: float | None, hi: float | None) -> str:
+    """` [lo, hi]` (3 significant digits), or nothing when either end is unknown."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return ""
+    return f" [{lo:.3g}, {hi:.3g}]"
+
+
 def percent(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return DASH
@@ -54,8 +61,9 @@ def cell_note(cell: Cell) -> str | None:
 
 
 def results_table(cells: Sequence[Cell], contexts: Sequence[int]) -> list[str]:
-    """The table (rows: contexts; per column MSE, MAE, CRPS, 80% coverage) and its footnotes:
-    a cell not measured by its own model's run carries a mark [n] on its MSE."""
+    """The table (rows: contexts; per column MSE and CRPS with their 95% intervals, MAE, 80%
+    coverage) and its footnotes: a cell not measured by its own model's run carries a mark [n]
+    on its MSE."""
     head = ["context"]
     for column in COLUMNS:
         head += [f"{column} MSE", f"{column} MAE", f"{column} CRPS", f"{column} cov80"]
@@ -76,9 +84,9 @@ def results_table(cells: Sequence[Cell], contexts: Sequence[int]) -> list[str]:
                 row += [f"n/a{mark}", DASH, DASH, DASH]
                 continue
             row += [
-                number(m.get("mse")) + mark,
+                number(m.get("mse")) + interval(m.get("mse_lo"), m.get("mse_hi")) + mark,
                 number(m.get("mae")),
-                number(m.get("crps")),
+                number(m.get("crps")) + interval(m.get("crps_lo"), m.get("crps_hi")),
                 percent(m.get("coverage80")),
             ]
         lines.append("| " + " | ".join(row) + " |")
@@ -100,15 +108,26 @@ def sources_list(sources: Mapping[str, Source | str]) -> list[str]:
     return out
 
 
-def reference_table(
-    refs: Mapping[str, tuple[float | None, float | None]], horizon: int
-) -> list[str]:
+def reference_table(refs: Mapping[str, Mapping[str, float]], horizon: int) -> list[str]:
+    """name -> its test metrics (`mse`, `mse_lo`, `mse_hi`, `mae`): a row each."""
     if not refs:
         return [
             "No finished reference runs of this preset in the experiment (`mlflow run . -e reference`)."
         ]
-    lines = [f"| forecaster | test MSE h{horizon} | test MAE h{horizon} |", "|---|---:|---:|"]
-    lines += [f"| {name} | {number(mse)} | {number(mae)} |" for name, (mse, mae) in refs.items()]
+    lines = [f"| forecaster | test MSE h{horizon} [95%] | test MAE h{horizon} |", "|---|---:|---:|"]
+    for name, m in refs.items():
+        mse = number(m.get("mse")) + interval(m.get("mse_lo"), m.get("mse_hi"))
+        lines.append(f"| {name} | {mse} | {number(m.get('mae'))} |")
+    return lines
+
+
+def differences_table(rows: Sequence[tuple[str, float, float, float]]) -> list[str]:
+    """(comparison, difference, lo, hi) rows: a difference is resolved when its paired interval
+    excludes 0."""
+    lines = ["| comparison | difference | paired 95% interval | resolved |", "|---|---:|---:|---|"]
+    for what, diff, lo, hi in rows:
+        resolved = "yes" if lo > 0 or hi < 0 else "no: the interval includes 0"
+        lines.append(f"| {what} | {number(diff)} |{interval(lo, hi)} | {resolved} |")
     return lines
 
 

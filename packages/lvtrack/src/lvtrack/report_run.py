@@ -18,12 +18,14 @@ from typing import Any
 
 import click
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from lvdata import LLMTimeCodec
 from lvmodel.base import BaseModelError, base_shape, load_base
 from lvmodel.evaluate import evaluate_llm
+from lvmodel.intervals import Terms, difference_interval
 from lvmodel.lora import adapter_settings, load_adapter
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import Prepared, prepare_data
@@ -45,7 +47,13 @@ from lvtrack.report import (
     list_cells,
     metric_keys,
 )
-from lvtrack.report_render import markdown_to_html, reference_table, results_table, sources_list
+from lvtrack.report_render import (
+    differences_table,
+    markdown_to_html,
+    reference_table,
+    results_table,
+    sources_list,
+)
 from lvtrack.runs import budgeted_run, parent_run
 from lvtrack.selection import reference_runs, reference_step_errors, step_errors
 from lvtrack.tracking import setup_tracking
@@ -214,18 +222,57 @@ def filled_cells(cells: Iterable[Cell]) -> list[Cell]:
     return [c for c in cells if c.how == THIS]
 
 
-def references(exp_id: str, preset: Preset) -> dict[str, tuple[float | None, float | None]]:
-    """name -> (test MSE, test MAE) at the horizon of each reference forecaster's newest run."""
-    h = preset.horizon
-    out: dict[str, tuple[float | None, float | None]] = {}
+def references(exp_id: str, preset: Preset) -> dict[str, dict[str, float]]:
+    """name -> the test metrics (`mse`, `mse_lo`, `mse_hi`, `mae`, ...) at the horizon of each
+    reference forecaster's newest run."""
+    keys = metric_keys(preset.horizon)
+    out: dict[str, dict[str, float]] = {}
     for name, run in reference_runs(exp_id, preset.name).items():
         m = run.data.metrics
-        if f"{SPLIT}_mse_h{h}" in m:
-            out[name] = (
-                m.get(f"{SPLIT}_mse_filled_h{h}", m.get(f"{SPLIT}_mse_h{h}")),
-                m.get(f"{SPLIT}_mae_filled_h{h}", m.get(f"{SPLIT}_mae_h{h}")),
-            )
+        if keys["mse"] in m:
+            out[name] = {n: m[k] for n, k in keys.items() if k in m}
     return out
+
+
+def series_scores(run_id: str | None, split: str = SPLIT) -> Terms | None:
+    """The per-series terms a run's evaluation logged (`scores/{split}_series.json`), if any."""
+    if not run_id:
+        return None
+    try:
+        logged = mlflow.artifacts.load_dict(f"runs:/{run_id}/scores/{split}_series.json")
+    except (MlflowException, OSError):
+        return None
+    return {k: (np.asarray(v["num"]), np.asarray(v["den"])) for k, v in logged.items()}
+
+
+def differences(
+    exp_id: str, preset: Preset, final: Source | str, cells: list[Cell]
+) -> list[tuple[str, float, float, float]]:
+    """Paired differences of the test MSE (filled) over the same series: the final model against
+    each reference forecaster, and at each context the final model against the initial one."""
+    metric = "mse_filled"
+    rows: list[tuple[str, float, float, float]] = []
+
+    def pair(what: str, a: Terms | None, b: Terms | None) -> None:
+        if a is None or b is None or metric not in a or metric not in b:
+            return
+        if len(a[metric][0]) != len(b[metric][0]):
+            return  # scored on different series: not comparable pairwise
+        diff = float(
+            a[metric][0].sum() / a[metric][1].sum() - b[metric][0].sum() / b[metric][1].sum()
+        )
+        rows.append((what, diff, *difference_interval(a, b, metric)))
+
+    own = series_scores(final.key) if isinstance(final, Source) and final.run else None
+    if isinstance(final, Source):
+        for name, run in reference_runs(exp_id, preset.name).items():
+            pair(f"final (ctx {final.context}) - {name}", own, series_scores(run.info.run_id))
+    at = {(c.column, c.context): c for c in cells}
+    for ctx in preset.contexts:
+        f, i = at.get(("final", ctx)), at.get(("initial", ctx))
+        if f and i and f.measured and i.measured:
+            pair(f"final - initial (ctx {ctx})", series_scores(f.by), series_scores(i.by))
+    return rows
 
 
 def _png(fig: Any) -> bytes:
@@ -287,6 +334,12 @@ def report_markdown(
     h = preset.horizon
     filled = filled_cells(cells)
     empty = [c for c in cells if not c.measured]
+    rows = differences(exp_id, preset, sources["final"], cells)
+    diff_lines = (
+        differences_table(rows)
+        if rows
+        else ["No pair of runs logged per-series test scores (`scores/test_series.json`)."]
+    )
     lines = [
         f"# lv-forecast report: preset {preset.name}",
         "",
@@ -320,6 +373,14 @@ def report_markdown(
         f"test series ({PRESETS[preset.name].eval_series or 'all'}).",
         "",
         *reference_table(references(exp_id, preset), h),
+        "",
+        "## Differences (test MSE, paired)",
+        "",
+        "Each difference is bootstrapped over the same test series, drawn whole and together for "
+        "both forecasts (2,000 resamples, BCa, `lvmodel.intervals`); a difference whose interval "
+        "includes 0 is not resolved by this test set.",
+        "",
+        *diff_lines,
         "",
         "## FLOPs by phase",
         "",
