@@ -10,12 +10,17 @@ For each (lr, rank) of a small grid, on the tiny preset's base, batch and contex
 - ``cosine@S``: a whole cosine run of S steps (what the grid's short sweep runs do), scored the
   same way.
 
+- ``nll@S``: LLMTime's NLL/D (`lvmodel.nll`) of the same decay branch's model on the same
+  validation series: one teacher-forced forward pass instead of generating the forecasts; the
+  FLOPs and seconds of both ways of scoring a rung are summed over every rung (``--no-cosine``
+  skips the cosine runs).
+
 It prints each setting's scores and the Spearman rank correlation of every short score with the
 long runs' (1 = the same order). Deterministic on CPU for a seed. Figures measured are quoted in
 docs/search.md.
 
 Usage: python benchmarks/rung_ranking.py [--lrs 1e-3,3e-3,1e-2] [--ranks 4,16] [--rungs 20,60,180]
-       [--long 600] [--data FILE] [--json OUT]
+       [--long 600] [--no-cosine] [--data FILE] [--json OUT]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import lvdata
 from lvmodel.base import load_base
 from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.nll import nll_per_dim
 from lvmodel.rungs import WsdRungs
 from lvmodel.train import TrainConfig, fit
 
@@ -56,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--score-series", type=int, default=100)
     ap.add_argument("--data", type=Path, default=COURSEWORK if COURSEWORK.exists() else None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-cosine", action="store_true", help="skip the short cosine runs")
     args = ap.parse_args(argv)
     from lvtrack.presets import get_preset  # the tiny preset's settings, nothing of MLflow
 
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=0,
     )
     scores: dict[str, dict[str, float]] = {}
+    cost = {"nll_flops": 0.0, "nll_s": 0.0, "forecast_flops": 0.0, "forecast_s": 0.0}
     for lr in _floats(args.lrs):
         for rank in [int(r) for r in args.ranks.split(",")]:
             key = f"lr={lr:g} r={rank}"
@@ -100,7 +108,25 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 for steps in rungs:
                     row[f"wsd@{steps}"] = trainer.rung(steps).metrics["val_mse_filled"]
-            for steps in rungs:
+                    # The branch's model, scored both ways on the forecasting subset.
+                    subset = val[: p.forecast_series]
+                    t1 = time.perf_counter()
+                    nll = nll_per_dim(
+                        trainer.model, tok, codec, subset, p.history_steps, p.horizon,
+                        p.context_length, lora,
+                    )  # fmt: skip
+                    t2 = time.perf_counter()
+                    fc = evaluate_llm(
+                        trainer.model, tok, codec, subset, p.history_steps, p.horizon,
+                        p.context_length, lora, batch_size=32,
+                    )  # fmt: skip
+                    t3 = time.perf_counter()
+                    row[f"nll@{steps}"] = nll.value
+                    cost["nll_flops"] += nll.flops
+                    cost["nll_s"] += t2 - t1
+                    cost["forecast_flops"] += fc.flops
+                    cost["forecast_s"] += t3 - t2
+            for steps in [] if args.no_cosine else rungs:
                 short = replace(config, steps=steps, schedule="cosine", forecast_every=0)
                 done = fit(model(), tok, codec, train, val, short, lora, progress=False)
                 row[f"cosine@{steps}"] = done.final["val_mse_filled"]
@@ -125,8 +151,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {n} | " + " | ".join(f"{scores[n][c]:.4f}" for c in [*columns, "long"]) + " |")
     rho = {c: float(spearmanr([scores[n][c] for n in names], long_scores)[0]) for c in columns}
     print("| **Spearman vs long** | " + " | ".join(f"{rho[c]:+.2f}" for c in columns) + " | |")
+    print(
+        f"\nScoring every rung: NLL/D {cost['nll_flops']:.3e} FLOPs, {cost['nll_s']:.1f} s; "
+        f"greedy forecasts {cost['forecast_flops']:.3e} FLOPs, {cost['forecast_s']:.1f} s"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"scores": scores, "spearman": rho}, indent=1))
+        out = {"scores": scores, "spearman": rho, "cost": cost}
+        args.json.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def build_prompts(
     return prompts, kept
 
 
-def _left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (B, W) of ``prompts`` padded on the left to the longest, and the attention mask."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -320,7 +321,7 @@ def forecast(
     with _ModelMode(model), torch.inference_mode():
         for i, lo in enumerate(batches):
             members = order[lo : lo + batch_size]
-            ids, mask = _left_pad([prompts[j] for j in members], grammar.pad_token_id)
+            ids, mask = left_pad([prompts[j] for j in members], grammar.pad_token_id)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + i)
                 out = decoder(ids, mask)
