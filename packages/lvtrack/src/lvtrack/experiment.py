@@ -298,8 +298,6 @@ def resume_run(
         resume = find_resumable(MlflowClient(), run_id)
     except ResumeError as err:
         raise click.ClickException(str(err)) from None
-    for note in resume.notes:
-        click.echo(f"note: {note}", err=True)
     req = TrainRequest.from_params(resume.params, budget=budget)
     if conflicts := settings_conflicts(req, given, defaults):
         raise click.ClickException(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,6 @@ class Resume:
     last_step: int
     attempt: int
     data_digest: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def rework(self) -> float:
@@ -194,7 +193,6 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
         raise ResumeError(f"run {run_id} is not a budgeted training run; nothing to resume")
     if status == "FINISHED":
         raise ResumeError(f"run {run_id} already FINISHED; nothing to resume")
-    notes: list[str] = []
     directory = Path(tags.get(TAG_CHECKPOINTS) or checkpoint_root() / run_id)
     ckpt = latest_checkpoint(directory)
     if ckpt is None:
@@ -220,7 +218,6 @@ def find_resumable(client: MlflowClient, run_id: str) -> Resume:
         last_step=last_step,
         attempt=int(tags.get(TAG_ATTEMPT, "1") or 1) + 1,
         data_digest=_data_digest(run),
-        notes=notes,
     )
 
 
