@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from lvmodel.metrics import last_values
+from lvmodel.metrics import last_values, scaled_errors
 from lvmodel.probabilistic import LLMTIME_LEVELS, WQL_LEVELS, crps_grid, energy_grid, inside_grid
 
 __all__ = ["LEVEL", "Terms", "difference_interval", "intervals", "series_terms"]
@@ -46,9 +46,7 @@ def series_terms(predictions: Any, histories: Any, truth: Any, samples: Any = No
     err = np.where(valid, p - t, 0.0)
     filled = np.where(valid, p, fallback[:, None, :]) - t
     count = np.full(len(p), float(p.shape[1] * p.shape[2]))
-    scale = np.abs(np.diff(h, axis=1)).mean(axis=1)  # (B, n_vars)
-    ok = scale > 0
-    scaled = np.where(ok, np.abs(filled).mean(axis=1) / np.where(ok, scale, 1.0), 0.0)
+    scaled, ok = scaled_errors(p, h, t, fallback)
     terms: Terms = {
         "mse": ((err**2).sum(axis=(1, 2)), valid.sum(axis=(1, 2)).astype(np.float64)),
         "mae": (np.abs(err).sum(axis=(1, 2)), valid.sum(axis=(1, 2)).astype(np.float64)),

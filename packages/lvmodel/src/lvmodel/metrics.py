@@ -28,7 +28,9 @@ __all__ = [
     "baseline_forecasts",
     "forecast_metrics",
     "last_values",
+    "mase",
     "protocol_split",
+    "scaled_errors",
     "score",
 ]
 
@@ -130,12 +132,12 @@ def protocol_split(series: np.ndarray, history_steps: int, horizon: int) -> tupl
     return series[:, :history_steps], series[:, history_steps : history_steps + horizon]
 
 
-def mase(predictions: Any, histories: Any, truth: Any, fallback: Any = None) -> float:
-    """Mean absolute scaled error: each series' and variable's MAE over the horizon divided by its
-    history's in-sample one-step naive MAE, mean |x_t - x_(t-1)| (Hyndman & Koehler 2006; GluonTS
-    and fev scale by the same, per item), then averaged over series and variables. Invalid
-    predictions (NaN) count as ``fallback`` (persistence), as in ``mae_filled``. A history that
-    never moves has no scale: such a series is left out (NaN when all are)."""
+def scaled_errors(
+    predictions: Any, histories: Any, truth: Any, fallback: Any = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each series' and variable's MAE over the horizon divided by its history's in-sample
+    one-step naive MAE, mean |x_t - x_(t-1)|, (B, n_vars), 0 where that scale is 0; and where it
+    is not (B, n_vars). Invalid predictions (NaN) count as ``fallback`` (persistence)."""
     pred = np.asarray(predictions, dtype=np.float64)
     hist = np.asarray(histories, dtype=np.float64)
     y = np.asarray(truth, dtype=np.float64)
@@ -144,7 +146,16 @@ def mase(predictions: Any, histories: Any, truth: Any, fallback: Any = None) -> 
     scale = np.abs(np.diff(hist, axis=1)).mean(axis=1)  # (B, n_vars)
     err = np.abs(pred - y).mean(axis=1)  # (B, n_vars)
     ok = scale > 0
-    return float(np.mean(err[ok] / scale[ok])) if ok.any() else float("nan")
+    return np.where(ok, err / np.where(ok, scale, 1.0), 0.0), ok
+
+
+def mase(predictions: Any, histories: Any, truth: Any, fallback: Any = None) -> float:
+    """Mean absolute scaled error (Hyndman & Koehler 2006; GluonTS and fev scale by the same, per
+    item): :func:`scaled_errors` averaged over series and variables. Invalid predictions (NaN)
+    count as ``fallback`` (persistence), as in ``mae_filled``. A history that never moves has no
+    scale: such a series is left out (NaN when all are)."""
+    scaled, ok = scaled_errors(predictions, histories, truth, fallback)
+    return float(scaled[ok].mean()) if ok.any() else float("nan")
 
 
 def score(
