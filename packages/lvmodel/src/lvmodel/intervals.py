@@ -24,7 +24,7 @@ from scipy import stats
 from lvmodel.metrics import last_values, scaled_errors
 from lvmodel.probabilistic import LLMTIME_LEVELS, WQL_LEVELS, crps_grid, energy_grid, inside_grid
 
-__all__ = ["LEVEL", "Terms", "difference_interval", "intervals", "series_terms"]
+__all__ = ["LEVEL", "Terms", "difference_interval", "intervals", "series_terms", "value"]
 
 LEVEL = 0.95
 N_RESAMPLES = 2000
@@ -68,6 +68,11 @@ def series_terms(predictions: Any, histories: Any, truth: Any, samples: Any = No
 def _ratio(num: np.ndarray, den: np.ndarray, axis: int = -1) -> np.ndarray:
     with np.errstate(all="ignore"):
         return np.asarray(num.sum(axis=axis) / den.sum(axis=axis))
+
+
+def value(terms: Terms, metric: str) -> float:
+    """The metric of all the series of ``terms``: ``sum(num) / sum(den)``."""
+    return float(_ratio(*terms[metric]))
 
 
 def _bootstrap(data: tuple[np.ndarray, ...], statistic: Any, seed: int) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from lvdata import LLMTimeCodec
 from lvmodel.base import BaseModelError, base_shape, load_base
 from lvmodel.evaluate import evaluate_llm
-from lvmodel.intervals import Terms, difference_interval
+from lvmodel.intervals import Terms, difference_interval, value
 from lvmodel.lora import adapter_settings, load_adapter
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import Prepared, prepare_data
@@ -258,13 +258,11 @@ def differences(
             return
         if len(a[metric][0]) != len(b[metric][0]):
             return  # scored on different series: not comparable pairwise
-        diff = float(
-            a[metric][0].sum() / a[metric][1].sum() - b[metric][0].sum() / b[metric][1].sum()
-        )
+        diff = value(a, metric) - value(b, metric)
         rows.append((what, diff, *difference_interval(a, b, metric)))
 
     own = series_scores(final.key) if isinstance(final, Source) and final.run else None
-    if isinstance(final, Source):
+    if isinstance(final, Source) and own is not None:
         for name, run in reference_runs(exp_id, preset.name).items():
             pair(f"final (ctx {final.context}) - {name}", own, series_scores(run.info.run_id))
     at = {(c.column, c.context): c for c in cells}
