@@ -23,6 +23,7 @@ charged to the ledger, any number of workers on one study.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import time
@@ -401,7 +402,7 @@ class Search:
         outcome: str = "completed"
         value = math.nan
         # Nested under this worker's run (the active one), then re-parented by the tag.
-        log_start = lambda: _log_params(params)  # noqa: E731
+        log_start = functools.partial(_log_params, params)
         with budgeted_run(
             name, PHASE, p, first, log_start, True, tags, storage=self.settings.storage
         ) as (run, meter):
