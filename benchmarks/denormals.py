@@ -2,7 +2,7 @@
 
 The tiny base's attention logits reach about 70; the backward of PyTorch's CPU flash attention
 then computes exp() far below float32's normal range, where x86 takes a slow path.
-`lvmodel.base.flush_denormals` (called first by `load_base` and the tiny base's pretraining)
+`lvmodel.device.flush_denormals` (called first by `load_base` and the tiny base's pretraining)
 sets FTZ/DAZ; torch's worker threads inherit it only if it is set before they start, so each
 variant runs in a fresh process. Prints the median milliseconds of a step (batch 8 x 256 tokens,
 LoRA rank 16 on the seven linear layers: the tiny preset's settings) for each.
@@ -24,8 +24,9 @@ def child(flush: bool, steps: int, threads: int) -> None:
 
     import lvdata
     import lvmodel.base
+    from lvmodel.config import TrainConfig
     from lvmodel.lora import LoraSettings, apply_lora
-    from lvmodel.train import Batches, TrainConfig, batch_loss, fit_data
+    from lvmodel.train import Batches, batch_loss, fit_data
 
     if not flush:
         lvmodel.base.flush_denormals = lambda: None  # load_base then leaves the mode alone

@@ -529,7 +529,8 @@ def timed_fit(args, model, tok, codec, train, val, lora, device, compile_on: boo
     real run whose logging interval spans them, with no device read in between. Each stamp is
     taken after a device synchronize, so the window holds exactly the `--steps` timed steps.
     """
-    from lvmodel.train import TrainConfig, fit
+    from lvmodel.config import TrainConfig
+    from lvmodel.train import fit
 
     n_steps = args.warmup + args.steps
     config = TrainConfig(

@@ -39,11 +39,12 @@ from scipy.stats import spearmanr
 
 import lvdata
 from lvmodel.base import load_base
+from lvmodel.config import TrainConfig
 from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings, apply_lora
 from lvmodel.nll import nll_per_dim
 from lvmodel.rungs import WsdRungs
-from lvmodel.train import TrainConfig, fit
+from lvmodel.train import fit
 
 COURSEWORK = Path(__file__).resolve().parents[2] / "shared" / "data" / "lotka_volterra_data.h5"
 

@@ -26,8 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Flush denormal floats before any torch work of the test process, as `load_base` does first
     in every process of the project: torch's CPU worker threads take the mode from the thread
     that starts them, so a test that ran torch before a `load_base` would leave them slow
-    (`lvmodel.base.flush_denormals`)."""
-    from lvmodel.base import flush_denormals
+    (`lvmodel.device.flush_denormals`)."""
+    from lvmodel.device import flush_denormals
 
     flush_denormals()
 

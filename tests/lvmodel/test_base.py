@@ -434,8 +434,9 @@ def test_real_gguf_sampled_forecasts_are_well_formed_with_ordered_quantiles(
 def test_real_gguf_lora_steps_at_context_128(coursework) -> None:
     """A few LoRA steps on the real model (a private copy: the module fixture stays untouched)."""
     import lvdata
+    from lvmodel.config import TrainConfig
     from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
-    from lvmodel.train import TrainConfig, fit
+    from lvmodel.train import fit
 
     if not QWEN_GGUF or not Path(QWEN_GGUF).is_file():
         pytest.skip("set LV_QWEN_GGUF to a Qwen2.5 GGUF file")

@@ -20,9 +20,10 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 import lvmodel.train as train_mod
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
-from lvmodel.train import TrainConfig, fit
+from lvmodel.train import fit
 from tests.lvmodel._toy import toy_model
 
 LORA = LoraSettings(rank=2, lm_head_bias=True)

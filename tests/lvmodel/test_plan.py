@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from lvflops import eval_flops, forward_flops, generate_flops, train_step_flops
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import RunPlan, forecast_bound, plan_run
-from lvmodel.train import TrainConfig
 from tests.lvmodel._toy import TOY_SHAPE
 
 SHAPE = TOY_SHAPE

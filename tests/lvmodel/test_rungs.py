@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from lvflops import eval_flops, train_step_flops
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings, trainable_state
 from lvmodel.plan import forecast_bound
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
-from lvmodel.train import TrainConfig, fit
+from lvmodel.train import fit
 from tests.lvmodel._toy import TOY_SHAPE, toy_model
 
 LORA = LoraSettings(rank=2)

@@ -163,10 +163,11 @@ LORA_STEPS = 1500
 @pytest.mark.slow
 def test_lora_beats_zero_shot_clearly(tiny_base_path, coursework) -> None:
     from lvmodel.base import load_base
+    from lvmodel.config import TrainConfig
     from lvmodel.evaluate import evaluate_llm
     from lvmodel.intervals import difference_interval, series_terms
     from lvmodel.lora import LoraSettings, apply_lora
-    from lvmodel.train import TrainConfig, fit
+    from lvmodel.train import fit
 
     series = np.asarray(coursework.values, dtype=np.float64)
     parts = split(len(series))

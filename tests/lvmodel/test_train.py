@@ -8,10 +8,11 @@ import torch
 
 from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import plan_run
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
-from lvmodel.train import TrainConfig, fit, make_scheduler
+from lvmodel.train import fit, make_scheduler
 from tests.lvmodel._toy import toy_model
 
 LORA = LoraSettings(rank=2, lm_head_bias=True)

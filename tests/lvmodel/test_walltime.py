@@ -8,8 +8,8 @@ import pytest
 
 import lvdata
 from lvmodel.base import load_base
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.train import TrainConfig
 from lvmodel.walltime import (
     Rates,
     forecast_seconds,

@@ -36,7 +36,7 @@ _API = {
     "save_adapter": "lvmodel.lora",
     "load_adapter": "lvmodel.lora",
     # training
-    "TrainConfig": "lvmodel.train",
+    "TrainConfig": "lvmodel.config",
     "FitResult": "lvmodel.train",
     "fit": "lvmodel.train",
     # forecasting and evaluation
@@ -103,6 +103,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lvmodel.base import DEFAULT_BASE, BaseModelError, base_shape, load_base
+    from lvmodel.config import TrainConfig
     from lvmodel.evaluate import Evaluation, evaluate_llm
     from lvmodel.forecast import Forecast, forecast
     from lvmodel.lora import LoraSettings, apply_lora, load_adapter, save_adapter
@@ -116,7 +117,7 @@ if TYPE_CHECKING:
     from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, model_shape, plan_run
     from lvmodel.probabilistic import QUANTILES, crps, interval_coverage
     from lvmodel.reference import REFERENCE_FORECASTERS, make_reference, select_on_validation
-    from lvmodel.train import FitResult, TrainConfig, fit
+    from lvmodel.train import FitResult, fit
 
 
 def __getattr__(name: str) -> Any:

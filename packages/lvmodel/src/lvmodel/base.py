@@ -35,6 +35,8 @@ from transformers import (
 )
 
 from lvflops import ModelShape
+from lvmodel.device import flush_denormals
+from lvmodel.tiny import ensure_tiny_base
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +66,6 @@ def _defaults(
     if dtype is None:
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     return dtype, dev
-
-
-def flush_denormals() -> None:
-    """CPU arithmetic flushes denormal floats to zero (x86 FTZ/DAZ; GPUs flush in most kernels).
-
-    Measured on the tiny preset's LoRA step on 2 cores: 311 -> 214 ms (`benchmarks/denormals.py`;
-    310-430 -> 160 ms a step inside `fit`, timed as 60 steps less 10). Its attention
-    logits reach about 70, and the backward of PyTorch's CPU flash attention then computes
-    exp() far below float32's normal range, where x86 takes a slow path (the backward alone:
-    50 ms -> 10 ms a layer; `benchmarks/denormals.py`). torch's worker threads
-    inherit the mode from the thread that starts them: call this before the first parallel
-    torch operation of the process (`load_base` and `lvmodel.tiny.build_tiny_base` do, first).
-    Values below 1.2e-38 become 0; nothing the project computes is that small on purpose.
-    """
-    torch.set_flush_denormal(True)
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -324,8 +311,6 @@ def load_base(
         )
 
     if spec == TINY_SPEC:
-        from lvmodel.tiny import ensure_tiny_base
-
         model, tok = _from_pretrained(ensure_tiny_base(), model_kwargs)
     elif spec.endswith(".gguf"):
         if not path.is_file():
@@ -591,8 +576,6 @@ def base_config(spec: str, revision: str | None = None) -> dict[str, Any]:
     path = Path(spec).expanduser()
     kind = _kind(spec)
     if kind == "tiny":
-        from lvmodel.tiny import ensure_tiny_base
-
         path = ensure_tiny_base()
     elif kind == "gguf":
         from lvmodel.gguf_header import GGUFHeaderError, gguf_hf_config

@@ -45,20 +45,13 @@ import torch
 from transformers import StaticCache, TemperatureLogitsWarper, TopPLogitsWarper
 
 from lvflops import static_cache_len
+from lvmodel.device import model_device
 from lvmodel.grammar import LLMTimeGrammar, LLMTimeLogitsProcessor
 
-__all__ = ["Decoder", "model_device", "repeat_cache_rows"]
+__all__ = ["Decoder", "repeat_cache_rows"]
 
 ACCELERATOR_CHECK_EVERY = 4
 """Tokens between two "is every row done?" reads on an accelerator (each read waits for it)."""
-
-
-def model_device(model: Any) -> torch.device:
-    """The device of the model's first parameter (the CPU for a model without any)."""
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
 
 
 def repeat_cache_rows(cache: Any, repeats: int) -> None:

@@ -41,7 +41,8 @@ import torch
 from lvdata import LLMTimeCodec, tokenize_steps
 from lvflops import ModelShape, generate_flops
 from lvmodel.batch_memory import memory_budget, series_per_batch
-from lvmodel.decode import Decoder, model_device
+from lvmodel.decode import Decoder
+from lvmodel.device import model_device
 from lvmodel.grammar import (
     DEFAULT_MAX_INT_DIGITS,
     LLMTimeGrammar,

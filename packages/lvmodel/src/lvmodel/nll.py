@@ -28,7 +28,7 @@ import torch
 
 from lvdata import LLMTimeCodec
 from lvflops import forward_flops
-from lvmodel.decode import model_device
+from lvmodel.device import model_device
 from lvmodel.forecast import build_prompts, left_pad
 from lvmodel.grammar import pad_id as tokenizer_pad_id
 from lvmodel.lora import LoraSettings

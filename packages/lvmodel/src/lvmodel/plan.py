@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lvflops import ModelShape, eval_flops, generate_flops, static_cache_len, train_step_flops
+from lvmodel.config import TrainConfig
 from lvmodel.grammar import DEFAULT_MAX_INT_DIGITS, max_new_tokens_for
 from lvmodel.lora import LoraSettings
-
-if TYPE_CHECKING:  # train.py imports this module: no import cycle at run time
-    from lvmodel.train import TrainConfig
 
 __all__ = [
     "RunPlan",
@@ -108,7 +106,7 @@ class RunPlan:
         }
 
 
-def _evaluations(steps: int, every: int, at_end: bool = True) -> int:
+def evaluation_count(steps: int, every: int, at_end: bool = True) -> int:
     """How many times an evaluation due every `every` steps runs: each due step plus the end
     (unless the run does not evaluate at its end)."""
     due = steps // every if every > 0 else 0
@@ -138,12 +136,12 @@ def plan_run(
     ctx = config.context_length
     batch = config.batch_size * config.grad_accum
     train = config.steps * train_step_flops(shape, ctx, batch, **kw).total
-    val_loss = _evaluations(config.steps, config.eval_every, config.evaluate_at_end) * (
+    val_loss = evaluation_count(config.steps, config.eval_every, config.evaluate_at_end) * (
         eval_flops(shape, ctx, config.eval_windows, **kw).total
     )
     val_forecast = 0
     if config.forecast_every >= 0:
-        val_forecast = _evaluations(
+        val_forecast = evaluation_count(
             config.steps, config.forecast_every, config.evaluate_at_end
         ) * forecast_bound(
             shape, config.forecast_series, ctx, config.forecast_horizon, decimals, lora

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 import lvdata
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.train import FitData, FitResult, MetricsCallback, TrainConfig, fit, fit_data
+from lvmodel.train import FitData, FitResult, MetricsCallback, fit, fit_data
 
 __all__ = ["RungResult", "WsdRungs", "decay_steps_for"]
 

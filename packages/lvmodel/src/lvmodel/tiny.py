@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from lvmodel.base import flush_denormals
+from lvmodel.device import flush_denormals
 from lvmodel.synthetic import synthetic_text
 from lvmodel.tiny_tokenizer import VOCAB_SIZE, build_tiny_tokenizer
 
@@ -121,7 +121,7 @@ def _lr_at(step: int, s: TinyPretrainSettings) -> float:
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    """The build's CPU: `n` torch threads, denormals flushed (lvmodel.base.flush_denormals)."""
+    """The build's CPU: `n` torch threads, denormals flushed (lvmodel.device.flush_denormals)."""
     flush_denormals()
     old = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -252,12 +252,12 @@ def run_seconds(
     final_samples: int = 1,
     register: bool = False,
 ) -> RunSeconds:
-    """The wall time of a training run `fit` with `config` (a :class:`lvmodel.train.TrainConfig`)
+    """The wall time of a training run `fit` with `config` (a :class:`lvmodel.config.TrainConfig`)
     then forecasts of `final_series[split]` series at its context (`final_samples` each): the same
     parts and evaluation counts as :func:`lvmodel.plan.plan_run`, in seconds. Fixed: loading the
     base, the `fit` call's set-up, the run's open and close, one logged evaluation per split,
     and registering (with `register`). The process start is the entry point's, not the run's."""
-    from lvmodel.plan import _evaluations as evaluation_count
+    from lvmodel.plan import evaluation_count
 
     ctx = config.context_length
     batch = config.batch_size * config.grad_accum
@@ -322,7 +322,8 @@ def _timed_fit(
     built beforehand): the steps timed between the logging point after `warmup` steps and the
     last one (fit reads the device there, so the stamps follow the device), the rest of the
     call is its fixed part."""
-    from lvmodel.train import TrainConfig, fit
+    from lvmodel.config import TrainConfig
+    from lvmodel.train import fit
 
     context = data.context_length
 
@@ -430,8 +431,9 @@ def measure_rates(
     beforehand (timed: `windows_s`, over all of `train_series`), a validation-loss
     pass over `eval_windows` windows, and `evaluate_llm` of `forecast_sizes` validation series
     at each sample count. The fields the MLflow layer measures stay 0."""
+    from lvmodel.config import TrainConfig
     from lvmodel.lora import LoraSettings, apply_lora
-    from lvmodel.train import TrainConfig, fit_data, validation_loss
+    from lvmodel.train import fit_data, validation_loss
 
     t0 = time.perf_counter()
     base_model, tok = load()

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.train import TrainConfig
 from lvtrack.presets import Preset, get_preset
 
 # Preset fields that shape a training run beyond the request's own: logged as parameters, so that a

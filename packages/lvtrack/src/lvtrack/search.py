@@ -43,10 +43,11 @@ from optuna.trial import TrialState
 
 from lvflops import ModelShape, train_step_flops
 from lvmodel.base import BaseModelError, base_shape, load_base
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings, apply_lora
 from lvmodel.plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
-from lvmodel.train import FitData, TrainConfig, fit_data
+from lvmodel.train import FitData, fit_data
 from lvtrack.budget_db import driver_url, ensure_postgres_database
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from lvflops import ModelShape, train_step_flops
+from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import plan_run
-from lvmodel.train import TrainConfig
 from lvmodel.walltime import Rates, dominant, forecast_seconds, run_seconds, val_loss_seconds
 from lvtrack.presets import Preset
 from lvtrack.report import cell_samples
