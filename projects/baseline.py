@@ -12,7 +12,8 @@ from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import evaluate_llm
 from lvtrack.datafile import prepare_data
 from lvtrack.describe import describe_run, parent_description, run_description
-from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.evaluation_log import log_common, log_evaluation
+from lvtrack.experiment_plan import baseline_plan
 from lvtrack.options import (
     base_option,
     check_train_values,
@@ -21,7 +22,6 @@ from lvtrack.options import (
     parse_list,
     preset_option,
 )
-from lvtrack.planning import baseline_plan
 from lvtrack.presets import get_preset
 from lvtrack.runs import budgeted_run, parent_run
 from lvtrack.selection import SELECTION_METRIC

@@ -6,13 +6,13 @@ import json
 
 import click
 
-from lvtrack.experiment import train_run
 from lvtrack.options import check_train_values, run_options, steps_option
 from lvtrack.presets import get_preset
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
 from lvtrack.request import TrainRequest
 from lvtrack.selection import SELECTION_METRIC, best_of
 from lvtrack.tracking import setup_tracking, ui_hint
+from lvtrack.training_run import train_run
 
 
 @click.command()

@@ -6,10 +6,10 @@ import json
 
 import click
 
-from lvtrack.experiment import train_run
 from lvtrack.options import check_train_values, run_options, steps_option
 from lvtrack.presets import get_preset
 from lvtrack.request import TrainRequest
+from lvtrack.training_run import train_run
 
 
 @click.command()

@@ -2,7 +2,7 @@
 
 data -> reference -> baseline -> initial -> sweep -> context -> final -> promote -> budget, or
 with `--method search` the budget-aware search in place of sweep and context.
-A step that already finished in this experiment is reused (`lvtrack.steps`), so a pipeline that
+A step that already finished in this experiment is reused (`lvtrack.pipeline_steps`), so a pipeline that
 died half-way resumes where it stopped.
 """
 
@@ -24,7 +24,7 @@ from lvtrack.options import (
     preset_option,
     steps_option,
 )
-from lvtrack.steps import PHASES, STEPS, already_ran, step_params
+from lvtrack.pipeline_steps import PHASES, STEPS, already_ran, step_params
 from lvtrack.tracking import setup_tracking, ui_hint
 
 

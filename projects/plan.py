@@ -1,9 +1,9 @@
 """`plan` entry point: each phase's planned FLOPs and share of the budget, before anything runs.
 
-The plans are the ones the runs reserve in the ledger (`lvtrack.planning`), for the preset (and
+The plans are the ones the runs reserve in the ledger (`lvtrack.experiment_plan`), for the preset (and
 cuts) given; nothing is logged or charged. With rates (`--rates FILE`, or `--measure-rates` to
 measure them here), each step of `pipeline` also gets its predicted wall time
-(`lvtrack.wallplan`, docs/gpu.md "Wall-time plan").
+(`lvtrack.wall_plan`, docs/gpu.md "Wall-time plan").
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import lvdata
 from lvflops import QWEN2_5_0_5B
 from lvmodel.base import DEFAULT_BASE, BaseModelError, base_shape
 from lvtrack.datafile import DECIMALS, DEFAULT_SYSTEMS, SPLIT_SEED
+from lvtrack.experiment_plan import experiment_plan, plan_table, with_walls
 from lvtrack.options import (
     base_option,
     check_train_values,
@@ -23,12 +24,11 @@ from lvtrack.options import (
     preset_option,
     search_options,
 )
-from lvtrack.planning import experiment_plan, plan_table, with_walls
+from lvtrack.pipeline_steps import STEPS
 from lvtrack.presets import get_preset
 from lvtrack.rates_probe import rates_for
-from lvtrack.search import search_settings
-from lvtrack.steps import STEPS
-from lvtrack.wallplan import pipeline_walls, wall_summary
+from lvtrack.search_settings import search_settings
+from lvtrack.wall_plan import pipeline_walls, wall_summary
 
 DATA_FILE = "data/lotka_volterra_data.h5"  # the pipeline's default
 

@@ -18,7 +18,7 @@ from lvmodel.metrics import protocol_split, score
 from lvmodel.reference import REFERENCE_FORECASTERS, make_reference
 from lvtrack.datafile import prepare_data
 from lvtrack.describe import describe_run, parent_description, run_description
-from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.evaluation_log import log_common, log_evaluation
 from lvtrack.ledger import TAG_PHASE
 from lvtrack.options import data_option, preset_option
 from lvtrack.presets import get_preset

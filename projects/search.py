@@ -18,7 +18,8 @@ from lvtrack.ledger import storage_url
 from lvtrack.options import check_train_values, run_options, search_options
 from lvtrack.presets import get_preset
 from lvtrack.runs import parent_run
-from lvtrack.search import Search, open_study, search_settings
+from lvtrack.search import Search, open_study
+from lvtrack.search_settings import search_settings
 from lvtrack.tracking import setup_tracking
 
 

@@ -8,13 +8,13 @@ import click
 import mlflow
 
 from lvtrack.describe import describe_run, parent_description
-from lvtrack.experiment import train_run
 from lvtrack.options import check_train_values, parse_list, run_options, steps_option
 from lvtrack.plots import plot_grid
 from lvtrack.presets import get_preset
 from lvtrack.request import TrainRequest
 from lvtrack.runs import parent_run
 from lvtrack.selection import SELECTION_METRIC
+from lvtrack.training_run import train_run
 
 
 @click.command()

@@ -10,8 +10,8 @@ from lvmodel.base import base_shape
 from lvmodel.lora import LoraSettings
 from lvmodel.walltime import Rates
 from lvtrack.presets import get_preset
-from lvtrack.search import first_rung_flops, search_settings
-from lvtrack.wallplan import search_wall
+from lvtrack.search_settings import first_rung_flops, search_settings
+from lvtrack.wall_plan import search_wall
 from projects import plan as plan_entry
 
 

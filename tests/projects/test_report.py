@@ -12,9 +12,10 @@ from lvmodel.lora import LoraSettings
 from lvmodel.plan import forecast_bound
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import prepare_data
+from lvtrack.experiment_plan import report_reserve
 from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, read_ledger
 from lvtrack.presets import get_preset
-from lvtrack.report import TAG_CONTEXT, TAG_MODEL, TAG_SOURCE, report_reserve
+from lvtrack.report import TAG_CONTEXT, TAG_MODEL, TAG_SOURCE
 from lvtrack.report_render import DASH, differences_table, number, reference_table
 from lvtrack.report_run import run_report
 from lvtrack.selection import finished_runs

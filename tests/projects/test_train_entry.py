@@ -65,12 +65,12 @@ def test_run_over_budget_is_refused_before_training(tracking_uri, base_args):
 def test_a_refused_run_never_loads_the_base_model(tracking_uri, base_args, monkeypatch):
     """Planning reads the base's config only; weights load after the ledger said yes (a 0.5B
     model takes a minute and GBs of memory on a CPU: not for a run that cannot start)."""
-    import lvtrack.experiment
+    import lvtrack.training_run
 
     loads: list[str] = []
-    real = lvtrack.experiment.load_base
+    real = lvtrack.training_run.load_base
     monkeypatch.setattr(
-        lvtrack.experiment, "load_base", lambda spec, **kw: loads.append(spec) or real(spec, **kw)
+        lvtrack.training_run, "load_base", lambda spec, **kw: loads.append(spec) or real(spec, **kw)
     )
     refused = _train([*base_args, "--steps", "3", "--budget", "1e9"])
     assert refused.exit_code == 1 and "refused" in refused.output

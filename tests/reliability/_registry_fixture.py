@@ -1,6 +1,6 @@
 """A registered, promoted forecaster for reliability tests (random tiny base, untrained LoRA).
 
-The same steps as `tests/projects/test_serve.py`'s `champion` fixture, as a plain function so that
+The same steps as `tests/lvtrack/test_serve.py`'s `champion` fixture, as a plain function so that
 module-scoped fixtures can call it once against their own tracking store.
 """
 

@@ -2,7 +2,7 @@
 
 A throwaway server runs (the `postgres` fixture of conftest.py, skipped where PostgreSQL cannot be
 installed) and each test gets a database of its own, created by the ledger itself. The races of
-tests/projects/test_budget_db.py (same child processes, same pipes): 8 reservations at once with
+tests/lvtrack/test_budget_db.py (same child processes, same pipes): 8 reservations at once with
 budget for exactly 3, two concurrent claims, a holder killed inside its transaction; and a holder
 stopped (SIGSTOP) inside its admission: the server ends its session after LV_LEDGER_IDLE_S, the
 others go on, and once continued the stopped process is refused (its transaction is gone).
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from lvtrack.budget_db import BudgetDB
-from tests.projects.test_budget_db import (  # the same races, here against the `url` below
+from tests.lvtrack.test_budget_db import (  # the same races, here against the `url` below
     Child,
     test_eight_at_once_with_budget_for_three,
     test_holder_killed_inside_its_transaction_blocks_nobody,

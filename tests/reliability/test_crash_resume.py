@@ -27,7 +27,7 @@ from mlflow.entities import Run
 from mlflow.projects._project_spec import load_project
 from mlflow.tracking import MlflowClient
 
-from lvtrack import experiment, runs
+from lvtrack import runs, training_run
 from lvtrack.budget_db import Holder
 from lvtrack.ledger import TAG_PLANNED, TAG_REFUSED, open_ledger, read_ledger
 from projects import budget as budget_entry
@@ -375,7 +375,7 @@ def test_failure_in_final_evaluation_ends_failed_then_resumes(store, base_args, 
     def broken(*args, **kwargs):
         raise RuntimeError("evaluation broke")
 
-    monkeypatch.setattr(experiment, "evaluate_llm", broken)
+    monkeypatch.setattr(training_run, "evaluate_llm", broken)
     result = _train([*base_args, "--run-name", "eval-fails"])
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
     run_id = _run_id(result.output)

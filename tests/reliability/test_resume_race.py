@@ -36,7 +36,7 @@ WAIT_S = 600
 BARRIER_RESUME = """
 import os, sys, time
 from pathlib import Path
-import lvtrack.experiment as experiment
+import lvtrack.training_run as experiment
 from lvtrack.budget_db import BudgetDB
 if os.environ.get("LV_TEST_NO_CLAIM") == "1":  # every claim wins: no exclusion
     BudgetDB.claim = lambda self, run_id, holder=None, planned=None: True

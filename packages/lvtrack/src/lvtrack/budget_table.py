@@ -21,7 +21,7 @@ def budget_table(exp_id: str, budget: float) -> tuple[str, dict[str, float]]:
     ledger = open_ledger(exp_id, int(budget), client=client).read(exp_id, int(budget))
     phases = ledger.by_phase()
     order = [p for p in PHASE_ORDER if p in phases] + sorted(set(phases) - set(PHASE_ORDER))
-    # What the runs reserved: their plans (`lvtrack.planning`, the numbers `plan` prints).
+    # What the runs reserved: their plans (`lvtrack.experiment_plan`, the numbers `plan` prints).
     planned: dict[str, int] = {}
     for e in ledger.entries:
         if not e.refused:

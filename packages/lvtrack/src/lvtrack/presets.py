@@ -38,7 +38,7 @@ class Preset:
         compile: `torch.compile` the decoder for training steps on CUDA (ignored on a CPU). Off
             until a GPU measures it (`benchmarks/gpu_check.py --compile both`).
         lora_targets: modules LoRA wraps (the coursework: q_proj and v_proj).
-        search_space: what `search` varies (`lvtrack.search_space` syntax): lr range, ranks,
+        search_space: what `search` varies (`lvtrack.search_settings` syntax): lr range, ranks,
             contexts.
         search_trials: trials of a search (over all its workers).
         search_share: the search's share of the budget (its rungs are sized from it).

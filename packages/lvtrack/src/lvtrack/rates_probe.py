@@ -46,7 +46,7 @@ from lvmodel.tiny import cache_root
 from lvmodel.walltime import Rates, measure_process_start, measure_rates, measure_reference
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import Prepared, prepare_data
-from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.evaluation_log import log_common, log_evaluation
 from lvtrack.plots import plot_curves, plot_rungs, plot_search_history, plot_series_grid
 from lvtrack.presets import Preset
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster, promote

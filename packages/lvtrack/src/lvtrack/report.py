@@ -8,9 +8,9 @@ One function lists the cells (:func:`list_cells`): which model fills each column
 (:func:`find_sources`) and which run, if any, measured it already (the model's own run at its
 context, a `baseline` run for the base model, or an earlier report's fill run). The report
 evaluates the cells no run measured, each in a budgeted child run (phase `report`) charged to the
-ledger (`lvtrack.report_run`, which also writes the report); :func:`report_reserve` is what
-those fills will cost, for the final run to leave room. This module does not import the training
-layer (`lvtrack.experiment`), so that the training layer can import it.
+ledger (`lvtrack.report_run`, which also writes the report); what those fills will cost, for the
+final run to leave room, is the report's phase of the plan (`lvtrack.experiment_plan.
+report_reserve`), which reads the cells from here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ TAG_SOURCE = "lv.report.source"
 CHAMPION = "champion"
 #: How a cell was measured (`Cell.how`).
 OWN, BASELINE, EARLIER, THIS = "own run", "baseline run", "earlier report", "this report"
-PENDING = "pending"  # the key of the final run `report_reserve` assumes is about to be trained
+PENDING = "pending"  # the key of the final run `lvtrack.experiment_plan.report_reserve` assumes is about to be trained
 
 
 def metric_keys(horizon: int) -> dict[str, str]:
@@ -49,7 +49,7 @@ def metric_keys(horizon: int) -> dict[str, str]:
         "crps": f"{SPLIT}_crps_h{horizon}",
         "coverage80": f"{SPLIT}_coverage80_h{horizon}",
     }
-    # Their 95% series-bootstrap intervals (lvtrack.experiment.log_evaluation).
+    # Their 95% series-bootstrap intervals (lvtrack.evaluation_log.log_evaluation).
     bounds = {f"{n}_{end}": f"{k}_{end}" for n, k in keys.items() for end in ("lo", "hi")}
     return keys | bounds
 
@@ -236,33 +236,4 @@ def fill_bound(cell: Cell, preset: Preset, shape: ModelShape, decimals: int, n_t
         decimals,
         cell.source.lora,
         num_samples=cell_samples(cell.column, preset),
-    )
-
-
-def report_reserve(
-    experiment_id: str,
-    preset: Preset,
-    shape: ModelShape,
-    decimals: int,
-    n_test: int,
-    final_lora: LoraSettings,
-    final_context: int,
-    base: str = "",
-) -> int:
-    """The FLOPs the report will need to fill the cells no run measured, assuming a final run
-    (LoRA `final_lora` on `base`, default the runs' base) is about to train and score the test
-    split at `final_context` itself: its other contexts, and the cells of the other columns no
-    run measured yet."""
-    client = MlflowClient()
-    sources = find_sources(client, experiment_id, preset)
-    untrained = sources["untrained"]
-    assert isinstance(untrained, Source)
-    base = base or untrained.base
-    sources["untrained"] = untrained_source(base)
-    sources["final"] = Source("final", PENDING, base, final_lora, final_context)
-    cells = list_cells(client, experiment_id, preset, sources)
-    return sum(
-        fill_bound(c, preset, shape, decimals, n_test)
-        for c in cells
-        if c.fillable and not (c.column == "final" and c.context == final_context)
     )

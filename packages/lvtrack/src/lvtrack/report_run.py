@@ -3,7 +3,7 @@ child run, phase `report`), then write the report (`lvtrack.report_render`) with
 phase, the error against the step ahead and the final model's fan charts, and log it.
 
 Apart from :mod:`lvtrack.report` (which cells exist, what filling them costs) so that the
-training layer can import that without importing this (it uses `lvtrack.experiment`).
+training layer can import that without importing this (it uses `lvtrack.training_run`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from lvmodel.intervals import Terms, difference_interval, value
 from lvmodel.lora import adapter_settings, load_adapter
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import Prepared, prepare_data
-from lvtrack.experiment import log_common, log_evaluation
+from lvtrack.evaluation_log import log_common, log_evaluation
 from lvtrack.plots import plot_step_errors
 from lvtrack.presets import PRESETS, Preset
 from lvtrack.report import (

@@ -139,6 +139,12 @@ class FlopsMeter:
         if self.ledger is not None:  # one short transaction per logging interval
             self.ledger.record_spent(self.run_id, int(self.spent))
 
+    def log_fit_rows(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """`lvmodel.train.fit`'s `on_metrics`: its rows (each step's metrics, with the run's
+        cumulative FLOPs), tagged with this attempt."""
+        attempt = {"attempt": self.attempt}
+        self.log_rows([(s, m["flops_cumulative"], {**m, **attempt}) for s, m in rows])
+
     def close(self) -> None:
         """Log what was spent at the highest step seen (a dying run's last word), after every
         queued row."""
@@ -323,7 +329,8 @@ def entry_parent(
     the parent takes its description (the work run is named by the tag `lv.work_run`).
     """
     if "MLFLOW_RUN_ID" in os.environ and mlflow.active_run() is None:
-        with parent_run(name, phase, {}, preset) as run:
+        # Named apart from the work run (`final (mlflow run)` above `final`) in the runs list.
+        with parent_run(f"{name} (mlflow run)", phase, {}, preset) as run:
             if tags:
                 mlflow.set_tags(tags)
             yield run

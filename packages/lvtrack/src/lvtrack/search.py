@@ -22,29 +22,27 @@ charged to the ledger, any number of workers on one study.
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 import mlflow
 import optuna
-import torch
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from lvflops import ModelShape, train_step_flops
-from lvmodel.base import BaseModelError, base_shape, load_base
+from lvmodel.base import BaseModelError, base_shape
 from lvmodel.config import TrainConfig
-from lvmodel.lora import LoraSettings, apply_lora
+from lvmodel.lora import LoraSettings
 from lvmodel.plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.train import FitData, fit_data
@@ -57,9 +55,10 @@ from lvtrack.presets import Preset
 from lvtrack.request import TrainRequest
 from lvtrack.resume import ReleaseError, checkpoint_root, release_dead_run
 from lvtrack.runs import FlopsMeter, budgeted_run
-from lvtrack.search_space import SearchSpace, SearchSpaceError, parse_space
+from lvtrack.search_settings import SearchError, SearchSettings, first_rung_flops
 from lvtrack.selection import SELECTION_METRIC
 from lvtrack.tracking import set_run_tags
+from lvtrack.training_run import lora_model
 
 PHASE = "search"
 TAG_STUDY = "optuna.study"
@@ -69,123 +68,6 @@ ATTR_RUN = "mlflow_run_id"  # trial attribute: the trial's MLflow run
 ATTR_PARENT = "lv.mlflow_parent_run_id"  # study attribute: the search's parent run
 ATTR_SPACE = "lv.space"  # study attribute: the space it was created with
 SCORE = "val_mse_filled"  # the rung score, from the decayed branch's forecasting metric
-
-
-class SearchError(click.ClickException):
-    """A search that cannot start (named input, what to do); raised before anything is charged."""
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How a search runs.
-
-    Attributes:
-        space: what it varies.
-        trials: trials of the study in all (over every worker).
-        rungs: rungs of successive halving (a trial that reaches the top one completes there).
-        eta: the reduction factor: a third of a rung's trials go on at 3.
-        share: the search's share of the experiment's budget (the rung size follows from it).
-        decay_fraction: each rung's decay branch, as a share of its stable steps.
-        sampler: "tpe" (Optuna's TPE) or "grid" (the coursework grid: the preset's sweep lrs).
-        study, storage: the Optuna study's name and RDB storage URL.
-        seed: the LoRA init and batch seed of every trial, and the sampler's.
-        heartbeat_s: seconds between a worker's heartbeats; a trial whose worker missed three
-            is failed and retried by another worker.
-    """
-
-    space: SearchSpace
-    trials: int
-    study: str = ""
-    storage: str = ""
-    rungs: int = 3
-    eta: int = 3
-    share: float = 0.25
-    decay_fraction: float = 0.2
-    sampler: str = "tpe"
-    seed: int = 0
-    heartbeat_s: int = 30
-
-
-def rung_flops(
-    search_flops: float, trials: int, rungs: int, eta: int, decay: float, evaluation: float = 0
-) -> int:
-    """The first rung's training FLOPs r0 so that successive halving spends about
-    `search_flops`; 0 when the evaluations alone would take it all.
-
-    Rung k trains to eta**k x r0 and holds about n / eta**k of the n trials, but at least one
-    (asynchronous halving promotes the first trials it sees): c_k = max(1, n / eta**k). The
-    stable phases cost r0 x sum c_k (eta**k - eta**(k-1)), the decay branches r0 x `decay` x
-    sum c_k eta**k, and each scored rung one `evaluation` (validation loss and forecasting
-    metric): sum c_k of them. The ledger and the search's share stop trials beyond it.
-    """
-    counts = [max(1.0, trials / eta**k) for k in range(rungs)]
-    stable = sum(c * (eta**k - (eta ** (k - 1) if k else 0)) for k, c in enumerate(counts))
-    branches = decay * sum(c * eta**k for k, c in enumerate(counts))
-    left = search_flops - evaluation * sum(counts)
-    return max(0, int(left / (stable + branches)))
-
-
-def evaluation_flops(shape: ModelShape, preset: Preset, space: SearchSpace, decimals: int) -> int:
-    """The most one rung's scoring can cost (validation loss, forecasting metric) at the
-    space's longest context and largest rank."""
-    lora = LoraSettings(rank=max(space.ranks), targets=max(space.targets, key=len))
-    config = TrainConfig(
-        steps=1,
-        context_length=max(space.contexts),
-        batch_size=preset.batch_size,
-        eval_every=0,
-        eval_windows=preset.eval_windows,
-        forecast_every=0,
-        forecast_series=preset.forecast_series,
-        forecast_history=preset.history_steps,
-        forecast_horizon=preset.horizon,
-    )
-    plan = plan_run(shape, config, lora, decimals, {}, preset.horizon)
-    return plan.val_loss + plan.val_forecast
-
-
-def first_rung_flops(
-    shape: ModelShape, preset: Preset, settings: SearchSettings, decimals: int
-) -> int:
-    """The first rung's training FLOPs for this search (:func:`rung_flops` on its share of the
-    preset's budget); a :class:`SearchError` when its evaluations alone would take it all."""
-    evaluation = evaluation_flops(shape, preset, settings.space, decimals)
-    r0 = rung_flops(
-        settings.share * preset.budget, settings.trials, settings.rungs, settings.eta,
-        settings.decay_fraction, evaluation,
-    )  # fmt: skip
-    if r0 == 0:
-        raise SearchError(
-            f"the search's share ({settings.share:g} of {preset.budget:.3e} FLOPs) does not "
-            f"cover the {settings.trials} trials' rung evaluations ({evaluation:.3e} each): "
-            "raise --share or --budget, or lower --trials or --rungs"
-        )
-    return r0
-
-
-def search_settings(
-    preset: Preset, space: str, trials: int, share: float, **given: Any
-) -> tuple[Preset, SearchSettings]:
-    """The preset (with the search's share) and the settings from the search options (see
-    `lvtrack.options.search_options`); bad values are `click.BadParameter`s naming the option.
-    `given` holds the rest of SearchSettings' fields (rungs, eta, sampler, study, storage...)."""
-    if trials != -1 and trials < 1:
-        raise click.BadParameter(f"must be at least 1, got {trials}", param_hint="--trials")
-    if share != -1 and not 0 < share <= 1:
-        raise click.BadParameter(f"must be in (0, 1], got {share:g}", param_hint="--share")
-    if share != -1:
-        preset = replace(preset, search_share=share)
-    try:
-        parsed = parse_space(space or preset.search_space, preset)
-    except SearchSpaceError as err:
-        raise click.BadParameter(str(err), param_hint="--space") from None
-    settings = SearchSettings(
-        space=parsed,
-        trials=preset.search_trials if trials == -1 else trials,
-        share=preset.search_share,
-        **given,
-    )
-    return preset, settings
 
 
 def open_storage(url: str, heartbeat_s: int = 30, attempts: int = 3) -> RDBStorage:
@@ -432,9 +314,7 @@ class Search:
     ) -> tuple[str, float]:
         """Rung after rung until pruned, refused or at the top; (outcome, last rung's score)."""
         s = self.settings
-        base, tok = self._fresh_base(req.base)
-        torch.manual_seed(s.seed)
-        model: Any = apply_lora(base, lora)
+        model, tok = lora_model(req.base, lora, s.seed, self._bases)
         trainer: WsdRungs
 
         def on_metrics(rows: list[tuple[int, dict[str, float]]]) -> None:
@@ -487,18 +367,6 @@ class Search:
             if trial.should_prune():
                 return f"pruned at rung {k}", value
         return "completed", value
-
-    def _fresh_base(self, spec: str) -> tuple[Any, Any]:
-        """A trial's base model: loaded once per worker, a copy per trial (LoRA wraps it in
-        place); loading takes seconds (a process's first load of Qwen2.5 about 4 s on a GPU
-        machine, docs/gpu.md), a copy of its bf16 weights on the device milliseconds."""
-        if spec not in self._bases:
-            try:
-                self._bases[spec] = load_base(spec)
-            except BaseModelError as err:
-                raise click.ClickException(str(err)) from None
-        base, tok = self._bases[spec]
-        return copy.deepcopy(base), tok
 
     def _fit_data(self, tok: Any, config: TrainConfig) -> FitData:
         """The training windows at the trial's context: tokenized once per worker and context

@@ -35,6 +35,15 @@ UI_TRAINING_VIEW = (
 )
 
 _noted_default = False
+# (tracking URI, experiment asked for, $MLFLOW_EXPERIMENT_NAME, $MLFLOW_EXPERIMENT_ID after the
+# set-up) -> the experiment id set up for them
+_set_up: dict[tuple[str | None, ...], str] = {}
+
+
+def _setup_key(experiment: str | None) -> tuple[str | None, ...]:
+    env = os.environ
+    uri = env.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    return (uri, experiment, env.get("MLFLOW_EXPERIMENT_NAME"), env.get("MLFLOW_EXPERIMENT_ID"))
 
 
 def setup_tracking(experiment: str | None = None) -> str:
@@ -48,13 +57,19 @@ def setup_tracking(experiment: str | None = None) -> str:
     nobody named one, this says once how to name one: `mlflow run` created its run there before
     this code ran, and a run cannot move. `mlflow.set_experiment` exports MLFLOW_EXPERIMENT_ID
     (for subprocesses), so in one process the first choice stays. (MLflow has no public getter of
-    the active experiment: callers keep the id this returns.)
+    the active experiment: callers keep the id this returns.) Set up once per process: a later
+    call with the same URI and experiment returns the same id without asking the store again.
     """
     global _noted_default
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI))
+    uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+    key = _setup_key(experiment)
+    if key in _set_up and mlflow.get_tracking_uri() == uri:
+        return _set_up[key]
+    mlflow.set_tracking_uri(uri)
     experiment_id = _chosen_experiment(experiment)
     mark_training_experiment(experiment_id)
+    _set_up[_setup_key(experiment)] = experiment_id  # set_experiment exported the id
     unnamed = not os.environ.get("MLFLOW_EXPERIMENT_NAME")
     if experiment_id == MLFLOW_DEFAULT_EXPERIMENT_ID and unnamed and not _noted_default:
         _noted_default = True

@@ -1,6 +1,6 @@
 """Predicted wall time of each pipeline step, from :class:`lvmodel.walltime.Rates`.
 
-The FLOPs plan (`lvtrack.planning.experiment_plan`) says what each budgeted phase may spend;
+The FLOPs plan (`lvtrack.experiment_plan.experiment_plan`) says what each budgeted phase may spend;
 this says how long every step of `pipeline` takes on the machine the rates were measured on.
 Each step: its entry point's process start (measured per entry point: their imports differ),
 then its own work:
@@ -34,12 +34,11 @@ from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvmodel.plan import plan_run
 from lvmodel.walltime import Rates, dominant, forecast_seconds, run_seconds, val_loss_seconds
+from lvtrack.pipeline_steps import STEPS
 from lvtrack.presets import Preset
 from lvtrack.report import cell_samples
 from lvtrack.request import TrainRequest
-from lvtrack.search import SearchSettings, first_rung_flops
-from lvtrack.search_space import SearchSpace
-from lvtrack.steps import STEPS
+from lvtrack.search_settings import SearchSettings, SearchSpace, first_rung_flops
 
 #: The preset's target for its whole pipeline on one GPU (seconds), where it has one.
 TARGETS = {"qwen": (600.0, "one H100")}
@@ -146,7 +145,7 @@ def search_wall(
         "training": train_flops * sum(per_flop) / len(per_flop),
         "rung evaluations": rung_runs * evaluation,
         "fixed costs": rates.steps_s.get("search", 0.0)
-        + rates.load_base_s  # once per worker; each trial a copy (`Search._fresh_base`)
+        + rates.load_base_s  # once per worker; each trial a copy (`lvtrack.training_run.lora_model`)
         + len(space.contexts) * rates.windows_s  # once per worker and context
         + settings.trials * rates.run_fixed_s
         + 2 * rung_runs * rates.fit_fixed_s,

@@ -9,8 +9,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from lvtrack.budget_db import default_storage
 from lvtrack.presets import get_preset
-from lvtrack.search import rung_flops
-from lvtrack.search_space import ALL_LINEAR, SearchSpaceError, parse_space
+from lvtrack.search_settings import ALL_LINEAR, SearchSpaceError, parse_space, rung_flops
 
 TINY = get_preset("tiny")
 

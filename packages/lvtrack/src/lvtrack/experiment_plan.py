@@ -3,7 +3,9 @@
 One plan per run, computed once: :func:`request_plan` (a training run: `lvmodel.plan_run` on the
 request's settings) and :func:`baseline_plan` (zero-shot evaluations). `train_run` reserves
 the first in the ledger, the `baseline` entry point the second, and :func:`experiment_plan` adds
-them up over the preset's phases for the `plan` entry point.
+them up over the preset's phases for the `plan` entry point. A run given a budget instead of a
+step count gets its steps here (:func:`steps_from_budget`), after the report's phase: what the
+report will need for the table cells no run has measured yet (:func:`report_reserve`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import click
+from mlflow.tracking import MlflowClient
+
 from lvflops import ModelShape
+from lvmodel.lora import LoraSettings
 from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, plan_run
+from lvtrack.ledger import open_ledger
 from lvtrack.presets import Preset
-from lvtrack.report import cell_samples
+from lvtrack.report import (
+    PENDING,
+    Source,
+    cell_samples,
+    fill_bound,
+    find_sources,
+    list_cells,
+    untrained_source,
+)
 from lvtrack.request import TrainRequest
-from lvtrack.search import SearchSettings, first_rung_flops
-from lvtrack.wallplan import StepWall, format_seconds
+from lvtrack.search_settings import SearchSettings, first_rung_flops
+from lvtrack.wall_plan import StepWall, format_seconds
 
 
 def request_plan(
@@ -48,14 +63,88 @@ def budget_steps(
     )
 
 
+def steps_from_budget(
+    req: TrainRequest,
+    shape: ModelShape,
+    decimals: int,
+    n_val: int,
+    n_test: int,
+    experiment_id: str,
+) -> TrainRequest:
+    """`req` with the most steps whose plan fits what the experiment's ledger has left.
+
+    Read in a transaction of its own: a run admitted meanwhile makes the reservation fail with
+    the ledger's refusal, which names what is left (run it again).
+    """
+    budget = int(req.preset.budget)
+    left = open_ledger(experiment_id, budget).read(experiment_id, budget).remaining
+    kept = 0
+    if req.phase == "final":  # leave what the report needs for the table's other cells
+        kept = report_reserve(
+            experiment_id,
+            req.preset,
+            shape,
+            decimals,
+            n_test,
+            req.lora(),
+            req.context_length,
+            req.base,
+        )
+        left -= kept
+    steps = budget_steps(req, shape, decimals, n_val, n_test, left)
+    if steps == 0:
+        one = request_plan(replace(req, steps=1), shape, decimals, n_val, n_test).total
+        raise click.ClickException(
+            f"the budget has {max(left, 0):.3e} FLOPs left of {req.preset.budget:.3e}: not enough "
+            f"for one training step and the run's evaluations ({one:.3e}). Raise the budget or "
+            "use another experiment (see `mlflow run . -e budget` for what was spent)."
+        )
+    click.echo(
+        f"{req.phase}: {steps} steps, what the {left:.3e} FLOPs left of the budget afford "
+        "(training, in-run and final evaluations)"
+        + (f"; {kept:.3e} kept for the report's other cells" if kept else ""),
+        err=True,
+    )
+    return replace(req, steps=steps)
+
+
+def report_reserve(
+    experiment_id: str,
+    preset: Preset,
+    shape: ModelShape,
+    decimals: int,
+    n_test: int,
+    final_lora: LoraSettings,
+    final_context: int,
+    base: str = "",
+) -> int:
+    """The FLOPs the report will need to fill the cells no run measured, assuming a final run
+    (LoRA `final_lora` on `base`, default the runs' base) is about to train and score the test
+    split at `final_context` itself: its other contexts, and the cells of the other columns no
+    run measured yet."""
+    client = MlflowClient()
+    sources = find_sources(client, experiment_id, preset)
+    untrained = sources["untrained"]
+    assert isinstance(untrained, Source)
+    base = base or untrained.base
+    sources["untrained"] = untrained_source(base)
+    sources["final"] = Source("final", PENDING, base, final_lora, final_context)
+    cells = list_cells(client, experiment_id, preset, sources)
+    return sum(
+        fill_bound(c, preset, shape, decimals, n_test)
+        for c in cells
+        if c.fillable and not (c.column == "final" and c.context == final_context)
+    )
+
+
 def report_plan(
     preset: Preset, shape: ModelShape, decimals: int, n_test: int, final_context: int
 ) -> int:
     """The most the `report` can spend filling the reference study's table when no run scored
     any of it on the test split but `final` (at `final_context`): the untrained base and the
     initial model at every context of the preset (greedy, as their own runs score), the final
-    model at the others (`eval_samples` samples, as `final` scores). `lvtrack.report.
-    report_reserve` is the same sum over the cells a given experiment has not measured yet."""
+    model at the others (`eval_samples` samples, as `final` scores). `report_reserve`
+    is the same sum over the cells a given experiment has not measured yet."""
     initial = TrainRequest.from_preset(preset, "initial", "initial", 1).lora()
     final = TrainRequest.from_preset(preset, "final", "final", 1).lora()
     columns = (("untrained", None), ("initial", initial))
@@ -79,7 +168,7 @@ def baseline_plan(
 @dataclass(frozen=True)
 class PhasePlan:
     """A phase's runs and planned FLOPs; `steps` the optimizer steps `final` is planned at;
-    with rates, the predicted wall `seconds` and what dominates them (`lvtrack.wallplan`)."""
+    with rates, the predicted wall `seconds` and what dominates them (`lvtrack.wall_plan`)."""
 
     phase: str
     runs: int
@@ -178,7 +267,7 @@ def with_walls(phases: list[PhasePlan], walls: Sequence[StepWall]) -> list[Phase
 def plan_table(phases: list[PhasePlan], budget: float, walls: Sequence[StepWall] = ()) -> str:
     """A markdown table: phase, runs, planned FLOPs, share of the budget; the total and what the
     plan leaves unspent. With `walls` (every pipeline step's predicted wall time, in its order:
-    `lvtrack.wallplan.pipeline_walls`), a predicted-wall column, the steps that are not budgeted
+    `lvtrack.wall_plan.pipeline_walls`), a predicted-wall column, the steps that are not budgeted
     phases in their place, and the total wall time."""
     if not walls:
         lines = [

@@ -1,5 +1,7 @@
-"""The search space of `search`: parsed from one parameter, checked before anything runs, and
-turned into Optuna distributions (the same ones on every worker of a study).
+"""How a search runs, before anything runs: its space, parsed from one parameter, checked and
+turned into Optuna distributions (the same ones on every worker of a study); its settings; and
+the FLOPs of its rungs from its share of the budget. The search itself is `lvtrack.search`; the
+plans (`lvtrack.experiment_plan`, `lvtrack.wall_plan`) need only this module.
 
 Syntax: `name=values` items separated by `;`:
 
@@ -14,9 +16,10 @@ Names left out take the preset's value (its lr, rank, context length and LoRA ta
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import click
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -24,6 +27,10 @@ from optuna.distributions import (
     FloatDistribution,
 )
 
+from lvflops import ModelShape
+from lvmodel.config import TrainConfig
+from lvmodel.lora import LoraSettings
+from lvmodel.plan import plan_run
 from lvtrack.options import MIN_CONTEXT_TOKENS
 from lvtrack.presets import Preset
 
@@ -182,3 +189,120 @@ def _targets(text: str) -> tuple[str, ...]:
             "or 'all'"
         )
     return modules
+
+
+class SearchError(click.ClickException):
+    """A search that cannot start (named input, what to do); raised before anything is charged."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How a search runs.
+
+    Attributes:
+        space: what it varies.
+        trials: trials of the study in all (over every worker).
+        rungs: rungs of successive halving (a trial that reaches the top one completes there).
+        eta: the reduction factor: a third of a rung's trials go on at 3.
+        share: the search's share of the experiment's budget (the rung size follows from it).
+        decay_fraction: each rung's decay branch, as a share of its stable steps.
+        sampler: "tpe" (Optuna's TPE) or "grid" (the coursework grid: the preset's sweep lrs).
+        study, storage: the Optuna study's name and RDB storage URL.
+        seed: the LoRA init and batch seed of every trial, and the sampler's.
+        heartbeat_s: seconds between a worker's heartbeats; a trial whose worker missed three
+            is failed and retried by another worker.
+    """
+
+    space: SearchSpace
+    trials: int
+    study: str = ""
+    storage: str = ""
+    rungs: int = 3
+    eta: int = 3
+    share: float = 0.25
+    decay_fraction: float = 0.2
+    sampler: str = "tpe"
+    seed: int = 0
+    heartbeat_s: int = 30
+
+
+def rung_flops(
+    search_flops: float, trials: int, rungs: int, eta: int, decay: float, evaluation: float = 0
+) -> int:
+    """The first rung's training FLOPs r0 so that successive halving spends about
+    `search_flops`; 0 when the evaluations alone would take it all.
+
+    Rung k trains to eta**k x r0 and holds about n / eta**k of the n trials, but at least one
+    (asynchronous halving promotes the first trials it sees): c_k = max(1, n / eta**k). The
+    stable phases cost r0 x sum c_k (eta**k - eta**(k-1)), the decay branches r0 x `decay` x
+    sum c_k eta**k, and each scored rung one `evaluation` (validation loss and forecasting
+    metric): sum c_k of them. The ledger and the search's share stop trials beyond it.
+    """
+    counts = [max(1.0, trials / eta**k) for k in range(rungs)]
+    stable = sum(c * (eta**k - (eta ** (k - 1) if k else 0)) for k, c in enumerate(counts))
+    branches = decay * sum(c * eta**k for k, c in enumerate(counts))
+    left = search_flops - evaluation * sum(counts)
+    return max(0, int(left / (stable + branches)))
+
+
+def evaluation_flops(shape: ModelShape, preset: Preset, space: SearchSpace, decimals: int) -> int:
+    """The most one rung's scoring can cost (validation loss, forecasting metric) at the
+    space's longest context and largest rank."""
+    lora = LoraSettings(rank=max(space.ranks), targets=max(space.targets, key=len))
+    config = TrainConfig(
+        steps=1,
+        context_length=max(space.contexts),
+        batch_size=preset.batch_size,
+        eval_every=0,
+        eval_windows=preset.eval_windows,
+        forecast_every=0,
+        forecast_series=preset.forecast_series,
+        forecast_history=preset.history_steps,
+        forecast_horizon=preset.horizon,
+    )
+    plan = plan_run(shape, config, lora, decimals, {}, preset.horizon)
+    return plan.val_loss + plan.val_forecast
+
+
+def first_rung_flops(
+    shape: ModelShape, preset: Preset, settings: SearchSettings, decimals: int
+) -> int:
+    """The first rung's training FLOPs for this search (:func:`rung_flops` on its share of the
+    preset's budget); a :class:`SearchError` when its evaluations alone would take it all."""
+    evaluation = evaluation_flops(shape, preset, settings.space, decimals)
+    r0 = rung_flops(
+        settings.share * preset.budget, settings.trials, settings.rungs, settings.eta,
+        settings.decay_fraction, evaluation,
+    )  # fmt: skip
+    if r0 == 0:
+        raise SearchError(
+            f"the search's share ({settings.share:g} of {preset.budget:.3e} FLOPs) does not "
+            f"cover the {settings.trials} trials' rung evaluations ({evaluation:.3e} each): "
+            "raise --share or --budget, or lower --trials or --rungs"
+        )
+    return r0
+
+
+def search_settings(
+    preset: Preset, space: str, trials: int, share: float, **given: Any
+) -> tuple[Preset, SearchSettings]:
+    """The preset (with the search's share) and the settings from the search options (see
+    `lvtrack.options.search_options`); bad values are `click.BadParameter`s naming the option.
+    `given` holds the rest of SearchSettings' fields (rungs, eta, sampler, study, storage...)."""
+    if trials != -1 and trials < 1:
+        raise click.BadParameter(f"must be at least 1, got {trials}", param_hint="--trials")
+    if share != -1 and not 0 < share <= 1:
+        raise click.BadParameter(f"must be in (0, 1], got {share:g}", param_hint="--share")
+    if share != -1:
+        preset = replace(preset, search_share=share)
+    try:
+        parsed = parse_space(space or preset.search_space, preset)
+    except SearchSpaceError as err:
+        raise click.BadParameter(str(err), param_hint="--space") from None
+    settings = SearchSettings(
+        space=parsed,
+        trials=preset.search_trials if trials == -1 else trials,
+        share=preset.search_share,
+        **given,
+    )
+    return preset, settings
