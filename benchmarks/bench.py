@@ -39,7 +39,7 @@ from lvflops import QWEN2_5_0_5B, executed_train_step_flops
 from lvmodel.base import load_base
 from lvmodel.forecast import forecast, naive_generate_forecast
 from lvmodel.lora import LoraSettings, apply_lora
-from lvmodel.plan import model_shape
+from lvmodel.run_plan import model_shape
 from lvmodel.train import autocast_for
 
 LORA = LoraSettings(rank=4, lm_head_bias=True)

@@ -603,7 +603,7 @@ def train_part(args, model, tok, codec, train, val, peaks, device) -> tuple[Any,
     import lvdata
     from lvflops import executed_train_step_flops, train_step_flops
     from lvmodel.lora import LoraSettings, apply_lora, parameter_counts
-    from lvmodel.plan import model_shape
+    from lvmodel.run_plan import model_shape
     from lvmodel.train import Batches
 
     measured, spec = peaks
@@ -998,7 +998,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t = time.perf_counter()
     model, tok, weights, tok_source = build_model(args, device, dtype)
-    from lvmodel.plan import model_shape
+    from lvmodel.run_plan import model_shape
 
     shape = model_shape(model)
     summary.update(

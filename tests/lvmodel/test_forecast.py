@@ -21,7 +21,7 @@ from lvmodel.grammar import (
     min_new_tokens_for,
 )
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import model_shape
+from lvmodel.run_plan import model_shape
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from tests.lvmodel._toy import small_qwen2
 

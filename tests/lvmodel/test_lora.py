@@ -128,7 +128,7 @@ def test_the_bias_is_added_once_however_often_it_is_asked_for():
 
 
 def test_flops_kwargs_describe_the_wrap_that_apply_lora_makes():
-    from lvmodel.plan import lora_flops_kwargs
+    from lvmodel.run_plan import lora_flops_kwargs
 
     settings = LoraSettings(rank=3, lm_head_bias=False)
     assert settings.flops_kwargs() == {

@@ -13,7 +13,7 @@ from transformers import Qwen2ForCausalLM
 from lvdata import LLMTimeCodec
 from lvflops import forward_flops
 from lvmodel.nll import nll_per_dim
-from lvmodel.plan import model_shape
+from lvmodel.run_plan import model_shape
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from tests.lvmodel._toy import small_qwen2
 

@@ -11,7 +11,7 @@ import torch
 from lvflops import eval_flops, train_step_flops
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings, trainable_state
-from lvmodel.plan import forecast_bound
+from lvmodel.run_plan import forecast_bound
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from lvmodel.train import fit

@@ -10,7 +10,7 @@ from lvflops import ModelShape, forward_flops, train_step_flops
 from lvmodel.checkpoint import latest_checkpoint, list_checkpoints
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import plan_run
+from lvmodel.run_plan import plan_run
 from lvmodel.tiny_tokenizer import build_tiny_tokenizer
 from lvmodel.train import fit, make_scheduler
 from tests.lvmodel._toy import toy_model

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from lvmodel.base import base_shape
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import forecast_bound
+from lvmodel.run_plan import forecast_bound
 from lvtrack.budget_table import budget_table
 from lvtrack.datafile import prepare_data
 from lvtrack.experiment_plan import report_reserve

@@ -60,11 +60,11 @@ _API = {
     "make_reference": "lvmodel.reference",
     "select_on_validation": "lvmodel.reference",
     # FLOPs plans
-    "RunPlan": "lvmodel.plan",
-    "plan_run": "lvmodel.plan",
-    "affordable_steps": "lvmodel.plan",
-    "forecast_bound": "lvmodel.plan",
-    "model_shape": "lvmodel.plan",
+    "RunPlan": "lvmodel.run_plan",
+    "plan_run": "lvmodel.run_plan",
+    "affordable_steps": "lvmodel.run_plan",
+    "forecast_bound": "lvmodel.run_plan",
+    "model_shape": "lvmodel.run_plan",
 }
 
 __all__ = [
@@ -114,9 +114,9 @@ if TYPE_CHECKING:
         protocol_split,
         score,
     )
-    from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, model_shape, plan_run
     from lvmodel.probabilistic import QUANTILES, crps, interval_coverage
     from lvmodel.reference import REFERENCE_FORECASTERS, make_reference, select_on_validation
+    from lvmodel.run_plan import RunPlan, affordable_steps, forecast_bound, model_shape, plan_run
     from lvmodel.train import FitResult, fit
 
 

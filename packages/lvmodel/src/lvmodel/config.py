@@ -1,6 +1,6 @@
 """`TrainConfig`: the settings of one LoRA training run, what `lvmodel.train.fit` takes.
 
-A module of its own so that planning (`lvmodel.plan`), forecasting and the MLflow layer can name the
+A module of its own so that planning (`lvmodel.run_plan`), forecasting and the MLflow layer can name the
 settings without importing the training loop.
 """
 

@@ -55,7 +55,7 @@ def evaluate_llm(
     seed: int = 0,
 ) -> Evaluation:
     """Forecast every series with the LLM and score it (FLOPs from the KV-cache count, every
-    sample's generation included; the most it can spend is :func:`lvmodel.plan.forecast_bound`).
+    sample's generation included; the most it can spend is :func:`lvmodel.run_plan.forecast_bound`).
 
     `num_samples > 1` samples at `temperature`/`top_p`: the point forecast is the median, and the
     metrics add CRPS and the 80% interval's coverage (:mod:`lvmodel.probabilistic`).

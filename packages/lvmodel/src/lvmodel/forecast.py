@@ -21,7 +21,7 @@ position's logits (``logits_len=1``), every pass attending over all slots of the
 cache (``cache_len = padded prompt + max_new - 1``). LoRA adapters and an LM-head bias cost FLOPs
 too, but the model is not inspected for them: pass ``lora`` (the
 :class:`~lvmodel.lora.LoraSettings`) to count them. The most a forecast can spend, before it
-runs, is :func:`lvmodel.plan.forecast_bound`.
+runs, is :func:`lvmodel.run_plan.forecast_bound`.
 
 Prompts are tokenized like the training windows (:func:`lvdata.tokenize_steps`: one chunk per time
 step, concatenated), without special tokens.
@@ -53,8 +53,8 @@ from lvmodel.grammar import (
     pad_id as tokenizer_pad_id,
 )
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import lora_flops_kwargs, model_shape
 from lvmodel.probabilistic import QUANTILES, filled_samples, sample_quantiles
+from lvmodel.run_plan import lora_flops_kwargs, model_shape
 
 __all__ = [
     "Forecast",

@@ -32,7 +32,7 @@ from lvmodel.device import model_device
 from lvmodel.forecast import build_prompts, left_pad
 from lvmodel.grammar import pad_id as tokenizer_pad_id
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import lora_flops_kwargs, model_shape
+from lvmodel.run_plan import lora_flops_kwargs, model_shape
 
 __all__ = ["NLL", "nll_per_dim"]
 

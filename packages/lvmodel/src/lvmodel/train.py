@@ -19,8 +19,8 @@ unpadded window, and the remaining padding is counted (it is computed). Training
 3 x (forward + cross-entropy loss) (coursework rule, `train_step_flops`), a validation-loss pass
 1 x (forward + loss) (`eval_flops`), forecasts their generation cost with the KV cache. Training
 stops *before* a step or an evaluation would cross `flops_cap` (an in-run forecast is checked
-against its bound, `lvmodel.plan.forecast_bound`). What a whole run can spend, before it starts,
-is `lvmodel.plan.plan_run`.
+against its bound, `lvmodel.run_plan.forecast_bound`). What a whole run can spend, before it starts,
+is `lvmodel.run_plan.plan_run`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from lvmodel.config import TrainConfig
 from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings
 from lvmodel.loss import IGNORE_INDEX, causal_lm_loss, decoder_of
-from lvmodel.plan import forecast_bound, model_shape
+from lvmodel.run_plan import forecast_bound, model_shape
 
 Row = tuple[int, dict[str, float]]  # (step, that step's metrics)
 MetricsCallback = Callable[[list[Row]], None]

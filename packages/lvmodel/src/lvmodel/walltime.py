@@ -1,6 +1,6 @@
 """Wall-time plans: how long a run takes on a given machine, from rates measured on it.
 
-The FLOPs plan (:mod:`lvmodel.plan`) says what a run may spend; this module says how long it will
+The FLOPs plan (:mod:`lvmodel.run_plan`) says what a run may spend; this module says how long it will
 take. :class:`Rates` holds what was measured on one machine for one base model and batch size:
 
 - training: positions per second of optimizer steps at each context (batch x context positions a
@@ -18,7 +18,7 @@ take. :class:`Rates` holds what was measured on one machine for one base model a
 Contexts and sample counts that were not measured are interpolated linearly (seconds per position
 in the context, seconds per series in the context and the sample count); beyond the measured
 ones, the nearest segment's line where it grows, else the nearest value. :func:`run_seconds`
-mirrors :func:`lvmodel.plan.plan_run` part by part; :func:`measure_rates` times `fit`,
+mirrors :func:`lvmodel.run_plan.plan_run` part by part; :func:`measure_rates` times `fit`,
 `validation_loss` and `evaluate_llm` themselves (no MLflow). Rates round-trip through JSON
 (:meth:`Rates.to_json`, :meth:`Rates.from_json`, also read from a `gpu_check` summary's `rates`).
 """
@@ -213,7 +213,7 @@ def val_loss_seconds(rates: Rates, context: int, windows: int, passes: int = 1) 
 @dataclass(frozen=True)
 class RunSeconds:
     """A training run's predicted wall time by part (seconds), the parts of its
-    :class:`lvmodel.plan.RunPlan` plus its fixed costs."""
+    :class:`lvmodel.run_plan.RunPlan` plus its fixed costs."""
 
     train: float
     val_loss: float
@@ -254,10 +254,10 @@ def run_seconds(
 ) -> RunSeconds:
     """The wall time of a training run `fit` with `config` (a :class:`lvmodel.config.TrainConfig`)
     then forecasts of `final_series[split]` series at its context (`final_samples` each): the same
-    parts and evaluation counts as :func:`lvmodel.plan.plan_run`, in seconds. Fixed: loading the
+    parts and evaluation counts as :func:`lvmodel.run_plan.plan_run`, in seconds. Fixed: loading the
     base, the `fit` call's set-up, the run's open and close, one logged evaluation per split,
     and registering (with `register`). The process start is the entry point's, not the run's."""
-    from lvmodel.plan import evaluation_count
+    from lvmodel.run_plan import evaluation_count
 
     ctx = config.context_length
     batch = config.batch_size * config.grad_accum

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from lvflops import ModelShape
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import RunPlan, affordable_steps, forecast_bound, plan_run
+from lvmodel.run_plan import RunPlan, affordable_steps, forecast_bound, plan_run
 from lvtrack.ledger import open_ledger
 from lvtrack.presets import Preset
 from lvtrack.report import (

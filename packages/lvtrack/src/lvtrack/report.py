@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from lvflops import ModelShape
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import forecast_bound
+from lvmodel.run_plan import forecast_bound
 from lvtrack.presets import Preset
 from lvtrack.registry import REGISTERED_MODEL
 from lvtrack.selection import finished_runs

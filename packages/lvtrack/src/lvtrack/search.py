@@ -43,7 +43,7 @@ from lvflops import ModelShape, train_step_flops
 from lvmodel.base import BaseModelError, base_shape
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import plan_run
+from lvmodel.run_plan import plan_run
 from lvmodel.rungs import WsdRungs, decay_steps_for
 from lvmodel.train import FitData, fit_data
 from lvtrack.budget_db import driver_url, ensure_postgres_database

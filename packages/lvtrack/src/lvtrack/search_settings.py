@@ -30,7 +30,7 @@ from optuna.distributions import (
 from lvflops import ModelShape
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import plan_run
+from lvmodel.run_plan import plan_run
 from lvtrack.options import MIN_CONTEXT_TOKENS
 from lvtrack.presets import Preset
 

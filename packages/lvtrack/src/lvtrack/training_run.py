@@ -28,7 +28,7 @@ from lvflops import ModelShape
 from lvmodel.base import BaseModelError, base_shape, describe_base, load_base
 from lvmodel.evaluate import evaluate_llm
 from lvmodel.lora import LoraSettings, apply_lora, parameter_counts, save_adapter
-from lvmodel.plan import RunPlan
+from lvmodel.run_plan import RunPlan
 from lvmodel.train import FitResult, fit
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
@@ -69,7 +69,7 @@ def train_run(
     """
     experiment_id = setup_tracking()
     prep = prepare(req, resume)
-    req, plan, by_budget = plan_run(req, prep, experiment_id, resume)
+    req, plan, by_budget = planned(req, prep, experiment_id, resume)
     with admitted(req, prep, plan, by_budget, settings_source, nested, resume) as (meter, ckpt):
         model, tok = lora_model(req.base, req.lora(), req.seed)
         if resume is None:
@@ -103,7 +103,7 @@ def prepare(req: TrainRequest, resume: Resume | None) -> Prepared:
     return prep
 
 
-def plan_run(
+def planned(
     req: TrainRequest, prep: Prepared, experiment_id: str, resume: Resume | None
 ) -> tuple[TrainRequest, RunPlan, bool]:
     """The request with its steps (what the budget has left when it gives none), its FLOPs

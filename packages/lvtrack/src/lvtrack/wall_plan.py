@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from lvflops import ModelShape, train_step_flops
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import plan_run
+from lvmodel.run_plan import plan_run
 from lvmodel.walltime import Rates, dominant, forecast_seconds, run_seconds, val_loss_seconds
 from lvtrack.pipeline_steps import STEPS
 from lvtrack.presets import Preset

@@ -5,7 +5,7 @@ from __future__ import annotations
 from lvflops import eval_flops, forward_flops, generate_flops, train_step_flops
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.plan import RunPlan, forecast_bound, plan_run
+from lvmodel.run_plan import RunPlan, forecast_bound, plan_run
 from tests.lvmodel._toy import TOY_SHAPE
 
 SHAPE = TOY_SHAPE
@@ -77,7 +77,7 @@ def _linear_plan(steps: int) -> RunPlan:
 
 
 def test_affordable_steps_is_the_largest_that_fits():
-    from lvmodel.plan import affordable_steps
+    from lvmodel.run_plan import affordable_steps
 
     # 100 steps: 700 + 125 + 30 = 855; 101 steps: 707 + 125 + 30 = 862; 102: 714+125+30 = 869
     assert affordable_steps(861, _linear_plan) == 100
