@@ -1,8 +1,10 @@
 """The layout the README promises: `projects/` holds one small module per MLproject entry point
-and nothing else; figures leave no global state behind."""
+and nothing else; no function in the packages or the entry points is long; figures leave no
+global state behind."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,6 +26,36 @@ def test_projects_holds_the_entry_points_only():
         if (n := len((REPO / "projects" / f"{m}.py").read_text().splitlines())) > 110
     }
     assert not long, f"entry points should stay thin (about 100 lines): {long}"
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from `def` to the function's last line, less its docstring."""
+    lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+    first = node.body[0]
+    value = first.value if isinstance(first, ast.Expr) else None
+    if isinstance(value, ast.Constant) and isinstance(value.value, str):
+        lines -= first.end_lineno - first.lineno + 1  # type: ignore[operator]
+    return lines
+
+
+def test_code_lines_counts_a_function_without_its_docstring():
+    tree = ast.parse('def f(x):\n    """Two\n    lines."""\n    y = x\n\n    return y\n')
+    assert code_lines(tree.body[0]) == 4  # type: ignore[arg-type]
+
+
+def test_no_function_is_long():
+    sources = [*REPO.glob("packages/*/src/**/*.py"), *REPO.glob("projects/*.py")]
+    long = {}
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and (n := code_lines(node)) > MAX_FUNCTION_LINES:  # type: ignore[arg-type]
+                long[f"{path.relative_to(REPO)}:{node.name}"] = n
+    assert len(sources) > 80  # the glob found the tree
+    assert not long, f"split these into named steps (at most {MAX_FUNCTION_LINES} lines): {long}"
 
 
 def test_figures_are_not_kept_by_pyplot():

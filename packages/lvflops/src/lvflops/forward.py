@@ -49,6 +49,32 @@ def _check_positive(**values: int | None) -> None:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+# The matrix products among a layer's components (the rest are elementwise or reductions).
+_MATMULS = (
+    "q_proj", "k_proj", "v_proj", "attn_scores", "attn_values", "o_proj", "mlp_gate", "mlp_up",
+    "mlp_down",
+)  # fmt: skip
+
+
+def _lora_layer(
+    shape: ModelShape,
+    seq_len: int,
+    rank: int | None,
+    targets: Sequence[str],
+    gqa_as_mha: bool,
+) -> tuple[int, int]:
+    """(all FLOPs, matrix-product FLOPs) of the LoRA paths of one layer over `seq_len`
+    positions; (0, 0) without LoRA."""
+    if rank is None:
+        return 0, 0
+    total = mm = 0
+    for module in dict.fromkeys(targets):
+        d_in, d_out = shape.linear_dims(module, gqa_as_mha)
+        t, m = lora_token(d_in, d_out, rank)
+        total, mm = total + seq_len * t, mm + seq_len * m
+    return total, mm
+
+
 def forward_flops(
     shape: ModelShape,
     seq_len: int,
@@ -117,29 +143,9 @@ def forward_flops(
         "swiglu": s * inter * swiglu_element(),
         "mlp_down": matmul(s, inter, d),
     }
-    layer_mm = sum(
-        layer[c]
-        for c in (
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "attn_scores",
-            "attn_values",
-            "o_proj",
-            "mlp_gate",
-            "mlp_up",
-            "mlp_down",
-        )
-    )
-    lora_total = lora_mm = 0
-    if lora_rank is not None:
-        for module in dict.fromkeys(lora_targets):
-            d_in, d_out = shape.linear_dims(module, gqa_as_mha)
-            total, mm = lora_token(d_in, d_out, lora_rank)
-            lora_total += s * total
-            lora_mm += s * mm
+    lora_total, lora_mm = _lora_layer(shape, s, lora_rank, lora_targets, gqa_as_mha)
     layer["lora"] = lora_total
-    layer_mm += lora_mm
+    layer_mm = sum(layer[c] for c in _MATMULS) + lora_mm
 
     comps = dict.fromkeys(COMPONENTS, 0)
     for name, value in layer.items():

@@ -296,16 +296,11 @@ def forecast(
     grammar = LLMTimeGrammar(
         tokenizer, codec.decimals, n_vars, max_int_digits, codec.var_sep, codec.time_sep
     )
-    decoder = Decoder(
-        model,
-        grammar,
-        horizon,
+    most, least = (
         max_new_tokens_for(horizon, codec.decimals, max_int_digits, n_vars),
         min_new_tokens_for(horizon, codec.decimals, n_vars),
-        num_samples,
-        temperature,
-        top_p,
     )
+    decoder = Decoder(model, grammar, horizon, most, least, num_samples, temperature, top_p)
     shape = model_shape(model)
     if batch_size is None:
         batch_size = _memory_batch_size(model, shape, prompts, decoder.max_new, num_samples)
@@ -327,16 +322,11 @@ def forecast(
                 torch.manual_seed(seed + i)
                 out = decoder(ids, mask)
             lengths = _row_lengths(out, grammar.time_sep_id, horizon, grammar.pad_token_id)
+            prompt_len, cache_len = ids.shape[1], decoder.cache_len(ids.shape[1])
             flops = generate_flops(
-                shape,
-                ids.shape[1],
-                out.shape[1],
-                batch=ids.shape[0],
-                num_samples=num_samples,
-                kv_cache=True,
-                cache_len=decoder.cache_len(ids.shape[1]),
-                **fkw,
-            ).total
+                shape, prompt_len, out.shape[1], batch=ids.shape[0], num_samples=num_samples,
+                kv_cache=True, cache_len=cache_len, **fkw,
+            ).total  # fmt: skip
             rows = [out[r, : int(lengths[r])].tolist() for r in range(out.shape[0])]
             tally.add(members, rows, tokenizer, codec, flops, int(mask.sum()) * num_samples)
     return tally.result(kept, time.perf_counter() - start)

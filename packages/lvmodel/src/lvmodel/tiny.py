@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,16 +170,7 @@ def build_tiny_base(
         config = tiny_config()
         model = Qwen2ForCausalLM(config)
         model.train()
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": s.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=s.lr,
-            betas=s.betas,
-        )
+        opt = _optimizer(model, s)
         t0, c0 = time.perf_counter(), time.process_time()
         tokens_seen, losses, history, stopped_early = 0, [], [], False
         batches = _batches(s, seed)
@@ -225,6 +217,28 @@ def build_tiny_base(
         "loss_history": history,
         "torch": torch.__version__,
     }
+    _save_atomically(model, tok, info, out)
+    return out
+
+
+def _optimizer(model: Qwen2ForCausalLM, s: TinyPretrainSettings) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (not on norms and biases)."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": s.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=s.lr,
+        betas=s.betas,
+    )
+
+
+def _save_atomically(
+    model: Qwen2ForCausalLM, tok: PreTrainedTokenizerFast, info: dict[str, Any], out: Path
+) -> None:
+    """Model, tokenizer and `pretrain.json`, written beside `out` and renamed into place."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -235,7 +249,6 @@ def build_tiny_base(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -25,6 +25,7 @@ mirrors :func:`lvmodel.run_plan.plan_run` part by part; :func:`measure_rates` ti
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -305,6 +306,53 @@ def measure_process_start(
     return best
 
 
+def _training_rates(
+    model: Any,
+    tok: Any,
+    codec: Any,
+    train_series: Any,
+    val_series: Any,
+    lora: Any,
+    ctx: int,
+    batch_size: int,
+    eval_windows: int,
+    train_steps: int,
+    warmup_steps: int,
+    tmp: Path,
+    say: Callable[[str], None],
+) -> dict[str, float]:
+    """At context `ctx`: building the windows (`windows_s`), a training step (`step_s`,
+    `train_pos` positions/s) and the rest of a `fit` call (`fit_fixed_s`), a validation-loss
+    pass (`val_pos` positions/s)."""
+    from lvmodel.config import TrainConfig
+    from lvmodel.train import fit_data, validation_loss
+
+    t0 = time.perf_counter()
+    config = TrainConfig(context_length=ctx, eval_windows=eval_windows)
+    data = fit_data(tok, codec, train_series, val_series, config)
+    windows_s = time.perf_counter() - t0
+    per_step, fit_fixed = _timed_fit(
+        model, tok, codec, train_series, val_series, lora, data, batch_size, train_steps,
+        warmup_steps, tmp,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    validation_loss(model, data.val, batch_size, next(model.parameters()).device)
+    val_s = time.perf_counter() - t0
+    out = {
+        "windows_s": windows_s,
+        "step_s": per_step,
+        "train_pos": batch_size * ctx / per_step,
+        "fit_fixed_s": fit_fixed,
+        "val_pos": len(data.val.input_ids) * ctx / val_s,
+    }
+    say(
+        f"context {ctx}: {per_step * 1e3:.1f} ms a training step of {batch_size} x {ctx} "
+        f"({out['train_pos']:.0f} positions/s), windows {windows_s:.2f} s, fit's fixed "
+        f"{fit_fixed:.2f} s, validation loss {out['val_pos']:.0f} positions/s"
+    )
+    return out
+
+
 def _timed_fit(
     model: Any,
     tok: Any,
@@ -431,9 +479,7 @@ def measure_rates(
     beforehand (timed: `windows_s`, over all of `train_series`), a validation-loss
     pass over `eval_windows` windows, and `evaluate_llm` of `forecast_sizes` validation series
     at each sample count. The fields the MLflow layer measures stay 0."""
-    from lvmodel.config import TrainConfig
     from lvmodel.lora import LoraSettings, apply_lora
-    from lvmodel.train import fit_data, validation_loss
 
     t0 = time.perf_counter()
     base_model, tok = load()
@@ -441,54 +487,35 @@ def measure_rates(
     say(f"base loaded in {load_s:.1f} s")
     lora = lora or LoraSettings()
     model = apply_lora(base_model, lora)
-    dev = next(model.parameters()).device
-    train_pos, val_pos, fixed, windows_s = {}, {}, [], []
+    trained: dict[int, dict[str, float]] = {}
     series_per_s, call_s, raw = {}, {}, {}
     sizes = (min(forecast_sizes[0], len(val_series) - 1), min(forecast_sizes[1], len(val_series)))
+    forecast_at = functools.partial(
+        measure_forecast, model, tok, codec, val_series, history_steps=history_steps,
+        horizon=horizon, lora=lora,
+    )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="lv-rates-") as tmp:
-        evaluate_warm = False
-        for ctx in contexts:
-            t1 = time.perf_counter()
-            config = TrainConfig(context_length=ctx, eval_windows=eval_windows)
-            data = fit_data(tok, codec, train_series, val_series, config)
-            windows_s.append(time.perf_counter() - t1)
-            per_step, fit_fixed = _timed_fit(
-                model, tok, codec, train_series, val_series, lora, data, batch_size,
-                train_steps, warmup_steps, Path(tmp),
+        for i, ctx in enumerate(contexts):
+            trained[ctx] = _training_rates(
+                model, tok, codec, train_series, val_series, lora, ctx, batch_size,
+                eval_windows, train_steps, warmup_steps, Path(tmp), say,
             )  # fmt: skip
-            train_pos[ctx] = batch_size * ctx / per_step
-            fixed.append(fit_fixed)
-            n_windows = len(data.val.input_ids)
-            t1 = time.perf_counter()
-            validation_loss(model, data.val, batch_size, dev)
-            val_pos[ctx] = n_windows * ctx / (time.perf_counter() - t1)
-            say(
-                f"context {ctx}: {per_step * 1e3:.1f} ms a training step of {batch_size} x "
-                f"{ctx} ({train_pos[ctx]:.0f} positions/s), windows {windows_s[-1]:.2f} s, "
-                f"fit's fixed {fit_fixed:.2f} s, "
-                f"validation loss {val_pos[ctx]:.0f} positions/s"
-            )
-            if not evaluate_warm:  # the first forecast call's one-time costs
-                measure_forecast(model, tok, codec, val_series, ctx, 1, (1, 2), history_steps,
-                                 horizon, lora)  # fmt: skip
-                evaluate_warm = True
+            if i == 0:  # the first forecast call's one-time costs
+                forecast_at(ctx, 1, (1, 2))
             for s in samples:
-                call, per, timed = measure_forecast(
-                    model, tok, codec, val_series, ctx, s, sizes, history_steps, horizon, lora
-                )
-                series_per_s[_key(ctx, s)] = 1 / per
-                call_s[_key(ctx, s)] = call
-                raw[f"forecast_{_key(ctx, s)}_s"] = timed
-                say(
-                    f"context {ctx}, {s} sample(s): {1 / per:.1f} series/s beyond {call:.2f} s "
-                    f"a call ({timed})"
-                )
+                call, per, timed = forecast_at(ctx, s, sizes)
+                key = _key(ctx, s)
+                series_per_s[key], call_s[key], raw[f"forecast_{key}_s"] = 1 / per, call, timed
+                say(f"context {ctx}, {s} sample(s): {1 / per:.1f} series/s beyond {call:.2f} s "
+                    f"a call ({timed})")  # fmt: skip
+    windows_s = [t["windows_s"] for t in trained.values()]
+    fixed = [t["fit_fixed_s"] for t in trained.values()]
     return Rates(
-        device=device or str(dev),
+        device=device or str(next(model.parameters()).device),
         base=base,
         batch_size=batch_size,
-        train_positions_per_s=train_pos,
-        val_positions_per_s=val_pos,
+        train_positions_per_s={c: t["train_pos"] for c, t in trained.items()},
+        val_positions_per_s={c: t["val_pos"] for c, t in trained.items()},
         forecast_series_per_s=series_per_s,
         forecast_call_s=call_s,
         load_base_s=load_s,

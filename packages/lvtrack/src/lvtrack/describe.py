@@ -348,7 +348,7 @@ def model_card(
     """
     params, metrics, tags, data = params or {}, metrics or {}, tags or {}, data or {}
     horizon = int(settings.get("horizon") or 5)
-    spec, kind = settings.get("base_spec", "unknown"), settings.get("base_kind", "unknown")
+    spec = settings.get("base_spec", "unknown")
     rank = settings.get("lora_rank", params.get("rank", "?"))
     source = f"Trained in run {_code(run_id)}" if run_id else "No source run recorded"
     context = [f"{k} {tags[k]}" for k in ("phase", "preset") if tags.get(k)]
@@ -356,6 +356,28 @@ def model_card(
         f"**{name} version {version}**: {_code(spec)} with a LoRA adapter of rank {rank}, "
         "forecasting Lotka-Volterra predator-prey series written as LLMTime text. "
         f"{source}" + (f" ({', '.join(context)})" if context else "") + ".",
+        *_base_lines(settings),
+        *_lora_lines(settings, params, rank),
+        *_data_lines(data, codec),
+        "",
+        f"### Metrics (horizon {horizon}, original units)",
+        *_metrics_table(metrics, horizon),
+        *_compute_lines(metrics, params),
+        "",
+        "### Provenance",
+        f"- source run: {_code(run_id) if run_id else 'none'}",
+        f"- git commit: {_code(git_commit)}",
+        *_use_lines(name, version, {"horizon": horizon, **(predict_params or {})}),
+    ]
+    card = "\n".join(lines) + "\n"
+    if len(card) > MAX_CARD_CHARS:  # a very long path; keep the registry's limit
+        card = card[: MAX_CARD_CHARS - 20] + "\n... (truncated)\n"
+    return card
+
+
+def _base_lines(settings: Mapping[str, Any]) -> list[str]:
+    spec, kind = settings.get("base_spec", "unknown"), settings.get("base_kind", "unknown")
+    lines = [
         "",
         "### Base model",
         f"- spec: {_code(spec)}",
@@ -365,6 +387,10 @@ def model_card(
         lines.append(f"- revision: {_code(settings['base_revision'])}")
     if settings.get("base_digest"):
         lines.append(f"- digest: {_code(settings['base_digest'])}")
+    return lines
+
+
+def _lora_lines(settings: Mapping[str, Any], params: Mapping[str, Any], rank: Any) -> list[str]:
     alpha = settings.get("lora_alpha", params.get("lora_alpha"))
     targets = settings.get("lora_targets", params.get("lora_targets", ()))
     if isinstance(targets, str):
@@ -373,7 +399,7 @@ def model_card(
     lora = f"- rank {rank}, alpha {alpha if alpha is not None else rank}"
     if finite(alpha) and finite(rank):
         lora += f" (scaling {number(float(alpha) / float(rank))})"
-    lines += ["", "### LoRA", lora, f"- targets: {', '.join(map(str, targets)) or 'unknown'}"]
+    lines = ["", "### LoRA", lora, f"- targets: {', '.join(map(str, targets)) or 'unknown'}"]
     if bias is not None:
         trained = str(bias).lower() in ("true", "1")
         lines.append(f"- lm_head bias: {'trained' if trained else 'not trained'}")
@@ -381,7 +407,11 @@ def model_card(
         lines.append(f"- context: {settings['context_length']} tokens")
     if training := _training_line(params):
         lines.append(f"- training: {training}")
-    lines += ["", "### Data"]
+    return lines
+
+
+def _data_lines(data: Mapping[str, Any], codec: Mapping[str, Any]) -> list[str]:
+    lines = ["", "### Data"]
     if data.get("digest"):
         lines.append(
             f"- data set {_code(data.get('name', '?'))}, digest {_code(data['digest'])}"
@@ -389,42 +419,38 @@ def model_card(
         )
     else:
         lines.append("- data set: not recorded by the source run")
-    lines += [
+    return [
+        *lines,
         "",
         "### Codec (LLMTime)",
         f"- alpha {number(codec.get('alpha'), 6)}: values are divided by it before encoding",
         f"- {codec.get('decimals', '?')} decimals; {_sep_text(codec.get('var_sep'))} between "
         f"prey and predator, {_sep_text(codec.get('time_sep'))} between time steps",
-        "",
-        f"### Metrics (horizon {horizon}, original units)",
-        *_metrics_table(metrics, horizon),
-        "",
-        "### Compute",
     ]
+
+
+def _compute_lines(metrics: Mapping[str, Any], params: Mapping[str, Any]) -> list[str]:
     flops = finite(metrics.get("flops_total"))
+    if flops is None:
+        return ["", "### Compute", "- FLOPs spent: not recorded by the source run"]
     share = finite(metrics.get("budget_share"))
     budget = finite(params.get("budget"))
-    if flops is not None:
-        spent = f"- FLOPs spent: {sci(flops)}"
-        if share is not None:
-            spent += f" ({percent(share)} of the " + (
-                f"{sci(budget)} FLOPs budget)" if budget else "budget)"
-            )
-        lines.append(spent)
-        parts = [(k, finite(metrics.get(f"flops_{k}"))) for k in ("train", "eval")]
-        if any(v is not None for _, v in parts):
-            lines.append(
-                "- of which " + ", ".join(f"{k} {sci(v)}" for k, v in parts if v is not None)
-            )
-    else:
-        lines.append("- FLOPs spent: not recorded by the source run")
-    example = {"horizon": horizon, **(predict_params or {})}
+    spent = f"- FLOPs spent: {sci(flops)}"
+    if share is not None:
+        spent += f" ({percent(share)} of the " + (
+            f"{sci(budget)} FLOPs budget)" if budget else "budget)"
+        )
+    lines = ["", "### Compute", spent]
+    parts = [(k, finite(metrics.get(f"flops_{k}"))) for k in ("train", "eval")]
+    if any(v is not None for _, v in parts):
+        lines.append("- of which " + ", ".join(f"{k} {sci(v)}" for k, v in parts if v is not None))
+    return lines
+
+
+def _use_lines(name: str, version: str | int, example: Mapping[str, Any]) -> list[str]:
+    """How to load this version and forecast with it, in Python and over REST."""
     call = ", ".join(f'"{k}": {_python_value(v)}' for k, v in example.items())
-    lines += [
-        "",
-        "### Provenance",
-        f"- source run: {_code(run_id) if run_id else 'none'}",
-        f"- git commit: {_code(git_commit)}",
+    return [
         "",
         "### Use it",
         "```python",
@@ -452,7 +478,3 @@ def model_card(
         f"'{json.dumps(_rest_body(example))}'",
         "```",
     ]
-    card = "\n".join(lines) + "\n"
-    if len(card) > MAX_CARD_CHARS:  # a very long path; keep the registry's limit
-        card = card[: MAX_CARD_CHARS - 20] + "\n... (truncated)\n"
-    return card

@@ -128,58 +128,17 @@ def measure_tracking(
     `base_spec` is what the registered model refers to (it is loaded again by the check).
     """
     val, test = prep.scored("val", preset), prep.scored("test", preset)
-    model = apply_lora(base, lora)
-    history = [{"step": i, "train_loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(1, 300)]
     params = {"preset": preset.name, "probe": "rates"}
-    out: dict[str, Any] = {"steps_s": {}}
+    out: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="lv-rates-probe-") as tmp,
         throwaway_store(Path(tmp)) as exp_id,
     ):
-        adapter = save_adapter(model, Path(tmp) / "adapter", lora)
-        ev = _evaluation(val, prep.series("train"), preset)
-
-        def training_run() -> None:
-            with budgeted_run("probe", "probe", preset, 1, lambda: log_common(prep, params)) as (
-                _,
-                meter,
-            ):
-                meter.log(1.0, 1)
-                mlflow.log_figure(plot_curves(history), "plots/curves.png")
-                mlflow.log_dict({"total": 1}, "flops.json")
-                mlflow.log_artifacts(str(adapter), "adapter")
-
-        def logged_evaluation() -> None:
-            with mlflow.start_run(run_name="probe eval"):
-                refs = {"persistence": [0.1] * preset.horizon}
-                log_evaluation(ev, "val", preset.horizon, prep.traj.time, refs)
-
-        training_run()  # the store's first run: schema, experiment, lazy imports
-        run_s = [_timed(training_run) for _ in range(2)]
-        eval_s = [_timed(logged_evaluation) for _ in range(2)]
-        out["run_fixed_s"] = sum(run_s) / len(run_s)
-        out["eval_log_s"] = sum(eval_s) / len(eval_s)
+        adapter = save_adapter(apply_lora(base, lora), Path(tmp) / "adapter", lora)
+        out["run_fixed_s"], out["eval_log_s"] = _logging_seconds(prep, preset, adapter, params)
         say(f"a budgeted run's open and close {out['run_fixed_s']:.2f} s; "
             f"one logged evaluation {out['eval_log_s']:.2f} s")  # fmt: skip
-
-        def register() -> None:
-            with mlflow.start_run(run_name="probe register"):
-                mlflow.log_metric("val_mse_filled_h5", 0.1)
-                log_forecaster(
-                    adapter_dir=adapter, codec=prep.codec, base_spec=base_spec,
-                    settings={"context_length": preset.context_length, "horizon": preset.horizon},
-                    registered_model_name=REGISTERED_MODEL,
-                )  # fmt: skip
-
-        out["register_s"] = _timed(register)
-
-        def promoted() -> None:
-            with mlflow.start_run(run_name="probe promote"), contextlib.suppress(RegistryError):
-                promote(REGISTERED_MODEL)
-
-        steps = out["steps_s"]
-        steps["promote"] = _timed(promoted)
-        steps["budget"] = _timed(lambda: budget_table(exp_id, preset.budget))
+        out["register_s"], steps = _registry_seconds(prep, preset, adapter, base_spec, exp_id)
         steps["report"] = (
             out["run_fixed_s"]
             + steps["budget"]
@@ -187,31 +146,15 @@ def measure_tracking(
         )
         say(f"register {out['register_s']:.1f} s, promote {steps['promote']:.2f} s, "
             f"budget table {steps['budget']:.2f} s")  # fmt: skip
-
-        def data() -> None:
-            made = prepare_data(Path(tmp) / "data.h5", n_systems=n_systems)
-            with mlflow.start_run(run_name="probe data"):
-                log_common(made, params)
-                fig = plot_series_grid(made.traj.time, made.series("val")[:6], title="val")
-                mlflow.log_figure(fig, "series.png")
-
-        steps["data"] = _timed(data)
+        steps["data"], study_s = _data_and_study_seconds(Path(tmp), n_systems, params)
         computed = measure_reference(
             prep.series("train"), prep.traj.time, [val, test], preset.history_steps,
             preset.horizon,
         )  # fmt: skip
         # Each forecaster's run: a plain run (no ledger) with its val and test evaluations.
         steps["reference"] = sum(computed.values()) + len(computed) * 2 * out["eval_log_s"]
-
-        def study() -> None:  # the search's own: its study, its parent run, its two plots
-            storage = open_storage(f"sqlite:///{Path(tmp) / 'optuna.db'}")
-            optuna.create_study(study_name="probe", storage=storage, direction="minimize")
-            with mlflow.start_run(run_name="probe search"):
-                mlflow.log_figure(plot_search_history([]), "plots/history.png")
-                mlflow.log_figure(plot_rungs([], [1.0, 3.0, 9.0]), "plots/rungs.png")
-
-        steps["search"] = out["run_fixed_s"] + _timed(study)
-        out["measured_reference_s"] = computed
+        steps["search"] = out["run_fixed_s"] + study_s
+        out["steps_s"], out["measured_reference_s"] = steps, computed
         say(f"data {steps['data']:.1f} s, reference forecasters {computed}")
         if project_dir is not None:
             with _stdout_to_stderr():  # the step prints its table: not into this one's output
@@ -223,6 +166,84 @@ def measure_tracking(
                 )  # fmt: skip
             say(f"the budget step through `mlflow run`: {out['mlflow_run_budget_s']:.1f} s")
     return out
+
+
+def _logging_seconds(
+    prep: Prepared, preset: Preset, adapter: Path, params: dict[str, Any]
+) -> tuple[float, float]:
+    """A budgeted run's opening and closing (what `finish_run` logs beside the evaluations),
+    and one logged evaluation; each the mean of two after a first that sets the store up."""
+    ev = _evaluation(prep.scored("val", preset), prep.series("train"), preset)
+    history = [{"step": i, "train_loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(1, 300)]
+
+    def training_run() -> None:
+        with budgeted_run("probe", "probe", preset, 1, lambda: log_common(prep, params)) as (
+            _,
+            meter,
+        ):
+            meter.log(1.0, 1)
+            mlflow.log_figure(plot_curves(history), "plots/curves.png")
+            mlflow.log_dict({"total": 1}, "flops.json")
+            mlflow.log_artifacts(str(adapter), "adapter")
+
+    def logged_evaluation() -> None:
+        with mlflow.start_run(run_name="probe eval"):
+            refs = {"persistence": [0.1] * preset.horizon}
+            log_evaluation(ev, "val", preset.horizon, prep.traj.time, refs)
+
+    training_run()  # the store's first run: schema, experiment, lazy imports
+    run_s = [_timed(training_run) for _ in range(2)]
+    eval_s = [_timed(logged_evaluation) for _ in range(2)]
+    return sum(run_s) / len(run_s), sum(eval_s) / len(eval_s)
+
+
+def _registry_seconds(
+    prep: Prepared, preset: Preset, adapter: Path, base_spec: str, exp_id: str
+) -> tuple[float, dict[str, float]]:
+    """Logging and registering the forecaster; the promote and budget steps' own seconds."""
+
+    def register() -> None:
+        with mlflow.start_run(run_name="probe register"):
+            mlflow.log_metric("val_mse_filled_h5", 0.1)
+            log_forecaster(
+                adapter_dir=adapter, codec=prep.codec, base_spec=base_spec,
+                settings={"context_length": preset.context_length, "horizon": preset.horizon},
+                registered_model_name=REGISTERED_MODEL,
+            )  # fmt: skip
+
+    def promoted() -> None:
+        with mlflow.start_run(run_name="probe promote"), contextlib.suppress(RegistryError):
+            promote(REGISTERED_MODEL)
+
+    register_s = _timed(register)
+    steps = {
+        "promote": _timed(promoted),
+        "budget": _timed(lambda: budget_table(exp_id, preset.budget)),
+    }
+    return register_s, steps
+
+
+def _data_and_study_seconds(
+    tmp: Path, n_systems: int, params: dict[str, Any]
+) -> tuple[float, float]:
+    """The data step (generate, log, plot) and the search's own set-up (its study, its parent
+    run, its two plots)."""
+
+    def data() -> None:
+        made = prepare_data(tmp / "data.h5", n_systems=n_systems)
+        with mlflow.start_run(run_name="probe data"):
+            log_common(made, params)
+            fig = plot_series_grid(made.traj.time, made.series("val")[:6], title="val")
+            mlflow.log_figure(fig, "series.png")
+
+    def study() -> None:
+        storage = open_storage(f"sqlite:///{tmp / 'optuna.db'}")
+        optuna.create_study(study_name="probe", storage=storage, direction="minimize")
+        with mlflow.start_run(run_name="probe search"):
+            mlflow.log_figure(plot_search_history([]), "plots/history.png")
+            mlflow.log_figure(plot_rungs([], [1.0, 3.0, 9.0]), "plots/rungs.png")
+
+    return _timed(data), _timed(study)
 
 
 def rates_cache(preset: str, base: str) -> Path:

@@ -348,14 +348,9 @@ def log_forecaster(
         full = {**forecaster_settings(settings, adapter_dir, codec), **base_info}
         (work / "settings.json").write_text(json.dumps(full, indent=2) + "\n")
         (work / "codec.json").write_text(json.dumps(codec.to_dict(), indent=2) + "\n")
-        model_tags = {
-            **base_info,
-            "lora_rank": full["lora_rank"],
-            "context_length": full["context_length"],
-            "codec_alpha": codec.alpha,
-            **(tags or {}),
-        }
-        model_tags = {k: str(v) for k, v in model_tags.items()}
+        identity = ("lora_rank", "context_length")
+        model_tags = {**base_info, **{k: full[k] for k in identity}, "codec_alpha": codec.alpha}
+        model_tags = {k: str(v) for k, v in {**model_tags, **(tags or {})}.items()}
         extra = ("gguf",) if full["base_kind"] == "gguf" else ()
         info = _log_model_checked(
             validate,
@@ -538,38 +533,15 @@ def promote(
             "val_mse_h5 (or allow it: --allow-loss on the command line, allow_loss=True in Python)"
         )
     client = MlflowClient()
-    escaped = name.replace("'", "\\'")
-    versions = client.search_model_versions(f"name = '{escaped}'")
-    if not versions:
-        raise RegistryError(
-            f"registered model {name!r} has no versions at {mlflow.get_registry_uri()}: "
-            "log and register a forecaster first"
-        )
-    scored = [(mv, version_metric(client, mv, metric)) for mv in versions]
-    measured = [(mv, v) for mv, v in scored if v is not None]
-    if not measured:
-        raise RegistryError(
-            f"none of the {len(versions)} versions of {name!r} has a finite {metric!r} "
-            "(version tag or source-run metric)"
-        )
+    scored = _scored_versions(client, name, metric)
     try:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         current = None
-    current_value = (
-        next((v for mv, v in scored if mv.version == current.version), None) if current else None
-    )
-
-    sign = -1.0 if higher_is_better else 1.0
-
-    def rank(item: tuple[ModelVersion, float]) -> tuple[float, int, int]:
-        mv, value = item
-        is_current = current is not None and mv.version == current.version
-        return (sign * value, 0 if is_current else 1, int(mv.version))
-
-    best, value = min(measured, key=rank)
-    direction = "higher" if higher_is_better else "lower"
-    word = "highest" if higher_is_better else "lowest"
+    held = next((v for mv, v in scored if mv.version == current.version), None) if current else None
+    best, value = _best(scored, current, higher_is_better)
+    word, direction = ("highest", "higher") if higher_is_better else ("lowest", "lower")
+    measured = [v for _, v in scored if v is not None]
     skipped = sorted(int(mv.version) for mv, v in scored if v is None)
     among = f"of {len(measured)} version(s) with the metric" + (
         f"; skipped without it: {skipped}" if skipped else ""
@@ -581,35 +553,77 @@ def promote(
         )
         if best.tags.get(f"{p}.metric") == metric:
             return best, reason
-        previous, current_value = "none", None
+        previous, held = "none", None
     else:
         previous = str(current.version) if current is not None else "none"
         before = (
             "no previous holder"
             if current is None
             else f"previous: version {current.version} with {metric} = "
-            + ("n/a" if current_value is None else f"{current_value:.6g}")
+            + ("n/a" if held is None else f"{held:.6g}")
         )
         reason = (
             f"version {best.version} promoted to @{alias}: {metric} = {value:.6g} is the {word} "
             f"({direction} is better) {among}; {before}"
         )
-        client.set_registered_model_alias(name, alias, best.version)
-        if f"{p}.replaced_by" in best.tags:
-            client.delete_model_version_tag(name, best.version, f"{p}.replaced_by")
-        if current is not None:
-            client.set_model_version_tag(
-                name, current.version, f"{p}.replaced_by", str(best.version)
-            )
+        _move_alias(client, name, alias, best, current)
     record = {
         "metric": metric,
         "value": repr(value),
         "direction": direction,
         "previous_version": previous,
-        "previous_value": "none" if current_value is None else repr(current_value),
+        "previous_value": "none" if held is None else repr(held),
         "reason": reason,
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for key, text in record.items():
         client.set_model_version_tag(name, best.version, f"{p}.{key}", text)
     return client.get_model_version(name, best.version), reason
+
+
+def _scored_versions(
+    client: MlflowClient, name: str, metric: str
+) -> list[tuple[ModelVersion, float | None]]:
+    """Every version of `name` with its `metric` (None without it); an error when none has it."""
+    escaped = name.replace("'", "\\'")
+    versions = client.search_model_versions(f"name = '{escaped}'")
+    if not versions:
+        raise RegistryError(
+            f"registered model {name!r} has no versions at {mlflow.get_registry_uri()}: "
+            "log and register a forecaster first"
+        )
+    scored = [(mv, version_metric(client, mv, metric)) for mv in versions]
+    if all(v is None for _, v in scored):
+        raise RegistryError(
+            f"none of the {len(versions)} versions of {name!r} has a finite {metric!r} "
+            "(version tag or source-run metric)"
+        )
+    return scored
+
+
+def _best(
+    scored: list[tuple[ModelVersion, float | None]],
+    current: ModelVersion | None,
+    higher_is_better: bool,
+) -> tuple[ModelVersion, float]:
+    """The best measured version; ties keep the current holder, else the oldest version."""
+    sign = -1.0 if higher_is_better else 1.0
+
+    def rank(item: tuple[ModelVersion, float]) -> tuple[float, int, int]:
+        mv, value = item
+        is_current = current is not None and mv.version == current.version
+        return (sign * value, 0 if is_current else 1, int(mv.version))
+
+    return min(((mv, v) for mv, v in scored if v is not None), key=rank)
+
+
+def _move_alias(
+    client: MlflowClient, name: str, alias: str, best: ModelVersion, current: ModelVersion | None
+) -> None:
+    """`alias` to `best`; the replaced holder is tagged with what replaced it."""
+    p = _prefix(alias)
+    client.set_registered_model_alias(name, alias, best.version)
+    if f"{p}.replaced_by" in best.tags:
+        client.delete_model_version_tag(name, best.version, f"{p}.replaced_by")
+    if current is not None:
+        client.set_model_version_tag(name, current.version, f"{p}.replaced_by", str(best.version))

@@ -212,16 +212,12 @@ def pipeline_walls(
     def req(phase: str, steps: int, **kw: object) -> TrainRequest:
         return TrainRequest.from_preset(preset, phase, phase, steps, **kw)
 
+    zero_shot = [(c, 1) for c in preset.contexts]
     walls: dict[str, StepWall] = {
         "data": fixed_wall("data", rates, "generate the data set, log it"),
         "reference": fixed_wall("reference", rates, "the reference forecasters, val and test"),
         "baseline": forecast_runs_wall(
-            "baseline",
-            [(c, 1) for c in preset.contexts],
-            n_val,
-            1,
-            rates,
-            f"{len(preset.contexts)} zero-shot forecasts of {n_val} series",
+            "baseline", zero_shot, n_val, 1, rates, f"{len(zero_shot)} zero-shot x {n_val} series"
         ),
         "initial": training_wall(
             "initial", [req("initial", preset.initial_steps)], rates, n_val, n_test
@@ -261,14 +257,7 @@ def pipeline_walls(
             note=f"{format_seconds(low)} to {format_seconds(high)} at the search's other "
             "contexts and ranks",
         )
-    # The report's cells as `planning.report_plan` counts them: untrained and initial greedy at
-    # every context, the final model sampled at the contexts it did not score itself.
-    cells = [(c, 1) for c in preset.contexts for _ in ("untrained", "initial")]
-    sampled = cell_samples("final", preset)
-    cells += [(c, sampled) for c in preset.contexts if c != preset.context_length]
-    walls["report"] = forecast_runs_wall(
-        "report", cells, n_test, 3, rates, f"{len(cells)} table cells of {n_test} test series"
-    )
+    walls["report"] = report_wall(preset, n_test, rates)
     steps = STEPS["search" if search is not None else "grid"]
     per_step = rates.steps_s.get("mlflow_run", 0.0)
     pipeline = StepWall(
@@ -280,6 +269,17 @@ def pipeline_walls(
         "the pipeline's own process, `mlflow run`'s work for each step",
     )
     return [walls[s] for s in steps] + [pipeline]
+
+
+def report_wall(preset: Preset, n_test: int, rates: Rates) -> StepWall:
+    """The report's cells as `experiment_plan.report_plan` counts them: untrained and initial
+    greedy at every context, the final model sampled at the contexts it did not score itself."""
+    cells = [(c, 1) for c in preset.contexts for _ in ("untrained", "initial")]
+    sampled = cell_samples("final", preset)
+    cells += [(c, sampled) for c in preset.contexts if c != preset.context_length]
+    return forecast_runs_wall(
+        "report", cells, n_test, 3, rates, f"{len(cells)} table cells of {n_test} test series"
+    )
 
 
 def format_seconds(seconds: float) -> str:
