@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-STEPS = ("data", "reference", "baseline", "initial", "sweep", "context", "final", "promote")
+STEPS = ("data", "reference", "baseline", "initial", "sweep", "context", "final")
 STEPS_ALL = (*STEPS, "budget")
 MODEL_ROWS = (
     ("untrained", "baseline"),

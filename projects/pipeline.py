@@ -1,7 +1,8 @@
 """`pipeline` entry point: the coursework sequence, each step an MLflow project run.
 
-data -> reference -> baseline -> initial -> sweep -> context -> final -> promote -> budget, or
-with `--method search` the budget-aware search in place of sweep and context.
+data -> reference -> baseline -> initial -> search -> final -> report -> budget, or with
+`--method grid` the coursework's sweep and context in place of the search. `final` promotes the
+champion itself.
 A step that already finished in this experiment is reused (`lvtrack.pipeline_steps`), so a pipeline that
 died half-way resumes where it stopped.
 """

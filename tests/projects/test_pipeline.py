@@ -11,7 +11,7 @@ import mlflow
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PHASES = ("data", "reference", "baseline", "initial", "sweep", "context", "final", "promote")
+PHASES = ("data", "reference", "baseline", "initial", "sweep", "context", "final")
 
 
 @pytest.mark.slow
@@ -121,7 +121,7 @@ def test_the_search_pipeline_runs_search_in_place_of_sweep_and_context(tracking_
     result = CliRunner().invoke(pipeline.main, ["--preset", "micro", "--eval-series", "3"])
     assert result.exit_code == 0, result.output
     assert [e for e, _ in ran] == [
-        "data", "reference", "baseline", "initial", "search", "final", "promote", "report",
+        "data", "reference", "baseline", "initial", "search", "final", "report",
         "budget",
     ]  # fmt: skip
     params = dict(ran)

@@ -53,7 +53,7 @@ def test_plan_with_rates_prints_each_steps_predicted_wall_time(tmp_path, random_
     assert "| phase | runs | planned FLOPs | share of budget | predicted wall | note |" in (
         result.output
     )
-    steps = ("data", "reference", "baseline", "initial", "search", "final", "promote", "report")
+    steps = ("data", "reference", "baseline", "initial", "search", "final", "report")
     rows = {s: _row(result.output, s) for s in (*steps, "budget", "pipeline")}
     # micro's initial run by hand: 4 steps of 4 x 128 at 1000 positions/s; one validation-loss
     # pass at the end over 64 windows of 128 at 4000/s; the 6 validation series forecast

@@ -10,16 +10,17 @@ from mlflow.tracking import MlflowClient
 
 from lvtrack.ledger import TAG_PHASE
 
-#: Every step is an MLproject entry point; all but `promote`, `report` and `budget` are also run
-#: phases (their runs' `phase` tag), which is how a finished one is found; those three run every
-#: time (they read the store as it is now; a `report` reuses the cells it measured before). The
-#: settings are chosen by the coursework's grid (`sweep`, then `context`) or by the budget-aware
-#: `search`.
+#: Every step is an MLproject entry point; all but `report` and `budget` are also run phases
+#: (their runs' `phase` tag), which is how a finished one is found; those two run every time (they
+#: read the store as it is now; a `report` reuses the cells it measured before). The settings are
+#: chosen by the coursework's grid (`sweep`, then `context`) or by the budget-aware `search`.
+#: `final` points the champion alias at the best version itself (`lvtrack.registry.promote`, the
+#: one place that moves it): the `promote` entry point is for moving it by hand.
 _CHOSEN_BY = {"grid": ("sweep", "context"), "search": ("search",)}
 _BEFORE = ("data", "reference", "baseline", "initial")
-_AFTER = ("final", "promote", "report", "budget")
+_AFTER = ("final", "report", "budget")
 STEPS = {method: (*_BEFORE, *chosen_by, *_AFTER) for method, chosen_by in _CHOSEN_BY.items()}
-ALWAYS_RUN = frozenset({"promote", "report", "budget"})
+ALWAYS_RUN = frozenset({"report", "budget"})
 PHASES = frozenset(s for steps in STEPS.values() for s in steps) - ALWAYS_RUN
 #: The cuts each step takes (`pipeline --steps/--lrs/--ranks/--eval-series`).
 CUTS = {
@@ -58,8 +59,6 @@ def step_params(
     """The MLproject parameters of one step. `cuts` (`steps`, `lrs`, `ranks`, `eval_series`; only
     those given) go to the steps that take them (:data:`CUTS`), for a quick pass of a large
     model."""
-    if step == "promote":
-        return {}
     if step == "budget":
         return {"preset": preset}
     params = {"data_file": data_file}

@@ -240,7 +240,6 @@ def pipeline_walls(
             n_val,
             n_test,
         ),
-        "promote": fixed_wall("promote", rates, "move the champion alias"),
         "budget": fixed_wall("budget", rates, "the FLOPs table"),
     }
     if search is not None:
