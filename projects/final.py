@@ -12,13 +12,21 @@ from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
 from lvtrack.request import TrainRequest
 from lvtrack.selection import SELECTION_METRIC, best_of
 from lvtrack.tracking import setup_tracking, ui_hint
-from lvtrack.training_run import train_run
+from lvtrack.training_run import train_run, train_seeds
 
 
 @click.command()
 @run_options
 @steps_option("the preset's final_steps; 0: as many as the budget has left")
 @click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
+@click.option(
+    "--seeds",
+    default=-1,
+    type=int,
+    help="Train with N seeds (seed, seed + 1, ...), each on an equal share of what the budget "
+    "has left; the best on validation becomes the champion, the spread is logged (-1: the "
+    "preset's final_seeds).",
+)
 def main(
     preset: str,
     base_model: str,
@@ -26,6 +34,7 @@ def main(
     seed: int,
     steps: int,
     budget: float,
+    seeds: int,
     eval_series: int,
 ) -> None:
     """Settings: the best completed `search` trial (lr, rank, context), else the best finished
@@ -35,8 +44,10 @@ def main(
     evaluations), scores the validation and the test split, and registers the model as
     `lv-forecaster`; then points the alias `champion` at the registered version with the best
     validation metric (what the `promote` entry point does)."""
-    check_train_values(steps=steps or -1, budget=budget, eval_series=eval_series)
-    p = get_preset(preset, final_steps=steps, budget=budget, eval_series=eval_series)
+    check_train_values(steps=steps or -1, budget=budget, eval_series=eval_series, seeds=seeds)
+    p = get_preset(
+        preset, final_steps=steps, budget=budget, eval_series=eval_series, final_seeds=seeds
+    )
     exp_id = setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
     if best := best_of(exp_id, "search", p.name):  # a completed trial (its top rung's score)
@@ -63,7 +74,10 @@ def main(
         base_model=base_model,
     )
     click.echo(f"final: lr={lr:g} rank={rank} context={ctx} (from {source})", err=True)
-    final = train_run(req, settings_source=source)
+    if p.final_seeds > 1:
+        final = train_seeds(req, p.final_seeds, settings_source=source)
+    else:
+        final = train_run(req, settings_source=source)
     click.echo(json.dumps(final))
     # The alias goes to the best version by the validation metric (this one or an earlier one),
     # so that a first `final` leaves a champion to load; `promote` does the same on its own.

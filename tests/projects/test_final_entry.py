@@ -122,3 +122,41 @@ def test_final_without_steps_trains_what_the_budget_has_left(
     assert again.exit_code != 0
     assert "not enough for one training step" in again.output
     assert "Traceback" not in again.output
+
+
+def test_final_with_seeds_shares_the_budget_and_promotes_the_best(
+    tracking_uri, micro_args, random_tiny_dir
+):
+    """Three seeds on a budget that one run would spend to 30 steps: the first seed takes a
+    third of it (9 steps), the others the same steps; the parent holds the spread across them,
+    and the champion is the seed best on validation."""
+    import numpy as np
+
+    from lvmodel.base import base_shape
+
+    step, evals, report = _micro_costs(base_shape(str(random_tiny_dir)), 6, 6)
+    budget = report + 3 * (evals + 9.5 * step)  # a third: 9 steps fit, 10 do not
+    args = [*micro_args, "--steps", "0", "--budget", f"{budget:.6e}", "--seeds", "3"]
+    result = CliRunner().invoke(final_entry.main, args)
+    assert result.exit_code == 0, result.output
+    assert "9 steps, what 1/3 of the" in result.output
+    runs = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
+    (parent,) = [r for r in runs if r.data.tags.get("lv.parent") == "true"]
+    seeds = sorted(
+        (r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
+        key=lambda r: int(r.data.params["seed"]),
+    )
+    assert [r.data.params["seed"] for r in seeds] == ["0", "1", "2"]
+    assert {r.data.params["steps"] for r in seeds} == {"9"}
+    assert all(r.info.status == "FINISHED" for r in seeds)
+    val = np.array([r.data.metrics["val_mse_filled_h5"] for r in seeds])
+    assert len(set(val.round(12))) > 1  # the seeds differ
+    m = parent.data.metrics
+    assert np.isclose(m["seeds_val_mse_filled_h5_mean"], val.sum() / 3, rtol=1e-12)
+    assert np.isclose(m["seeds_val_mse_filled_h5_sd"], np.sqrt(((val - val.mean()) ** 2).sum() / 2))
+    assert m["seeds_val_mse_filled_h5_min"] == val.min()
+    assert m["seeds_val_mse_filled_h5_max"] == val.max()
+    spent = sum(r.data.metrics["flops_total"] for r in seeds)
+    assert spent <= budget - report
+    champion = mlflow.MlflowClient().get_model_version_by_alias("lv-forecaster", "champion")
+    assert champion.run_id == seeds[int(np.argmin(val))].info.run_id

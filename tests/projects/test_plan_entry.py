@@ -113,3 +113,30 @@ def test_plan_of_the_search_pipeline_gives_final_what_the_search_leaves(random_t
     assert left == pytest.approx(5e13 - before, rel=1e-3)  # what final and report may take
     bad = CliRunner().invoke(plan_entry.main, ["--preset", "micro", "--space", "lr=2:1"])
     assert bad.exit_code != 0 and "LOW < HIGH" in bad.output
+
+
+def test_plan_shares_final_between_its_seeds(random_tiny_dir):
+    """With three seeds, `final` is three runs on a third each of what the budget has left: as
+    many steps as one run would take on a third, and three times that run's plan."""
+    from dataclasses import replace
+
+    from lvtrack.experiment_plan import budget_steps, experiment_plan, request_plan
+    from lvtrack.presets import get_preset
+    from lvtrack.request import TrainRequest
+
+    shape = base_shape(str(random_tiny_dir))
+    preset = replace(get_preset("micro"), final_steps=0)
+    one = {p.phase: p for p in experiment_plan(preset, shape, 2, 6, 6)}
+    three = {p.phase: p for p in experiment_plan(replace(preset, final_seeds=3), shape, 2, 6, 6)}
+    left = preset.budget - sum(
+        p.flops for k, p in one.items() if k not in ("final", "report")
+    ) - one["report"].flops  # fmt: skip
+    req = TrainRequest.from_preset(
+        preset, "final", "final", 0, evaluate_test=True, eval_samples=preset.eval_samples
+    )
+    steps = budget_steps(req, shape, 2, 6, 6, left // 3)
+    assert one["final"].runs == 1 and three["final"].runs == 3
+    assert three["final"].steps == steps < one["final"].steps
+    per_run = request_plan(replace(req, steps=steps), shape, 2, 6, 6).total
+    assert three["final"].flops == 3 * per_run <= left
+    assert "3 seeds of" in three["final"].note

@@ -70,8 +70,10 @@ def steps_from_budget(
     n_val: int,
     n_test: int,
     experiment_id: str,
+    runs: int = 1,
 ) -> TrainRequest:
-    """`req` with the most steps whose plan fits what the experiment's ledger has left.
+    """`req` with the most steps whose plan fits what the experiment's ledger has left (an
+    equal share of it, for the first of `runs` runs with the same settings: `final`'s seeds).
 
     Read in a transaction of its own: a run admitted meanwhile makes the reservation fail with
     the ledger's refusal, which names what is left (run it again).
@@ -91,7 +93,7 @@ def steps_from_budget(
             req.base,
         )
         left -= kept
-    steps = budget_steps(req, shape, decimals, n_val, n_test, left)
+    steps = budget_steps(req, shape, decimals, n_val, n_test, left // runs)
     if steps == 0:
         one = request_plan(replace(req, steps=1), shape, decimals, n_val, n_test).total
         raise click.ClickException(
@@ -100,9 +102,10 @@ def steps_from_budget(
             "use another experiment (see `mlflow run . -e budget` for what was spent)."
         )
     click.echo(
-        f"{req.phase}: {steps} steps, what the {left:.3e} FLOPs left of the budget afford "
-        "(training, in-run and final evaluations)"
-        + (f"; {kept:.3e} kept for the report's other cells" if kept else ""),
+        f"{req.phase}: {steps} steps, what "
+        + (f"1/{runs} of " if runs > 1 else "")
+        + f"the {left:.3e} FLOPs left of the budget affords (training, in-run and final "
+        "evaluations)" + (f"; {kept:.3e} kept for the report's other cells" if kept else ""),
         err=True,
     )
     return replace(req, steps=steps)
@@ -239,18 +242,21 @@ def experiment_plan(
         report_plan(preset, shape, decimals, n_test, preset.context_length),
         "the table's cells no run scored on test (untrained, initial; final at other contexts)",
     )
-    steps = preset.final_steps
-    if steps == 0:  # what is left after the other phases and the report
+    steps, seeds = preset.final_steps, preset.final_seeds
+    if steps == 0:  # what is left after the other phases and the report, shared by the seeds
         final = TrainRequest.from_preset(
             preset, "final", "final", 0, evaluate_test=True, eval_samples=preset.eval_samples
         )
         left = preset.budget - sum(p.flops for p in before) - report.flops
-        steps = budget_steps(final, shape, decimals, n_val, n_test, left)
+        steps = budget_steps(final, shape, decimals, n_val, n_test, left // seeds)
         note = f"{steps} steps: what the budget has left; {note}"
+    if seeds > 1:
+        note = f"{seeds} seeds of {note}"
     final_flops = (
         plan("final", steps, evaluate_test=True, eval_samples=preset.eval_samples) if steps else 0
     )
-    return [*before, PhasePlan("final", 1 if steps else 0, final_flops, note, steps), report]
+    runs = seeds if steps else 0
+    return [*before, PhasePlan("final", runs, runs * final_flops, note, steps), report]
 
 
 def with_walls(phases: list[PhasePlan], walls: Sequence[StepWall]) -> list[PhasePlan]:

@@ -66,6 +66,7 @@ MINIMUMS: dict[str, float] = {
     "--warmup-steps": 0,
     "--checkpoint-every": 0,
     "--budget": 0.0,
+    "--seeds": 1,
 }
 # Bounds that are exclusive (the value must be strictly above them).
 _EXCLUSIVE = {"--lr", "--budget"}

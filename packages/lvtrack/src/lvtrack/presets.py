@@ -22,6 +22,9 @@ class Preset:
         initial_steps, sweep_steps, context_steps, final_steps: optimizer steps of each phase;
             `final_steps` 0: as many as what is left of the budget affords (after the final
             run's evaluations), so that the experiment spends its whole budget.
+        final_seeds: `final` trains its settings with this many seeds (seed, seed + 1, ...),
+            each on an equal share of what the budget has left; the best on validation becomes
+            the champion and the spread across seeds is logged (1: one run).
         sweep_lrs, sweep_ranks: the lr x rank grid.
         contexts: the context-length sweep (tokens); `baseline` evaluates at these too.
         history_steps, horizon: the forecasting protocol (first K steps in, next H out).
@@ -60,6 +63,7 @@ class Preset:
     sweep_steps: int = 500
     context_steps: int = 500
     final_steps: int = 0
+    final_seeds: int = 1
     sweep_lrs: tuple[float, ...] = (1e-5, 5e-5, 1e-4)
     sweep_ranks: tuple[int, ...] = (2, 4, 8)
     contexts: tuple[int, ...] = (128, 512, 768)

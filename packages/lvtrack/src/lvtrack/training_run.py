@@ -15,12 +15,13 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import click
 import mlflow
+import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -49,7 +50,7 @@ from lvtrack.resume import (
     find_resumable,
     resume_hint,
 )
-from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent
+from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent, parent_run
 from lvtrack.selection import reference_step_errors
 from lvtrack.tracking import array_digest, setup_tracking
 
@@ -61,15 +62,18 @@ def train_run(
     nested: bool = False,
     settings_source: str = "",
     resume: Resume | None = None,
+    runs: int = 1,
 ) -> dict[str, float]:
     """Run one budgeted LoRA training run end to end; returns its final metrics.
 
     With `resume` (see `lvtrack.resume.find_resumable`), reopen that run instead of starting one
     and continue from its newest checkpoint; `req` must be its request (`TrainRequest.from_params`).
+    A run whose steps the budget sets (`req.steps` 0) takes 1/`runs` of what is left: the first of
+    `runs` runs with the same settings (`train_seeds`).
     """
     experiment_id = setup_tracking()
     prep = prepare(req, resume)
-    req, plan, by_budget = planned(req, prep, experiment_id, resume)
+    req, plan, by_budget = planned(req, prep, experiment_id, resume, runs)
     with admitted(req, prep, plan, by_budget, settings_source, nested, resume) as (meter, ckpt):
         model, tok = lora_model(req.base, req.lora(), req.seed)
         if resume is None:
@@ -90,6 +94,59 @@ def train_run(
         return finish_run(req, prep, model, tok, result, plan, meter)
 
 
+#: The metrics whose spread across seeds `train_seeds` logs (when the runs have them).
+SPREAD_METRICS = ("val_mse_filled_h5", "val_mse_h5", "val_crps_h5", "test_mse_h5", "test_crps_h5")
+
+
+def train_seeds(req: TrainRequest, seeds: int, settings_source: str = "") -> dict[str, float]:
+    """`req` trained with `seeds` seeds (req.seed, req.seed + 1, ...), children of one parent run
+    of its phase: the first takes 1/`seeds` of what the budget has left when its steps are the
+    budget's, the others the same steps. The parent logs the spread of each of
+    :data:`SPREAD_METRICS` across the seeds (`seeds_{metric}_mean`, `_sd`, `_min`, `_max`) and
+    each seed's metrics (`seeds.json`); returns the metrics of the best seed on validation
+    (`val_mse_filled_h5`) with the spread beside them."""
+    params = {"preset": req.preset.name, "seeds": seeds, "first_seed": req.seed}
+    results: dict[int, dict[str, float]] = {}
+    with parent_run(req.run_name, req.phase, params, req.preset.name):
+        for seed in range(req.seed, req.seed + seeds):
+            one = replace(req, seed=seed, run_name=f"{req.run_name} seed {seed}")
+            results[seed] = train_run(one, True, settings_source, runs=seeds - len(results))
+            if req.steps == 0:  # the first run's budget-given steps, for every seed after it
+                req = replace(req, steps=int(results[seed]["steps_run"]))
+        spread = seed_spread(results)
+        mlflow.log_metrics(spread)
+        mlflow.log_dict({str(s): m for s, m in results.items()}, "seeds.json")
+    best = min(results, key=lambda s: results[s].get("val_mse_filled_h5", np.inf))
+    click.echo(
+        f"{req.phase}: {seeds} seeds; the best on validation is seed {best}; "
+        + ", ".join(
+            f"{k} {spread[f'seeds_{k}_mean']:.4g} +- {spread[f'seeds_{k}_sd']:.2g}"
+            for k in SPREAD_METRICS
+            if f"seeds_{k}_mean" in spread
+        ),
+        err=True,
+    )
+    return {**results[best], "best_seed": float(best), **spread}
+
+
+def seed_spread(results: dict[int, dict[str, float]]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of :data:`SPREAD_METRICS` over the runs."""
+    out = {}
+    for key in SPREAD_METRICS:
+        values = np.array([m[key] for m in results.values() if np.isfinite(m.get(key, np.nan))])
+        if len(values) < 2:
+            continue
+        out.update(
+            {
+                f"seeds_{key}_mean": float(values.mean()),
+                f"seeds_{key}_sd": float(values.std(ddof=1)),
+                f"seeds_{key}_min": float(values.min()),
+                f"seeds_{key}_max": float(values.max()),
+            }
+        )
+    return out
+
+
 def prepare(req: TrainRequest, resume: Resume | None) -> Prepared:
     """The run's data (generated when missing); a resumed run in its own experiment, on its data."""
     if resume:
@@ -104,7 +161,7 @@ def prepare(req: TrainRequest, resume: Resume | None) -> Prepared:
 
 
 def planned(
-    req: TrainRequest, prep: Prepared, experiment_id: str, resume: Resume | None
+    req: TrainRequest, prep: Prepared, experiment_id: str, resume: Resume | None, runs: int = 1
 ) -> tuple[TrainRequest, RunPlan, bool]:
     """The request with its steps (what the budget has left when it gives none), its FLOPs
     plan, and whether the budget chose the steps. Reads the base model's config only: the
@@ -119,7 +176,7 @@ def planned(
     decimals = prep.codec.decimals
     by_budget = req.steps == 0
     if by_budget:  # as many steps as what is left of the budget affords
-        req = steps_from_budget(req, shape, decimals, n_val, n_test, experiment_id)
+        req = steps_from_budget(req, shape, decimals, n_val, n_test, experiment_id, runs)
     return req, request_plan(req, shape, decimals, n_val, n_test), by_budget
 
 

@@ -248,7 +248,8 @@ def pipeline_walls(
         "final", max(final_steps, 1), evaluate_test=True, register=True,
         eval_samples=preset.eval_samples,
     )  # fmt: skip
-    walls["final"] = training_wall("final", [final] if final_steps else [], rates, n_val, n_test)
+    finals = [final] * preset.final_seeds if final_steps else []  # each seed a run
+    walls["final"] = training_wall("final", finals, rates, n_val, n_test)
     if search is not None and final_steps:
         low, high = final_range(walls["final"], final, shape, rates, search.space)
         walls["final"] = replace(
