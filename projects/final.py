@@ -6,6 +6,7 @@ import json
 
 import click
 
+from lvmodel.rungs import NLL_METRIC
 from lvtrack.options import check_train_values, run_options, steps_option
 from lvtrack.presets import get_preset
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
@@ -50,7 +51,10 @@ def main(
     )
     exp_id = setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
-    if best := best_of(exp_id, "search", p.name):  # a completed trial (its top rung's score)
+    searched = best_of(exp_id, "search", p.name) or best_of(
+        exp_id, "search", p.name, metric=f"{NLL_METRIC}_h{p.horizon}"
+    )  # a completed trial, by its top rung's score: the forecasting metric, else NLL/D
+    if best := searched:
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"search:{best.run_id}"
     elif best := best_of(exp_id, "context", p.name):
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"

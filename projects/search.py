@@ -39,8 +39,8 @@ from lvtrack.tracking import setup_tracking
 )  # fmt: skip
 def main(
     preset: str, base_model: str, data_file: str, seed: int, eval_series: int, space: str,
-    sampler: str, trials: int, rungs: int, eta: int, share: float, decay_fraction: float,
-    study: str, storage: str, budget: float, heartbeat: int,
+    sampler: str, trials: int, rungs: int, eta: int, share: float, rung_score: str,
+    decay_fraction: float, study: str, storage: str, budget: float, heartbeat: int,
 ) -> None:  # fmt: skip
     """Search lr, rank and context (the preset's space by default) with successive halving at
     FLOPs rungs; every trial is a child run of the search's parent run, charged to the ledger."""
@@ -48,7 +48,7 @@ def main(
     p, settings = search_settings(
         get_preset(preset, budget=budget, eval_series=eval_series), space, trials, share,
         rungs=rungs, eta=eta, decay_fraction=decay_fraction, sampler=sampler, seed=seed,
-        heartbeat_s=heartbeat,
+        heartbeat_s=heartbeat, rung_score=rung_score,
     )  # fmt: skip
     exp_id = setup_tracking()
     settings = replace(

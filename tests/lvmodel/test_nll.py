@@ -82,3 +82,23 @@ def test_nll_matches_an_unbatched_forward_pass(tokenizer, series) -> None:
         batched.flops
         == forward_flops(shape, max(widths), 5, logits_len=max(conts) + 1, loss=True).total
     )
+
+
+def test_nll_bound_bounds_what_a_pass_costs(tokenizer, series) -> None:
+    """The plan's bound (`run_plan.nll_bound`) is never below the measured cost; it is the
+    forward pass over a full context and the longest continuation the grammar allows."""
+    from lvmodel.grammar import DEFAULT_MAX_INT_DIGITS, max_new_tokens_for
+    from lvmodel.run_plan import nll_bound
+
+    model = small_qwen2()
+    shape = model_shape(model)
+    codec = LLMTimeCodec(alpha=3.0, decimals=2)
+    for context in (24, 40, 200):
+        spent = nll_per_dim(model, tokenizer, codec, series, HISTORY, HORIZON, context).flops
+        bound = nll_bound(shape, len(series), context, HORIZON, codec.decimals)
+        assert spent <= bound
+    new = max_new_tokens_for(HORIZON, 2, DEFAULT_MAX_INT_DIGITS, 2)
+    by_hand = len(series) * forward_flops(
+        shape, 40 + new, 1, logits_len=new + 1, loss=True
+    ).total  # fmt: skip
+    assert nll_bound(shape, len(series), 40, HORIZON, 2) == by_hand

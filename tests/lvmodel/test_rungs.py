@@ -159,3 +159,35 @@ def test_the_windows_are_tokenized_once_for_every_segment(toy_data, tmp_path, mo
     other = replace(CONFIG, context_length=32, steps=4)
     with pytest.raises(ValueError, match=r"windows built for .*\(64, None, 4\).*\(32, None, 4\)"):
         fit(_model(), tok, codec, train, val, other, LORA, data=rungs.data, progress=False)
+
+
+def test_rungs_scored_by_nll_forward_once_and_generate_nothing(toy_data, tmp_path, monkeypatch):
+    """With `score="nll"` a branch ends with the validation loss and NLL/D of the forecasting
+    subset, computed by `lvmodel.nll` (no generation), and its FLOPs are charged to the rung."""
+    import lvmodel.forecast
+    from lvmodel.nll import nll_per_dim
+    from lvmodel.run_plan import nll_bound
+    from lvmodel.rungs import NLL_METRIC
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("an NLL-scored rung must not forecast")
+
+    monkeypatch.setattr(lvmodel.forecast, "forecast", no_generation)
+    train, val, codec = toy_data
+    tok = build_tiny_tokenizer()
+    model = _model()
+    rungs = WsdRungs(model, tok, codec, train, val, CONFIG, LORA, tmp_path, score="nll")
+    first = rungs.rung(4)
+    assert NLL_METRIC in first.metrics and "val_mse_filled" not in first.metrics
+    again = nll_per_dim(model, tok, codec, val[:2], 20, 2, 64, LORA)  # the decayed model
+    assert first.metrics[NLL_METRIC] == pytest.approx(again.value, rel=1e-6)
+    loss = eval_flops(SHAPE, 64, 4, **LORA.flops_kwargs()).total
+    evaluated = first.flops - (first.branch.train_flops)
+    assert again.flops <= nll_bound(SHAPE, 2, 64, 2, codec.decimals, LORA)
+    assert (
+        evaluated
+        == first.branch.eval_flops + again.flops
+        <= loss + nll_bound(SHAPE, 2, 64, 2, codec.decimals, LORA)
+    )
+    with pytest.raises(ValueError, match="score must be one of"):
+        WsdRungs(model, tok, codec, train, val, CONFIG, LORA, tmp_path, score="loss")

@@ -111,3 +111,34 @@ def test_a_study_made_with_another_space_is_refused(tracking_uri, micro_args, tm
     assert result.exit_code != 0
     assert "was created with another search space" in result.output
     assert not [r for r in _runs() if TAG_PLANNED in r.data.tags]
+
+
+def test_a_search_scored_by_nll_feeds_final(tracking_uri, micro_args, tmp_path):
+    """`--rung-score nll`: each rung is scored by NLL/D (logged as `rung_val_nll_per_dim_h5`),
+    a completed trial carries it as `val_nll_per_dim_h5` (not the forecasting metric, which it
+    never computed), the parent names the score, and `final` takes the settings of the trial
+    with the lowest NLL/D."""
+    from projects import final as final_entry
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = [*micro_args, "--budget", f"{BUDGET:g}", "--share", "0.25", "--rungs", "2"]
+    args += ["--trials", "3", "--rung-score", "nll", "--storage", storage, "--study", "n"]
+    result = CliRunner().invoke(search_entry.main, args)
+    assert result.exit_code == 0, result.output
+    runs = _runs()
+    (parent,) = [r for r in runs if r.data.tags.get("lv.search_worker") == "true"]
+    trials = [r for r in runs if TAG_TRIAL in r.data.tags]
+    completed = [r for r in trials if r.data.tags[TAG_TRIAL_STATE] == "completed"]
+    assert completed
+    for run in trials:
+        assert "val_mse_filled_h5" not in run.data.metrics
+        history = mlflow.MlflowClient().get_metric_history(
+            run.info.run_id, "rung_val_nll_per_dim_h5"
+        )
+        assert history and all(math.isfinite(m.value) for m in history)
+    best = min(completed, key=lambda r: r.data.metrics["val_nll_per_dim_h5"])
+    assert parent.data.metrics["best_val_nll_per_dim"] == best.data.metrics["val_nll_per_dim_h5"]
+
+    final = CliRunner().invoke(final_entry.main, [*micro_args, "--budget", f"{BUDGET:g}"])
+    assert final.exit_code == 0, final.output
+    assert f"(from search:{best.info.run_id})" in final.output

@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lvflops import ModelShape, eval_flops, generate_flops, static_cache_len, train_step_flops
+from lvflops import (
+    ModelShape,
+    eval_flops,
+    forward_flops,
+    generate_flops,
+    static_cache_len,
+    train_step_flops,
+)
 from lvmodel.config import TrainConfig
 from lvmodel.grammar import DEFAULT_MAX_INT_DIGITS, max_new_tokens_for
 from lvmodel.lora import LoraSettings
@@ -24,6 +31,7 @@ __all__ = [
     "forecast_bound",
     "lora_flops_kwargs",
     "model_shape",
+    "nll_bound",
     "plan_run",
 ]
 
@@ -104,6 +112,31 @@ class RunPlan:
             "final_eval": dict(self.final_eval),
             "total": self.total,
         }
+
+
+def nll_bound(
+    shape: ModelShape,
+    n_series: int,
+    context_length: int,
+    horizon: int,
+    decimals: int = 2,
+    lora: LoraSettings | None = None,
+    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
+    n_vars: int = 2,
+) -> int:
+    """The most FLOPs :func:`~lvmodel.nll.nll_per_dim` can spend on `n_series` series: one
+    forward pass over a prompt of at most `context_length` tokens and the longest continuation
+    the grammar allows, logits and their log-softmax at the continuation's positions and the one
+    before (what it computes; linear in the series, so batching does not change it)."""
+    new = max_new_tokens_for(horizon, decimals, max_int_digits, n_vars)
+    return forward_flops(
+        shape,
+        context_length + new,
+        n_series,
+        logits_len=new + 1,
+        loss=True,
+        **lora_flops_kwargs(lora),
+    ).total
 
 
 def evaluation_count(steps: int, every: int, at_end: bool = True) -> int:

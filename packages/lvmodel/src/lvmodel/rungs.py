@@ -4,7 +4,9 @@ A trial trains one stable phase (linear warmup, then a constant learning rate) t
 rung to rung: `rung(steps)` continues it from the previous rung's stable checkpoint up to
 `steps`, checkpoints it, and then scores the rung on a short decay branched from that checkpoint
 (the learning rate falling linearly to `min_lr_ratio` over `decay_fraction` of the stable steps,
-then the validation loss and the forecasting metric on the fixed validation subset). The decayed
+then the validation loss and the forecasting metric on the fixed validation subset, or with
+`score="nll"` LLMTime's NLL/D of the true continuation of that subset, `lvmodel.nll`: one forward
+pass instead of generation). The decayed
 weights are only for scoring: a promoted trial continues the stable phase from the stable
 checkpoint, not from the branch, so a trial that reaches rung k has trained exactly the stable
 phase a single run of that length would have, plus the short branches it was scored on.
@@ -29,9 +31,15 @@ import numpy as np
 import lvdata
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
+from lvmodel.nll import nll_per_dim
 from lvmodel.train import FitData, FitResult, MetricsCallback, fit, fit_data
 
-__all__ = ["RungResult", "WsdRungs", "decay_steps_for"]
+__all__ = ["NLL_METRIC", "SCORES", "RungResult", "WsdRungs", "decay_steps_for"]
+
+#: How a rung can be scored: the forecasting metric (`val_mse_filled`, sampled forecasts) or
+#: NLL/D (:data:`NLL_METRIC`, one teacher-forced forward pass; docs/search.md compares them).
+SCORES = ("forecast", "nll")
+NLL_METRIC = "val_nll_per_dim"
 
 
 def decay_steps_for(stable_steps: int, fraction: float) -> int:
@@ -87,9 +95,13 @@ class WsdRungs:
         on_metrics: MetricsCallback | None = None,
         progress: bool = False,
         data: FitData | None = None,
+        score: str = "forecast",
     ) -> None:
         if not 0 < decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in (0, 1], got {decay_fraction}")
+        if score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+        self.score = score
         self.model, self.tokenizer, self.codec = model, tokenizer, codec
         self.train_series, self.val_series = train_series, val_series
         self.config, self.lora = config, lora
@@ -152,12 +164,21 @@ class WsdRungs:
             decay_fraction=decay / steps,  # `fit` rounds it back to exactly `decay` steps
             min_lr_ratio=self.min_lr_ratio,
             eval_every=0,
-            forecast_every=0,  # the forecasting metric at the end only
+            # the forecasting metric at the end only, or none when NLL/D scores the rung
+            forecast_every=0 if self.score == "forecast" else -1,
             evaluate_at_end=True,
             checkpoint_every=0,
         )
         branch = self._fit(branch_config, self.root / f"decay-{len(self.rungs)}")
         self.branch_flops += branch.total_flops - grown.total_flops
+        if self.score == "nll":
+            c = self.config
+            nll = nll_per_dim(
+                self.model, self.tokenizer, self.codec, self.val_series[: c.forecast_series],
+                c.forecast_history, c.forecast_horizon, c.context_length, self.lora,
+            )  # fmt: skip
+            branch.final[NLL_METRIC] = nll.value
+            self.branch_flops += nll.flops
         result = RungResult(
             rung=len(self.rungs),
             stable_steps=stable_steps,

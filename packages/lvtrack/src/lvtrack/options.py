@@ -135,6 +135,14 @@ def search_options(command: Any) -> Any:
             "--share", default=-1.0, help="The search's share of the budget (-1: the preset's)."
         ),
         click.option(
+            "--rung-score",
+            default="forecast",
+            show_default=True,
+            type=click.Choice(["forecast", "nll"]),
+            help="What scores a rung: the forecasting metric (sampled forecasts) or LLMTime's "
+            "NLL/D of the true continuation (one forward pass; docs/search.md).",
+        ),
+        click.option(
             "--decay-fraction",
             default=0.2,
             show_default=True,

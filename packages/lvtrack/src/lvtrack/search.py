@@ -43,8 +43,8 @@ from lvflops import ModelShape, train_step_flops
 from lvmodel.base import BaseModelError, base_shape
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvmodel.run_plan import plan_run
-from lvmodel.rungs import WsdRungs, decay_steps_for
+from lvmodel.run_plan import nll_bound, plan_run
+from lvmodel.rungs import NLL_METRIC, WsdRungs, decay_steps_for
 from lvmodel.train import FitData, fit_data
 from lvtrack.budget_db import driver_url, ensure_postgres_database
 from lvtrack.datafile import Prepared, prepare_data
@@ -68,6 +68,7 @@ ATTR_RUN = "mlflow_run_id"  # trial attribute: the trial's MLflow run
 ATTR_PARENT = "lv.mlflow_parent_run_id"  # study attribute: the search's parent run
 ATTR_SPACE = "lv.space"  # study attribute: the space it was created with
 SCORE = "val_mse_filled"  # the rung score, from the decayed branch's forecasting metric
+RUNG_SCORES = {"forecast": SCORE, "nll": NLL_METRIC}  # by SearchSettings.rung_score
 
 
 def open_storage(url: str, heartbeat_s: int = 30, attempts: int = 3) -> RDBStorage:
@@ -215,15 +216,19 @@ class Search:
 
     def rung_plan(self, config: TrainConfig, lora: LoraSettings, start: int, stable: int) -> int:
         """The most rung `stable` can spend after `start` stable steps: the new stable steps,
-        the decay branch, its validation loss and forecasting metric."""
+        the decay branch, its validation loss and forecasting metric (or NLL/D)."""
         decay = decay_steps_for(stable, self.settings.decay_fraction)
+        nll = self.settings.rung_score == "nll"
         branch = replace(
-            config, steps=stable - start + decay, eval_every=0, forecast_every=0,
+            config, steps=stable - start + decay, eval_every=0, forecast_every=-1 if nll else 0,
             evaluate_at_end=True,
         )  # fmt: skip
-        return plan_run(
-            self.shape, branch, lora, self.prep.codec.decimals, {}, self.preset.horizon
-        ).total
+        decimals, horizon = self.prep.codec.decimals, self.preset.horizon
+        plan = plan_run(self.shape, branch, lora, decimals, {}, horizon).total
+        if nll:
+            n, ctx = config.forecast_series, config.context_length
+            plan += nll_bound(self.shape, n, ctx, horizon, decimals, lora)
+        return plan
 
     def search_charged(self) -> int:
         """What the search's trials hold of the budget now (spent and reserved)."""
@@ -338,6 +343,7 @@ class Search:
             on_metrics=on_metrics,
             progress=sys.stderr.isatty(),
             data=self._fit_data(tok, config),
+            score=s.rung_score,
         )
         value = math.nan
         for k, stable in enumerate(steps):
@@ -354,14 +360,13 @@ class Search:
                     return "pruned for budget", value
                 planned = want
             result = trainer.rung(stable)
-            value = float(result.metrics.get(SCORE, math.nan))
-            meter.log(
-                result.total_flops,
-                stable,
-                {f"rung_{SCORE}_h{self.preset.horizon}": value, "rung": float(k)},
-            )
+            value = float(result.metrics.get(RUNG_SCORES[s.rung_score], math.nan))
+            scored = f"{RUNG_SCORES[s.rung_score]}_h{self.preset.horizon}"
+            meter.log(result.total_flops, stable, {f"rung_{scored}": value, "rung": float(k)})
             if k == len(steps) - 1:  # the top rung: no further pruning; `final` compares these
-                mlflow.log_metric(SELECTION_METRIC, value, step=stable)
+                # (`val_mse_filled_h5`, the selection metric; `val_nll_per_dim_h5` by NLL/D)
+                top = SELECTION_METRIC if s.rung_score == "forecast" else scored
+                mlflow.log_metric(top, value, step=stable)
                 return "completed", value
             trial.report(value, step=s.eta**k)  # FLOPs in units of rung 0's
             if trial.should_prune():
@@ -433,7 +438,8 @@ class Search:
             summary.update(best_value=best.value, best_trial=best.number, **best.params)
             tags["best_run_id"] = str(best.user_attrs.get(ATTR_RUN, ""))
             tags.update({f"best_{key}": str(value) for key, value in best.params.items()})
-            self.client.log_metric(self.parent_id, f"best_{SCORE}", float(best.value or math.nan))
+            score = RUNG_SCORES[self.settings.rung_score]
+            self.client.log_metric(self.parent_id, f"best_{score}", float(best.value or math.nan))
         set_run_tags(self.parent_id, tags)  # every worker writes them: one batch, race-safe
         return summary
 
