@@ -160,3 +160,52 @@ def test_final_with_seeds_shares_the_budget_and_promotes_the_best(
     assert spent <= budget - report
     champion = mlflow.MlflowClient().get_model_version_by_alias("lv-forecaster", "champion")
     assert champion.run_id == seeds[int(np.argmin(val))].info.run_id
+
+
+def test_final_scores_every_origin_planned_and_charged(
+    tracking_uri, micro_args, small_data_file, random_tiny_dir, monkeypatch
+):
+    """With origins (20, 50), final scores both splits from 20 steps of history as well as from
+    the headline 50: each score with its interval, the forecasts planned and charged, and the
+    report's table by origin."""
+    from dataclasses import replace
+
+    from lvmodel.base import base_shape
+    from lvmodel.lora import LoraSettings
+    from lvmodel.run_plan import forecast_bound
+    from lvtrack.presets import PRESETS
+    from projects import report as report_entry
+
+    monkeypatch.setitem(PRESETS, "micro", replace(PRESETS["micro"], origins=(20, 50)))
+    args = [*micro_args, "--steps", "2", "--eval-series", "3"]
+    result = CliRunner().invoke(final_entry.main, args)
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
+    m = run.data.metrics
+    assert run.data.params["origins"] == "20,50"
+    for split in ("val", "test"):
+        for key in (f"{split}_mse_filled_h5", f"{split}_crps_h5"):
+            assert m[f"{key}_k20_lo"] <= m[f"{key}_k20"] <= m[f"{key}_k20_hi"]
+            assert m[f"{key}_k20"] != m[key]  # another origin: other windows of the series
+    flops = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/flops.json")
+    # Planned for both origins of both splits (3 series each, 3 samples, context 128), and
+    # spent within it.
+    lora = LoraSettings(rank=2)
+    one = forecast_bound(base_shape(str(random_tiny_dir)), 3, 128, 5, 2, lora, num_samples=3)
+    assert flops["planned"]["final_eval"] == {"val": 2 * one, "test": 2 * one}
+    assert flops["eval_final"] <= 4 * one
+
+    report = CliRunner().invoke(
+        report_entry.main,
+        ["--preset", "micro", "--data-file", str(small_data_file), "--eval-series", "3"],
+    )
+    assert report.exit_code == 0, report.output
+    (rep,) = [
+        r
+        for r in mlflow.search_runs(experiment_names=["lv-forecast"], output_format="list")
+        if r.info.run_name == "report"
+    ]
+    text = mlflow.artifacts.load_text(f"runs:/{rep.info.run_id}/report.md")
+    assert "## Test error by forecast origin" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 20 |"))
+    assert f"{m['test_mse_filled_h5_k20']:.4g}" in row

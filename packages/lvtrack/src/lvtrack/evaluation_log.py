@@ -87,3 +87,20 @@ def log_evaluation(
         errors: dict[str, Sequence[float]] = {"LLM (this run)": ours, **references}
         mlflow.log_figure(plot_step_errors(errors, metric="MSE"), f"plots/step_errors_{split}.png")
     return clean
+
+
+def log_origin(ev: Evaluation, split: str, horizon: int, origin: int) -> dict[str, float]:
+    """The whole-horizon metrics of a forecast from another origin (`origin` steps of history),
+    each with its 95% series-bootstrap interval, named `{split}_mse_h{H}_k{origin}` etc."""
+    named = {
+        f"{_headline(split, key, horizon)}_k{origin}": value
+        for key, value in ev.metrics.items()
+        if key in HORIZON_METRICS
+    }
+    terms = series_terms(ev.predictions, ev.histories, ev.truth, ev.samples)
+    for key, (lo, hi) in intervals(terms).items():
+        name = f"{_headline(split, key, horizon)}_k{origin}"
+        named[f"{name}_lo"], named[f"{name}_hi"] = lo, hi
+    clean = {k: float(v) for k, v in named.items() if np.isfinite(v)}
+    mlflow.log_metrics(clean)
+    return clean

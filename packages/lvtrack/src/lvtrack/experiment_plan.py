@@ -39,8 +39,11 @@ def request_plan(
     req: TrainRequest, shape: ModelShape, decimals: int, n_val: int, n_test: int
 ) -> RunPlan:
     """The most FLOPs the training run `req` can spend: training at full windows, its in-run
-    evaluations, and its final forecasts of `n_val` validation (and `n_test` test) series."""
-    final = {"val": n_val, **({"test": n_test} if req.evaluate_test else {})}
+    evaluations, and its final forecasts of `n_val` validation (and `n_test` test) series from
+    each of its origins (`TrainRequest.origins`: a forecast's bound does not depend on its
+    history, only on the context it is cut to)."""
+    k = len(req.origins())
+    final = {"val": k * n_val, **({"test": k * n_test} if req.evaluate_test else {})}
     return plan_run(
         shape,
         req.train_config(),

@@ -121,6 +121,25 @@ def reference_table(refs: Mapping[str, Mapping[str, float]], horizon: int) -> li
     return lines
 
 
+def origins_table(
+    metrics: Mapping[str, float], origins: Sequence[int], headline: int, horizon: int
+) -> list[str]:
+    """The final model's test scores from each origin (history length), as its run logged
+    them: `test_mse_filled_h{H}` at the headline origin, `..._k{K}` at the others."""
+    lines = [
+        f"| history (steps in) | test MSE h{horizon} [95%] | test MAE h{horizon} | test CRPS h{horizon} |",
+        "|---:|---:|---:|---:|",
+    ]
+    for k in origins:
+        end = "" if k == headline else f"_k{k}"
+        mse, mae, crps = (f"test_{m}_h{horizon}{end}" for m in ("mse_filled", "mae_filled", "crps"))
+        cell = number(metrics.get(mse)) + interval(
+            metrics.get(f"{mse}_lo"), metrics.get(f"{mse}_hi")
+        )
+        lines.append(f"| {k} | {cell} | {number(metrics.get(mae))} | {number(metrics.get(crps))} |")
+    return lines
+
+
 def differences_table(rows: Sequence[tuple[str, float, float, float]]) -> list[str]:
     """(comparison, difference, lo, hi) rows: a difference is resolved when its paired interval
     excludes 0."""

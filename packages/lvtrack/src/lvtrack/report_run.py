@@ -50,6 +50,7 @@ from lvtrack.report import (
 from lvtrack.report_render import (
     differences_table,
     markdown_to_html,
+    origins_table,
     reference_table,
     results_table,
     sources_list,
@@ -365,6 +366,7 @@ def report_markdown(
         f"{sum(c.flops for c in filled):.3e} FLOPs to the budget (phase `report`); "
         f"{len(empty)} cell(s) remain empty.",
         "",
+        *origin_lines(preset, sources["final"]),
         "## Reference forecasters (test)",
         "",
         "Scored by the `reference` entry point (no LLM, no FLOPs charged) on the preset's own "
@@ -387,6 +389,25 @@ def report_markdown(
         *figure_lines,
     ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def origin_lines(preset: Preset, final: Source | str) -> list[str]:
+    """The final model's test scores from each of the preset's origins, when its run has them."""
+    if not isinstance(final, Source) or final.run is None or len(preset.origins) < 2:
+        return []
+    run = final.run
+    h = preset.horizon
+    return [
+        "## Test error by forecast origin",
+        "",
+        f"The final model (its own run, context {final.context}) scored on the same test series "
+        f"from several points of each: the first K steps in, the next {h} out "
+        f"(K = {preset.history_steps} is the headline). The context cuts a long history to its "
+        "latest steps, so a later origin forecasts later dynamics rather than seeing more.",
+        "",
+        *origins_table(run.data.metrics, sorted(preset.origins), preset.history_steps, h),
+        "",
+    ]
 
 
 def _table_metrics(cells: list[Cell]) -> dict[str, float]:

@@ -72,6 +72,9 @@ class TrainRequest:
             history_steps=int(params["history_steps"]),
             horizon=int(params["horizon"]),
             lora_targets=tuple(params["lora_targets"].split(",")),
+            origins=tuple(
+                int(k) for k in params.get("origins", str(preset.history_steps)).split(",")
+            ),
             **integer,  # type: ignore[arg-type]
         )
         return cls(
@@ -99,6 +102,13 @@ class TrainRequest:
     @property
     def base(self) -> str:
         return self.base_model or self.preset.base_model
+
+    def origins(self) -> tuple[int, ...]:
+        """The histories the run's end-of-run scores start from: the preset's `history_steps`
+        (the headline), then, for a run that scores the test split, its other `origins`."""
+        p = self.preset
+        others = tuple(k for k in p.origins if k != p.history_steps) if self.evaluate_test else ()
+        return (p.history_steps, *others)
 
     def lora(self) -> LoraSettings:
         """The LoRA wrap of this run: its rank on the preset's target modules."""

@@ -33,7 +33,7 @@ from lvmodel.run_plan import RunPlan
 from lvmodel.train import FitResult, fit
 from lvtrack.datafile import Prepared, prepare_data
 from lvtrack.describe import describe_run, run_description
-from lvtrack.evaluation_log import log_common, log_evaluation
+from lvtrack.evaluation_log import log_common, log_evaluation, log_origin
 from lvtrack.experiment_plan import request_plan, steps_from_budget
 from lvtrack.ledger import METRIC_FLOPS
 from lvtrack.plots import plot_curves
@@ -193,6 +193,7 @@ def run_params(req: TrainRequest) -> dict[str, Any]:
         horizon=preset.horizon,
         lora_alpha=lora.lora_alpha,
         lora_targets=",".join(lora.targets),
+        origins=",".join(map(str, preset.origins)),
         lm_head_bias=lora.lm_head_bias,
         **{k: getattr(preset, k) for k in PRESET_PARAMS},
     )
@@ -361,33 +362,38 @@ def finish_run(
 def score(
     req: TrainRequest, prep: Prepared, model: Any, tok: Any, result: FitResult, meter: FlopsMeter
 ) -> tuple[dict[str, float], int]:
-    """Forecast the validation split (and the test split) as the run's protocol says; log each
-    split's scores beside the reference forecasters'; returns them and their FLOPs."""
+    """Forecast the validation split (and the test split) as the run's protocol says, from each
+    of its origins; log each split's scores (at the headline origin beside the reference
+    forecasters'); returns them and their FLOPs."""
     preset, final, eval_flops = req.preset, {}, 0
     for split in ("val", "test") if req.evaluate_test else ("val",):
-        ev = evaluate_llm(
-            model,
-            tok,
-            prep.codec,
-            prep.scored(split, preset),
-            preset.history_steps,
-            preset.horizon,
-            req.context_length,
-            req.lora(),
-            num_samples=req.eval_samples,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            seed=req.seed,
-        )
-        eval_flops += ev.flops
-        meter.log(result.total_flops + eval_flops, result.steps)  # a failure later still counts it
-        run = mlflow.active_run()
-        refs = (
-            reference_step_errors(run.info.experiment_id, preset.name, split, preset.horizon)
-            if run is not None
-            else None
-        )
-        final.update(log_evaluation(ev, split, preset.horizon, prep.traj.time, refs))
+        for origin in req.origins():
+            ev = evaluate_llm(
+                model,
+                tok,
+                prep.codec,
+                prep.scored(split, preset),
+                origin,
+                preset.horizon,
+                req.context_length,
+                req.lora(),
+                num_samples=req.eval_samples,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                seed=req.seed,
+            )
+            eval_flops += ev.flops
+            meter.log(result.total_flops + eval_flops, result.steps)  # a failure later counts it
+            if origin != preset.history_steps:
+                final.update(log_origin(ev, split, preset.horizon, origin))
+                continue
+            run = mlflow.active_run()
+            refs = (
+                reference_step_errors(run.info.experiment_id, preset.name, split, preset.horizon)
+                if run is not None
+                else None
+            )
+            final.update(log_evaluation(ev, split, preset.horizon, prep.traj.time, refs))
     return final, eval_flops
 
 
