@@ -1,11 +1,12 @@
-"""A training run's request: the preset plus what an entry point overrides, and back from the
-parameters a run logged (for resuming)."""
+"""A training run's request: the preset plus what an entry point overrides; the parameters it logs
+(`to_params`) and back from them (`from_params`, for resuming), both driven by the fields' types."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
@@ -13,7 +14,10 @@ from lvtrack.presets import Preset, get_preset
 
 # Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
 # resumed run rebuilds exactly the run that died from its parameters.
-PRESET_PARAMS = ("eval_series", "eval_windows", "eval_every", "forecast_every", "forecast_series")
+PRESET_PARAMS = (
+    "budget", "history_steps", "horizon", "lora_targets", "origins", "eval_series",
+    "eval_windows", "eval_every", "forecast_every", "forecast_series",
+)  # fmt: skip
 
 
 @dataclass
@@ -58,46 +62,38 @@ class TrainRequest:
             preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
         )
 
+    def to_params(self) -> dict[str, Any]:
+        """What the run logs as parameters: its own fields, the preset's name and the preset
+        fields that shape it (:data:`PRESET_PARAMS`), the base it resolves to and its LoRA
+        wrap; tuples as comma-separated text."""
+        lora = self.lora()
+        own = {k: v for k, v in asdict(self).items() if k != "preset"}
+        shaping = {k: getattr(self.preset, k) for k in PRESET_PARAMS}
+        params = {
+            **own,
+            **shaping,
+            "preset": self.preset.name,
+            "base_model": self.base,
+            "lora_alpha": lora.lora_alpha,
+            "lm_head_bias": lora.lm_head_bias,
+        }
+        return {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in params.items()}
+
     @classmethod
     def from_params(cls, params: dict[str, str], budget: float = -1) -> TrainRequest:
-        """The request a run was started with, rebuilt from its logged parameters (for resuming).
+        """The request a run was started with, rebuilt from its logged parameters (for resuming),
+        each parsed by its field's type; a field it did not log takes its default (a run logged
+        before `origins` existed is scored at the headline origin only).
 
         `budget` (-1: the logged one) may differ: it is the experiment's limit, not the run's.
         """
         preset = get_preset(params["preset"])
-        integer = {k: int(params[k]) for k in PRESET_PARAMS if k in params}
-        preset = replace(
-            preset,
-            budget=float(budget) if budget not in (-1, -1.0) else float(params["budget"]),
-            history_steps=int(params["history_steps"]),
-            horizon=int(params["horizon"]),
-            lora_targets=tuple(params["lora_targets"].split(",")),
-            origins=tuple(
-                int(k) for k in params.get("origins", str(preset.history_steps)).split(",")
-            ),
-            **integer,  # type: ignore[arg-type]
-        )
-        return cls(
-            preset=preset,
-            phase=params["phase"],
-            run_name=params["run_name"],
-            lr=float(params["lr"]),
-            rank=int(params["rank"]),
-            context_length=int(params["context_length"]),
-            steps=int(params["steps"]),
-            batch_size=int(params["batch_size"]),
-            seed=int(params["seed"]),
-            schedule=params["schedule"],
-            warmup_steps=int(params["warmup_steps"]),
-            data_file=params["data_file"],
-            evaluate_test=params["evaluate_test"] == "True",
-            register=params["register"] == "True",
-            base_model=params["base_model"],
-            checkpoint_every=int(params.get("checkpoint_every", 0)),
-            eval_samples=int(params.get("eval_samples", 1)),
-            temperature=float(params.get("temperature", 1.0)),
-            top_p=float(params.get("top_p", 1.0)),
-        )
+        shaping = {"origins": str(preset.history_steps), **params}
+        preset = replace(preset, **_parsed(Preset, shaping, PRESET_PARAMS))
+        if budget not in (-1, -1.0):
+            preset = replace(preset, budget=float(budget))
+        own = [f.name for f in fields(cls) if f.name != "preset"]
+        return cls(preset=preset, **_parsed(cls, params, own))
 
     @property
     def base(self) -> str:
@@ -159,3 +155,17 @@ def settings_conflicts(
             continue
         out.append(f"--{name.replace('_', '-')} {value} (the run's: {logged[name]})")
     return out
+
+
+def _parsed(cls: type, params: dict[str, str], names: Sequence[str]) -> dict[str, Any]:
+    """The logged `params` among `names`, each parsed as its field of `cls` is typed."""
+    hints = get_type_hints(cls)
+    return {n: _parse(params[n], hints[n]) for n in names if n in params}
+
+
+def _parse(text: str, kind: Any) -> Any:
+    if kind is bool:
+        return text == "True"
+    if get_origin(kind) is tuple:  # tuple[X, ...], logged comma-separated
+        return tuple(get_args(kind)[0](t) for t in text.split(",") if t)
+    return kind(text)

@@ -38,7 +38,7 @@ from lvtrack.experiment_plan import request_plan, steps_from_budget
 from lvtrack.ledger import METRIC_FLOPS
 from lvtrack.plots import plot_curves
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, log_forecaster
-from lvtrack.request import PRESET_PARAMS, TrainRequest, settings_conflicts
+from lvtrack.request import TrainRequest, settings_conflicts
 from lvtrack.resume import (
     METRIC_REWORK,
     TAG_CHECKPOINTS,
@@ -180,26 +180,6 @@ def planned(
     return req, request_plan(req, shape, decimals, n_val, n_test), by_budget
 
 
-def run_params(req: TrainRequest) -> dict[str, Any]:
-    """What a training run logs as parameters: its request and the preset fields that shape it
-    (`TrainRequest.from_params` reads them back)."""
-    preset, lora = req.preset, req.lora()
-    params = {k: v for k, v in asdict(req).items() if k != "preset"}
-    params.update(
-        preset=preset.name,
-        base_model=req.base,
-        budget=preset.budget,
-        history_steps=preset.history_steps,
-        horizon=preset.horizon,
-        lora_alpha=lora.lora_alpha,
-        lora_targets=",".join(lora.targets),
-        origins=",".join(map(str, preset.origins)),
-        lm_head_bias=lora.lm_head_bias,
-        **{k: getattr(preset, k) for k in PRESET_PARAMS},
-    )
-    return params
-
-
 @contextmanager
 def admitted(
     req: TrainRequest,
@@ -212,7 +192,7 @@ def admitted(
 ) -> Iterator[tuple[FlopsMeter, Path]]:
     """The run, once the ledger admits its plan (a child of `mlflow run`'s run when there is
     one); yields its meter and checkpoint folder, and closes it with what it spent."""
-    params = run_params(req)
+    params = req.to_params()
     tags = {
         "base_model": req.base,
         **({"settings_from": settings_source} if settings_source else {}),
