@@ -87,6 +87,36 @@ def test_runs_go_to_lv_forecast_marked_as_model_training(tracking_uri, fresh_not
     assert tracking.setup_tracking() == experiment_id  # the same experiment, not a second one
 
 
+def test_tracking_is_set_up_once_per_process(tracking_uri, monkeypatch):
+    """A later call with the same store and experiment asks the store nothing again; another
+    experiment is set up on its own."""
+    asked: list[str | None] = []
+    chosen = tracking._chosen_experiment
+    monkeypatch.setattr(tracking, "_chosen_experiment", lambda e: asked.append(e) or chosen(e))
+    first = tracking.setup_tracking()
+    assert tracking.setup_tracking() == tracking.setup_tracking() == first
+    assert asked == [None]
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID")  # as a new process would choose again
+    other = tracking.setup_tracking("another")
+    assert other != first and asked == [None, "another"]
+
+
+def test_the_mlflow_run_parent_is_named_apart_from_the_work_run(tracking_uri, monkeypatch):
+    """Under `mlflow run` the run it made becomes the work run's parent, named
+    `<name> (mlflow run)` so that the runs list tells it from the run that trained."""
+    from lvtrack.runs import entry_parent
+
+    client = MlflowClient()
+    made = client.create_run(tracking.setup_tracking(), run_name="whatever").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", made)
+    with entry_parent("final", "micro", "final") as parent:
+        assert parent is not None and parent.info.run_id == made
+    assert client.get_run(made).info.run_name == "final (mlflow run)"
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)  # MLflow drops it when the run ends
+    with entry_parent("final", "micro", "final") as parent:
+        assert parent is None  # run by hand: no parent
+
+
 def test_a_named_experiment_beats_the_environment_and_both_beat_the_default(
     tracking_uri, monkeypatch
 ):
