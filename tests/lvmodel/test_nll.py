@@ -95,10 +95,10 @@ def test_nll_bound_bounds_what_a_pass_costs(tokenizer, series) -> None:
     codec = LLMTimeCodec(alpha=3.0, decimals=2)
     for context in (24, 40, 200):
         spent = nll_per_dim(model, tokenizer, codec, series, HISTORY, HORIZON, context).flops
-        bound = nll_bound(shape, len(series), context, HORIZON, codec.decimals)
+        bound = nll_bound(shape, len(series), context, HORIZON, decimals=codec.decimals)
         assert spent <= bound
     new = max_new_tokens_for(HORIZON, 2, DEFAULT_MAX_INT_DIGITS, 2)
     by_hand = len(series) * forward_flops(
         shape, 40 + new, 1, logits_len=new + 1, loss=True
     ).total  # fmt: skip
-    assert nll_bound(shape, len(series), 40, HORIZON, 2) == by_hand
+    assert nll_bound(shape, len(series), 40, HORIZON, decimals=2) == by_hand

@@ -183,11 +183,11 @@ def test_rungs_scored_by_nll_forward_once_and_generate_nothing(toy_data, tmp_pat
     assert first.metrics[NLL_METRIC] == pytest.approx(again.value, rel=1e-6)
     loss = eval_flops(SHAPE, 64, 4, **LORA.flops_kwargs()).total
     evaluated = first.flops - (first.branch.train_flops)
-    assert again.flops <= nll_bound(SHAPE, 2, 64, 2, codec.decimals, LORA)
+    assert again.flops <= nll_bound(SHAPE, 2, 64, 2, decimals=codec.decimals, lora=LORA)
     assert (
         evaluated
         == first.branch.eval_flops + again.flops
-        <= loss + nll_bound(SHAPE, 2, 64, 2, codec.decimals, LORA)
+        <= loss + nll_bound(SHAPE, 2, 64, 2, decimals=codec.decimals, lora=LORA)
     )
     with pytest.raises(ValueError, match="score must be one of"):
         WsdRungs(model, tok, codec, train, val, CONFIG, LORA, tmp_path, score="loss")

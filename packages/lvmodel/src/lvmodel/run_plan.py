@@ -115,15 +115,9 @@ class RunPlan:
 
 
 def nll_bound(
-    shape: ModelShape,
-    n_series: int,
-    context_length: int,
-    horizon: int,
-    decimals: int = 2,
-    lora: LoraSettings | None = None,
-    max_int_digits: int = DEFAULT_MAX_INT_DIGITS,
-    n_vars: int = 2,
-) -> int:
+    shape: ModelShape, n_series: int, context_length: int, horizon: int, *, decimals: int = 2,
+    lora: LoraSettings | None = None, max_int_digits: int = DEFAULT_MAX_INT_DIGITS, n_vars: int = 2,
+) -> int:  # fmt: skip
     """The most FLOPs :func:`~lvmodel.nll.nll_per_dim` can spend on `n_series` series: one
     forward pass over a prompt of at most `context_length` tokens and the longest continuation
     the grammar allows, logits and their log-softmax at the continuation's positions and the one

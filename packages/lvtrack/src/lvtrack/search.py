@@ -227,7 +227,7 @@ class Search:
         plan = plan_run(self.shape, branch, lora, decimals, {}, horizon).total
         if nll:
             n, ctx = config.forecast_series, config.context_length
-            plan += nll_bound(self.shape, n, ctx, horizon, decimals, lora)
+            plan += nll_bound(self.shape, n, ctx, horizon, decimals=decimals, lora=lora)
         return plan
 
     def search_charged(self) -> int:

@@ -270,7 +270,7 @@ def evaluation_flops(
     plan = plan_run(shape, config, lora, decimals, {}, preset.horizon)
     if rung_score == "nll":
         nll = nll_bound(shape, preset.forecast_series, config.context_length, preset.horizon,
-                        decimals, lora)  # fmt: skip
+                        decimals=decimals, lora=lora)  # fmt: skip
         return plan.val_loss + nll
     return plan.val_loss + plan.val_forecast
 
