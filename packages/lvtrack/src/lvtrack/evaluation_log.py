@@ -6,14 +6,14 @@ baseline and reference runs, the report's cells and the rates probe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import mlflow
 import numpy as np
 
 from lvmodel.evaluate import Evaluation
-from lvmodel.intervals import intervals, series_terms
+from lvmodel.intervals import Terms, intervals, series_terms
 from lvtrack.datafile import Prepared
 from lvtrack.plots import plot_fan, plot_forecasts, plot_step_errors
 from lvtrack.tracking import log_dataset
@@ -54,12 +54,8 @@ def log_evaluation(
         _headline(split, key, horizon) if key in HORIZON_METRICS else f"{split}_{key}": value
         for key, value in ev.metrics.items()
     }
-    terms = series_terms(ev.predictions, ev.histories, ev.truth, ev.samples)
-    for key, (lo, hi) in intervals(terms).items():
-        name = _headline(split, key, horizon)
-        named[f"{name}_lo"], named[f"{name}_hi"] = lo, hi
-    clean = {k: float(v) for k, v in named.items() if np.isfinite(v)}
-    mlflow.log_metrics(clean)
+    bounds, terms = _intervals(ev, lambda key: _headline(split, key, horizon))
+    clean = _logged({**named, **bounds})
     # Per-series terms, so that a later comparison can pair this forecast with another's.
     series = {k: {"num": num.tolist(), "den": den.tolist()} for k, (num, den) in terms.items()}
     mlflow.log_dict(series, f"scores/{split}_series.json")
@@ -92,15 +88,27 @@ def log_evaluation(
 def log_origin(ev: Evaluation, split: str, horizon: int, origin: int) -> dict[str, float]:
     """The whole-horizon metrics of a forecast from another origin (`origin` steps of history),
     each with its 95% series-bootstrap interval, named `{split}_mse_h{H}_k{origin}` etc."""
-    named = {
-        f"{_headline(split, key, horizon)}_k{origin}": value
-        for key, value in ev.metrics.items()
-        if key in HORIZON_METRICS
-    }
+
+    def name_of(key: str) -> str:
+        return f"{_headline(split, key, horizon)}_k{origin}"
+
+    named = {name_of(key): v for key, v in ev.metrics.items() if key in HORIZON_METRICS}
+    bounds, _ = _intervals(ev, name_of)
+    return _logged({**named, **bounds})
+
+
+def _intervals(ev: Evaluation, name_of: Callable[[str], str]) -> tuple[dict[str, float], Terms]:
+    """The 95% series-bootstrap interval of each headline metric (`lvmodel.intervals`) as
+    `{name_of(key)}_lo` and `_hi`, and the per-series terms they were drawn from."""
     terms = series_terms(ev.predictions, ev.histories, ev.truth, ev.samples)
+    bounds = {}
     for key, (lo, hi) in intervals(terms).items():
-        name = f"{_headline(split, key, horizon)}_k{origin}"
-        named[f"{name}_lo"], named[f"{name}_hi"] = lo, hi
+        bounds[f"{name_of(key)}_lo"], bounds[f"{name_of(key)}_hi"] = lo, hi
+    return bounds, terms
+
+
+def _logged(named: dict[str, float]) -> dict[str, float]:
+    """The finite ones of `named`, logged to the active run."""
     clean = {k: float(v) for k, v in named.items() if np.isfinite(v)}
     mlflow.log_metrics(clean)
     return clean

@@ -51,7 +51,7 @@ from lvtrack.resume import (
     resume_hint,
 )
 from lvtrack.runs import FlopsMeter, budgeted_run, entry_parent, parent_run
-from lvtrack.selection import reference_step_errors
+from lvtrack.selection import SELECTION_METRIC, reference_step_errors
 from lvtrack.tracking import array_digest, setup_tracking
 
 TAG_STEPS_FROM = "lv.steps_from"  # "budget": the run's steps were what the budget had left
@@ -95,7 +95,7 @@ def train_run(
 
 
 #: The metrics whose spread across seeds `train_seeds` logs (when the runs have them).
-SPREAD_METRICS = ("val_mse_filled_h5", "val_mse_h5", "val_crps_h5", "test_mse_h5", "test_crps_h5")
+SPREAD_METRICS = (SELECTION_METRIC, "val_mse_h5", "val_crps_h5", "test_mse_h5", "test_crps_h5")
 
 
 def train_seeds(req: TrainRequest, seeds: int, settings_source: str = "") -> dict[str, float]:
@@ -104,7 +104,7 @@ def train_seeds(req: TrainRequest, seeds: int, settings_source: str = "") -> dic
     budget's, the others the same steps. The parent logs the spread of each of
     :data:`SPREAD_METRICS` across the seeds (`seeds_{metric}_mean`, `_sd`, `_min`, `_max`) and
     each seed's metrics (`seeds.json`); returns the metrics of the best seed on validation
-    (`val_mse_filled_h5`) with the spread beside them."""
+    (`lvtrack.selection.SELECTION_METRIC`) with the spread beside them."""
     params = {"preset": req.preset.name, "seeds": seeds, "first_seed": req.seed}
     results: dict[int, dict[str, float]] = {}
     with parent_run(req.run_name, req.phase, params, req.preset.name):
@@ -116,7 +116,7 @@ def train_seeds(req: TrainRequest, seeds: int, settings_source: str = "") -> dic
         spread = seed_spread(results)
         mlflow.log_metrics(spread)
         mlflow.log_dict({str(s): m for s, m in results.items()}, "seeds.json")
-    best = min(results, key=lambda s: results[s].get("val_mse_filled_h5", np.inf))
+    best = min(results, key=lambda s: results[s].get(SELECTION_METRIC, np.inf))
     click.echo(
         f"{req.phase}: {seeds} seeds; the best on validation is seed {best}; "
         + ", ".join(
