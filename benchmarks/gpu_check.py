@@ -541,7 +541,7 @@ def timed_fit(args, model, tok, codec, train, val, lora, device, compile_on: boo
         schedule="constant",
         eval_every=0,
         eval_windows=args.batch,
-        forecast_every=-1,
+        forecast_series=0,
         evaluate_at_end=False,  # no evaluation: the last logging point is the last step's
         checkpoint_every=0,
         checkpoint_seconds=0.0,

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=p.warmup_steps,
         eval_every=0,
         eval_windows=p.eval_windows,
-        forecast_every=-1,
+        forecast_every=0,  # the forecasting metric at the end of a fit only
         forecast_series=p.forecast_series,
         forecast_history=p.history_steps,
         forecast_horizon=p.horizon,
@@ -128,11 +128,11 @@ def main(argv: list[str] | None = None) -> None:
                     cost["forecast_flops"] += fc.flops
                     cost["forecast_s"] += t3 - t2
             for steps in [] if args.no_cosine else rungs:
-                short = replace(config, steps=steps, schedule="cosine", forecast_every=0)
+                short = replace(config, steps=steps, schedule="cosine")
                 done = fit(model(), tok, codec, train, val, short, lora, progress=False)
                 row[f"cosine@{steps}"] = done.final["val_mse_filled"]
             long_model = model()
-            long = replace(config, steps=args.long, schedule="cosine")
+            long = replace(config, steps=args.long, schedule="cosine", forecast_series=0)
             fit(long_model, tok, codec, train, val, long, lora, progress=False)
             ev = evaluate_llm(
                 long_model, tok, codec, val[: args.score_series], p.history_steps, p.horizon,

@@ -43,7 +43,7 @@ def main() -> None:
     lora = None
     if args.adapter:
         model, lora = load_adapter(model, args.adapter), adapter_settings(args.adapter)
-    val = prep.scored("val", preset)
+    val = prep.scored("val", preset.eval_series)
     context = args.context or preset.context_length
     print("| samples | temperature | top_p | MSE h5 | MAE h5 | CRPS | coverage 80% | s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")

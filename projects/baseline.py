@@ -15,12 +15,12 @@ from lvtrack.describe import describe_run, parent_description, run_description
 from lvtrack.evaluation_log import log_common, log_evaluation
 from lvtrack.experiment_plan import baseline_plan
 from lvtrack.options import (
+    CONTEXTS,
     base_option,
-    check_train_values,
     data_option,
     eval_series_option,
-    parse_list,
     preset_option,
+    preset_value,
 )
 from lvtrack.presets import get_preset
 from lvtrack.runs import budgeted_run, parent_run
@@ -31,15 +31,19 @@ from lvtrack.selection import SELECTION_METRIC
 @preset_option
 @base_option
 @data_option
-@click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
+@preset_value("contexts", CONTEXTS, "--contexts", "Comma-separated context lengths")
 @eval_series_option
-def main(preset: str, base_model: str, data_file: str, contexts: str, eval_series: int) -> None:
+def main(
+    preset: str,
+    base_model: str | None,
+    data_file: str,
+    contexts: tuple[int, ...] | None,
+    eval_series: int | None,
+) -> None:
     """Zero-shot forecasts of the validation split at each context length (budgeted: generation
     FLOPs count)."""
-    check_train_values(eval_series=eval_series)
-    p = get_preset(preset, eval_series=eval_series)
-    sizes = parse_list(contexts, int, "--contexts") or p.contexts
-    base = base_model or p.base_model
+    p = get_preset(preset, base_model=base_model, eval_series=eval_series, contexts=contexts)
+    sizes, base = p.contexts, p.base_model
     prep = prepare_data(data_file)
     try:
         shape = base_shape(base)  # plans need the config only; weights load once a run is admitted
@@ -55,7 +59,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
                 raise click.ClickException(str(err)) from None
         return loaded[0], loaded[1]
 
-    val = prep.scored("val", p)
+    val = prep.scored("val", p.eval_series)
     scores = {}
     with parent_run(
         "baseline",
@@ -65,7 +69,7 @@ def main(preset: str, base_model: str, data_file: str, contexts: str, eval_serie
     ):
         for ctx in sizes:
             planned = baseline_plan(p, shape, prep.codec.decimals, len(val), ctx)
-            params = {
+            params: dict[str, object] = {
                 "preset": p.name,
                 "base_model": base,
                 "context_length": ctx,

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from lvtrack.budget_table import budget_table
 from lvtrack.describe import budget_description, describe_run
-from lvtrack.options import preset_option
+from lvtrack.options import budget_option, preset_option
 from lvtrack.presets import get_preset
 from lvtrack.resume import ReleaseError, release_dead_run
 from lvtrack.tracking import setup_tracking
@@ -16,7 +16,7 @@ from lvtrack.tracking import setup_tracking
 
 @click.command()
 @preset_option
-@click.option("--budget", default=-1.0, type=float, help="Budget in FLOPs (-1: the preset's).")
+@budget_option
 @click.option(
     "--release",
     "release",
@@ -31,7 +31,7 @@ from lvtrack.tracking import setup_tracking
     help="With --release: release a run whose last attempt ran on another host (check first "
     "that it is dead there).",
 )
-def main(preset: str, budget: float, release: str, force: bool) -> None:
+def main(preset: str, budget: float | None, release: str, force: bool) -> None:
     """Print the FLOPs spent per phase and log the table as a run artifact."""
     p = get_preset(preset, budget=budget)
     exp_id = setup_tracking()

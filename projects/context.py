@@ -8,7 +8,7 @@ import click
 import mlflow
 
 from lvtrack.describe import describe_run, parent_description
-from lvtrack.options import check_train_values, parse_list, run_options, steps_option
+from lvtrack.options import CONTEXTS, preset_value, run_options, steps_option
 from lvtrack.presets import get_preset
 from lvtrack.request import TrainRequest
 from lvtrack.runs import parent_run
@@ -19,21 +19,26 @@ from lvtrack.training_run import train_run
 
 @click.command()
 @run_options
-@click.option("--contexts", default="", help="Comma-separated context lengths (default: preset).")
-@steps_option("the preset's context_steps")
+@preset_value("contexts", CONTEXTS, "--contexts", "Comma-separated context lengths")
+@steps_option("context_steps")
 def main(
     preset: str,
-    base_model: str,
+    base_model: str | None,
     data_file: str,
     seed: int,
-    contexts: str,
-    steps: int,
-    eval_series: int,
+    contexts: tuple[int, ...] | None,
+    steps: int | None,
+    eval_series: int | None,
 ) -> None:
     """Train at each context length with the best (lr, rank) of the finished sweep."""
-    check_train_values(steps=steps, eval_series=eval_series)
-    p = get_preset(preset, context_steps=steps, eval_series=eval_series)
-    sizes = parse_list(contexts, int, "--contexts") or p.contexts
+    p = get_preset(
+        preset,
+        base_model=base_model,
+        context_steps=steps,
+        eval_series=eval_series,
+        contexts=contexts,
+    )
+    sizes = p.contexts
     scores: dict[int, float] = {}
     with parent_run(
         "context",
@@ -61,7 +66,6 @@ def main(
                 context_length=ctx,
                 seed=seed,
                 data_file=data_file,
-                base_model=base_model,
             )
             scores[ctx] = train_run(req, nested=True).get(SELECTION_METRIC, float("nan"))
         best_ctx = min(scores, key=lambda c: scores[c])

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
 
 from lvmodel.rungs import NLL_METRIC
-from lvtrack.options import check_train_values, run_options, steps_option
+from lvtrack.options import (
+    BUDGET,
+    COUNT,
+    OrPreset,
+    StepsOrBudget,
+    budget_option,
+    preset_value,
+    run_options,
+)
 from lvtrack.presets import get_preset
 from lvtrack.registry import REGISTERED_MODEL, RegistryError, promote
 from lvtrack.request import TrainRequest
@@ -18,25 +27,29 @@ from lvtrack.training_run import train_run, train_seeds
 
 @click.command()
 @run_options
-@steps_option("the preset's final_steps; 0: as many as the budget has left")
-@click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
-@click.option(
+@preset_value(
+    "final_steps; tiny and qwen: budget",
+    OrPreset(StepsOrBudget()),
+    "--steps",
+    "Optimizer steps, or 'budget': as many as what is left of the budget affords",
+)
+@budget_option
+@preset_value(
+    "final_seeds",
+    COUNT,
     "--seeds",
-    default=-1,
-    type=int,
-    help="Train with N seeds (seed, seed + 1, ...), each on an equal share of what the budget "
-    "has left; the best on validation becomes the champion, the spread is logged (-1: the "
-    "preset's final_seeds).",
+    "Train with N seeds (seed, seed + 1, ...), each on an equal share of what the budget has "
+    "left; the best on validation becomes the champion, the spread is logged",
 )
 def main(
     preset: str,
-    base_model: str,
+    base_model: str | None,
     data_file: str,
     seed: int,
-    steps: int,
-    budget: float,
-    seeds: int,
-    eval_series: int,
+    steps: int | str | None,
+    budget: float | None,
+    seeds: int | None,
+    eval_series: int | None,
 ) -> None:
     """Settings: the best completed `search` trial (lr, rank, context), else the best finished
     `context` run (lr, rank, context), else the best `sweep` run
@@ -45,10 +58,11 @@ def main(
     evaluations), scores the validation and the test split, and registers the model as
     `lv-forecaster`; then points the alias `champion` at the registered version with the best
     validation metric (what the `promote` entry point does)."""
-    check_train_values(steps=steps or -1, budget=budget, eval_series=eval_series, seeds=seeds)
     p = get_preset(
-        preset, final_steps=steps, budget=budget, eval_series=eval_series, final_seeds=seeds
+        preset, base_model=base_model, budget=budget, eval_series=eval_series, final_seeds=seeds
     )
+    if steps is not None:
+        p = replace(p, final_steps=None if steps == BUDGET else int(steps))
     exp_id = setup_tracking()
     lr, rank, ctx, source = p.lr, p.rank, p.context_length, "preset defaults"
     searched = best_of(exp_id, "search", p.name) or best_of(
@@ -60,22 +74,15 @@ def main(
         lr, rank, ctx, source = best.lr, best.rank, best.context_length, f"context:{best.run_id}"
     elif best := best_of(exp_id, "sweep", p.name):
         lr, rank, source = best.lr, best.rank, f"sweep:{best.run_id}"
-    req = TrainRequest.from_preset(
-        p,
+    req = TrainRequest(
+        replace(p, lr=lr, rank=rank, context_length=ctx),
         "final",
         "final",
         p.final_steps,
-        lr=lr,
-        rank=rank,
-        context_length=ctx,
         seed=seed,
         data_file=data_file,
         evaluate_test=True,
         register=True,
-        eval_samples=p.eval_samples,
-        temperature=p.temperature,
-        top_p=p.top_p,
-        base_model=base_model,
     )
     click.echo(f"final: lr={lr:g} rank={rank} context={ctx} (from {source})", err=True)
     if p.final_seeds > 1:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from lvtrack.options import check_train_values, run_options, steps_option
+from lvtrack.options import run_options, steps_option
 from lvtrack.presets import get_preset
 from lvtrack.request import TrainRequest
 from lvtrack.training_run import train_run
@@ -14,22 +14,18 @@ from lvtrack.training_run import train_run
 
 @click.command()
 @run_options
-@steps_option("the preset's initial_steps")
+@steps_option("initial_steps")
 def main(
-    preset: str, base_model: str, data_file: str, seed: int, steps: int, eval_series: int
+    preset: str,
+    base_model: str | None,
+    data_file: str,
+    seed: int,
+    steps: int | None,
+    eval_series: int | None,
 ) -> None:
     """Train with the coursework defaults (rank, lr, batch, context of the preset)."""
-    check_train_values(steps=steps, eval_series=eval_series)
-    p = get_preset(preset, initial_steps=steps, eval_series=eval_series)
-    req = TrainRequest.from_preset(
-        p,
-        "initial",
-        "initial",
-        p.initial_steps,
-        seed=seed,
-        data_file=data_file,
-        base_model=base_model,
-    )
+    p = get_preset(preset, base_model=base_model, initial_steps=steps, eval_series=eval_series)
+    req = TrainRequest(p, "initial", "initial", p.initial_steps, seed=seed, data_file=data_file)
     click.echo(json.dumps(train_run(req)))
 
 

@@ -17,12 +17,13 @@ from mlflow.exceptions import ExecutionException
 
 from lvtrack.describe import describe_run, pipeline_description
 from lvtrack.options import (
+    LRS,
+    RANKS,
     base_option,
-    check_train_values,
     data_option,
     eval_series_option,
-    parse_list,
     preset_option,
+    preset_value,
     steps_option,
 )
 from lvtrack.pipeline_steps import PHASES, STEPS, already_ran, step_params
@@ -33,9 +34,9 @@ from lvtrack.tracking import setup_tracking, ui_hint
 @preset_option
 @base_option
 @data_option
-@steps_option("each training phase's, from the preset")
-@click.option("--lrs", default="", help="The sweep's learning rates (default: the preset's).")
-@click.option("--ranks", default="", help="The sweep's LoRA ranks (default: the preset's).")
+@steps_option("steps of each training phase")
+@preset_value("sweep_lrs", LRS, "--lrs", "The sweep's learning rates")
+@preset_value("sweep_ranks", RANKS, "--ranks", "The sweep's LoRA ranks")
 @eval_series_option
 @click.option(
     "--method",
@@ -47,20 +48,21 @@ from lvtrack.tracking import setup_tracking, ui_hint
 )
 def main(
     preset: str,
-    base_model: str,
+    base_model: str | None,
     data_file: str,
-    steps: int,
-    lrs: str,
-    ranks: str,
-    eval_series: int,
+    steps: int | None,
+    lrs: tuple[float, ...] | None,
+    ranks: tuple[int, ...] | None,
+    eval_series: int | None,
     method: str,
 ) -> None:
     """Run (or reuse) every step of the experiment in order."""
-    check_train_values(steps=steps, eval_series=eval_series)
-    parse_list(lrs, float, "--lrs")
-    parse_list(ranks, int, "--ranks")
     given = {"steps": steps, "lrs": lrs, "ranks": ranks, "eval_series": eval_series}
-    cuts = {k: str(v) for k, v in given.items() if v not in (-1, "")}
+    cuts = {
+        k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        for k, v in given.items()
+        if v is not None
+    }
     experiment_id = setup_tracking()
     done: dict[str, str] = {}
     reused: list[str] = []

@@ -19,7 +19,7 @@ from lvtrack.datafile import DECIMALS, DEFAULT_SYSTEMS, SPLIT_SEED
 from lvtrack.experiment_plan import experiment_plan, plan_table, with_walls
 from lvtrack.options import (
     base_option,
-    check_train_values,
+    budget_option,
     eval_series_option,
     preset_option,
     search_options,
@@ -43,7 +43,7 @@ DATA_FILE = "data/lotka_volterra_data.h5"  # the pipeline's default
     type=click.IntRange(min=8),
     help="Series in the data file (the split's validation and test parts are scored).",
 )
-@click.option("--budget", default=-1.0, type=float, help="Budget in FLOPs (-1: the preset's).")
+@budget_option
 @eval_series_option
 @click.option(
     "--method", default="grid", show_default=True, type=click.Choice(["grid", "search"]),
@@ -59,16 +59,19 @@ DATA_FILE = "data/lotka_volterra_data.h5"  # the pipeline's default
     "base (minutes for tiny on a CPU), cache them, and add the predicted wall times.",
 )  # fmt: skip
 def main(
-    preset: str, base_model: str, n_series: int, budget: float, eval_series: int, method: str,
-    rates_file: str, measure_rates: bool, **search: object,
+    preset: str, base_model: str | None, n_series: int, budget: float | None,
+    eval_series: int | None, method: str, rates_file: str, measure_rates: bool,
+    search_space: str | None, search_trials: int | None, search_share: float | None,
+    **search: object,
 ) -> None:  # fmt: skip
     """Print the experiment's FLOPs plan by phase for the preset (and search settings), and
     with rates each pipeline step's predicted wall time."""
-    check_train_values(budget=budget, eval_series=eval_series)
-    p = get_preset(preset, budget=budget, eval_series=eval_series)
-    space, trials, share = search.pop("space"), search.pop("trials"), search.pop("share")
-    p, settings = search_settings(p, str(space), int(str(trials)), float(str(share)), **search)
-    base = base_model or p.base_model
+    p = get_preset(
+        preset, base_model=base_model, budget=budget, eval_series=eval_series,
+        search_space=search_space, search_trials=search_trials, search_share=search_share,
+    )  # fmt: skip
+    settings = search_settings(p, **search)
+    base = p.base_model
     entry_points = {s: f"projects.{s}" for s in (*STEPS["search"], "sweep", "context")}
     project = Path.cwd() if Path("MLproject").is_file() else None
     rates = rates_for(
@@ -86,7 +89,7 @@ def main(
         )
         shape = QWEN2_5_0_5B
     parts = lvdata.split(n_series, seed=SPLIT_SEED)
-    n_val, n_test = (min(len(s), p.eval_series or len(s)) for s in (parts.val, parts.test))
+    n_val, n_test = (len(s[: p.eval_series]) for s in (parts.val, parts.test))
     chosen = settings if method == "search" else None
     phases = experiment_plan(p, shape, DECIMALS, n_val, n_test, chosen)
     click.echo(f"plan of preset {p.name} on {base} ({n_val} val / {n_test} test series scored)")

@@ -72,7 +72,9 @@ def main(preset: str, data_file: str, only: str) -> None:
                 model = make_reference(name).fit(prep.series("train"), prep.traj.time)
                 scored: dict[str, float] = {}
                 for split in ("val", "test"):
-                    hist, truth = protocol_split(prep.scored(split, p), p.history_steps, p.horizon)
+                    hist, truth = protocol_split(
+                        prep.scored(split, p.eval_series), p.history_steps, p.horizon
+                    )
                     pred = model.predict(hist, p.horizon)
                     ev = Evaluation(
                         metrics=score(pred, hist, truth),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from lvtrack.options import check_train_values, data_option, eval_series_option, preset_option
+from lvtrack.options import data_option, eval_series_option, preset_option
 from lvtrack.presets import get_preset
 from lvtrack.report_run import run_report
 from lvtrack.tracking import ui_hint
@@ -20,9 +20,8 @@ from lvtrack.tracking import ui_hint
 @preset_option
 @data_option
 @eval_series_option
-def main(preset: str, data_file: str, eval_series: int) -> None:
+def main(preset: str, data_file: str, eval_series: int | None) -> None:
     """Write the experiment's report (docs/report.md); evaluates the cells no run measured."""
-    check_train_values(eval_series=eval_series)
     p = get_preset(preset, eval_series=eval_series)
     report = run_report(p, data_file)
     click.echo(report.markdown)

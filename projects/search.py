@@ -15,7 +15,7 @@ import mlflow
 
 from lvtrack.describe import describe_run, search_description
 from lvtrack.ledger import storage_url
-from lvtrack.options import check_train_values, run_options, search_options
+from lvtrack.options import budget_option, run_options, search_options
 from lvtrack.presets import get_preset
 from lvtrack.runs import parent_run
 from lvtrack.search import Search, open_study
@@ -32,22 +32,25 @@ from lvtrack.tracking import setup_tracking
     help="The study's and the budget ledger's RDB storage URL (default: $LV_STORAGE, else beside "
     "a SQLite or PostgreSQL tracking DB).",
 )  # fmt: skip
-@click.option("--budget", default=-1.0, type=float, help="Experiment budget in FLOPs (-1: preset).")
+@budget_option
 @click.option(
     "--heartbeat", default=30, show_default=True, type=click.IntRange(min=1),
     help="Seconds between heartbeats; a dead worker's trial is retried after three missed.",
 )  # fmt: skip
 def main(
-    preset: str, base_model: str, data_file: str, seed: int, eval_series: int, space: str,
-    sampler: str, trials: int, rungs: int, eta: int, share: float, rung_score: str,
-    decay_fraction: float, study: str, storage: str, budget: float, heartbeat: int,
+    preset: str, base_model: str | None, data_file: str, seed: int, eval_series: int | None,
+    search_space: str | None, sampler: str, search_trials: int | None, rungs: int, eta: int,
+    search_share: float | None, rung_score: str, decay_fraction: float, study: str,
+    storage: str, budget: float | None, heartbeat: int,
 ) -> None:  # fmt: skip
     """Search lr, rank and context (the preset's space by default) with successive halving at
     FLOPs rungs; every trial is a child run of the search's parent run, charged to the ledger."""
-    check_train_values(budget=budget, eval_series=eval_series)
-    p, settings = search_settings(
-        get_preset(preset, budget=budget, eval_series=eval_series), space, trials, share,
-        rungs=rungs, eta=eta, decay_fraction=decay_fraction, sampler=sampler, seed=seed,
+    p = get_preset(
+        preset, base_model=base_model, budget=budget, eval_series=eval_series,
+        search_space=search_space, search_trials=search_trials, search_share=search_share,
+    )  # fmt: skip
+    settings = search_settings(
+        p, rungs=rungs, eta=eta, decay_fraction=decay_fraction, sampler=sampler, seed=seed,
         heartbeat_s=heartbeat, rung_score=rung_score,
     )  # fmt: skip
     exp_id = setup_tracking()
@@ -57,7 +60,7 @@ def main(
         storage=storage_url(storage),
     )
     opened = open_study(settings, p)  # refuses a storage that does not answer, another space
-    worker = Search(settings, p, data_file, base_model, exp_id)
+    worker = Search(settings, p, data_file, exp_id)
     resolved = {
         **{k: v for k, v in asdict(settings).items() if k != "space"},
         "space": settings.space.fingerprint(),

@@ -8,7 +8,7 @@ import click
 import mlflow
 
 from lvtrack.describe import describe_run, parent_description
-from lvtrack.options import check_train_values, parse_list, run_options, steps_option
+from lvtrack.options import LRS, RANKS, preset_value, run_options, steps_option
 from lvtrack.plots import plot_grid
 from lvtrack.presets import get_preset
 from lvtrack.request import TrainRequest
@@ -19,24 +19,29 @@ from lvtrack.training_run import train_run
 
 @click.command()
 @run_options
-@click.option("--lrs", default="", help="Comma-separated learning rates (default: preset's).")
-@click.option("--ranks", default="", help="Comma-separated LoRA ranks (default: preset's).")
-@steps_option("the preset's sweep_steps")
+@preset_value("sweep_lrs", LRS, "--lrs", "Comma-separated learning rates")
+@preset_value("sweep_ranks", RANKS, "--ranks", "Comma-separated LoRA ranks")
+@steps_option("sweep_steps")
 def main(
     preset: str,
-    base_model: str,
+    base_model: str | None,
     data_file: str,
     seed: int,
-    lrs: str,
-    ranks: str,
-    steps: int,
-    eval_series: int,
+    lrs: tuple[float, ...] | None,
+    ranks: tuple[int, ...] | None,
+    steps: int | None,
+    eval_series: int | None,
 ) -> None:
     """Train every (lr, rank) of the grid for a short run; children of one parent run."""
-    check_train_values(steps=steps, eval_series=eval_series)
-    p = get_preset(preset, sweep_steps=steps, eval_series=eval_series)
-    grid_lrs = parse_list(lrs, float, "--lrs") or p.sweep_lrs
-    grid_ranks = parse_list(ranks, int, "--ranks") or p.sweep_ranks
+    p = get_preset(
+        preset,
+        base_model=base_model,
+        sweep_steps=steps,
+        eval_series=eval_series,
+        sweep_lrs=lrs,
+        sweep_ranks=ranks,
+    )
+    grid_lrs, grid_ranks = p.sweep_lrs, p.sweep_ranks
     scores: dict[tuple[float, int], float] = {}
     with parent_run(
         "sweep",
@@ -60,7 +65,6 @@ def main(
                     rank=rank,
                     seed=seed,
                     data_file=data_file,
-                    base_model=base_model,
                 )
                 scores[(lr, rank)] = train_run(req, nested=True).get(SELECTION_METRIC, float("nan"))
         (best_lr, best_rank), best = min(scores.items(), key=lambda kv: kv[1])

@@ -454,7 +454,7 @@ def test_real_gguf_lora_steps_at_context_128(coursework) -> None:
         context_length=128,
         eval_every=0,
         eval_windows=2,
-        forecast_every=-1,
+        forecast_series=0,
     )
     result = fit(
         model,

@@ -119,7 +119,7 @@ def test_no_device_reads_between_logging_points(toy_data, monkeypatch):
         batch_size=2,
         context_length=64,
         eval_every=0,
-        forecast_every=-1,
+        forecast_series=0,
         evaluate_at_end=False,
         log_every=4,
         log_seconds=0,

@@ -64,7 +64,7 @@ def test_plan_run_counts_each_part():
 
 
 def test_no_forecasts_and_no_lora():
-    config = TrainConfig(steps=3, batch_size=2, context_length=32, eval_every=0, forecast_every=-1)
+    config = TrainConfig(steps=3, batch_size=2, context_length=32, eval_every=0, forecast_series=0)
     plan = plan_run(SHAPE, config, None, 2, {}, horizon=5)
     assert plan.val_forecast == 0 and plan.final_eval == {}
     assert plan.val_loss == eval_flops(SHAPE, 32, config.eval_windows).total  # the end only

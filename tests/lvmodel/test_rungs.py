@@ -92,7 +92,7 @@ def test_rungs_continue_the_stable_phase_and_score_decayed_branches(toy_data, tm
         codec,
         train,
         val,
-        replace(CONFIG, steps=8, schedule="constant", eval_every=0, forecast_every=-1),
+        replace(CONFIG, steps=8, schedule="constant", eval_every=0, forecast_series=0),
         LORA,
         progress=False,
     )

@@ -189,7 +189,7 @@ def test_lora_beats_zero_shot_clearly(tiny_base_path, coursework) -> None:
         schedule="cosine",
         warmup_steps=50,
         eval_every=0,
-        forecast_every=-1,
+        forecast_series=0,
     )
     fit(model, tok, codec, train, val, config, lora, progress=False)
     tuned = evaluate_llm(model, tok, codec, val, HISTORY, HORIZON, 512, lora, batch_size=50)

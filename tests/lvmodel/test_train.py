@@ -30,7 +30,7 @@ def _config(**kw) -> TrainConfig:
         context_length=64,
         eval_every=3,
         eval_windows=4,
-        forecast_every=-1,
+        forecast_series=0,
         seed=3,
     )
     return TrainConfig(**{**base, **kw})

@@ -95,7 +95,7 @@ def test_run_seconds_by_hand():
     assert sum(got.parts().values()) == pytest.approx(total)
     # no in-run forecasts, no evaluation at the end: the due step's loss only
     quiet = TrainConfig(steps=30, batch_size=4, context_length=512, eval_every=20,
-                        eval_windows=8, forecast_every=-1, evaluate_at_end=False)  # fmt: skip
+                        eval_windows=8, forecast_series=0, evaluate_at_end=False)  # fmt: skip
     got = run_seconds(quiet, {}, rates)
     assert got.val_loss == pytest.approx(8 * 512 / 2000)
     assert got.val_forecast == 0.0 and got.final_eval == {}

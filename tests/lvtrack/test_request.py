@@ -14,20 +14,25 @@ def _logged(params: dict) -> dict[str, str]:
 
 
 def test_a_request_comes_back_from_its_logged_parameters():
-    preset = replace(
-        get_preset("qwen", eval_series=7),
+    preset = get_preset(
+        "qwen",
+        eval_series=7,
         budget=3e16,
         lora_targets=("q_proj", "k_proj", "v_proj"),
         origins=(20, 76),
         forecast_every=250,
+        lr=3.5e-4,
+        rank=8,
+        temperature=0.7,
+        top_p=0.9,
+        base_model="/m/q.gguf",
     )
-    req = TrainRequest.from_preset(
-        preset, "final", "final seed 3", 1234, lr=3.5e-4, rank=8, seed=3, evaluate_test=True,
-        register=True, eval_samples=10, temperature=0.7, top_p=0.9, base_model="/m/q.gguf",
-    )  # fmt: skip
+    req = TrainRequest(preset, "final", "final seed 3", 1234, seed=3, evaluate_test=True)
     params = _logged(req.to_params())
     assert params["lora_targets"] == "q_proj,k_proj,v_proj" and params["origins"] == "20,76"
     assert params["evaluate_test"] == "True" and params["budget"] == "3e+16"
+    assert params["eval_series"] == "7" and params["forecast_series"] == "7"  # cut by eval_series
+    assert params["base_model"] == "/m/q.gguf" and params["eval_samples"] == "10"
     back = TrainRequest.from_params(params)
     assert back == req
     assert back.train_config() == req.train_config() and back.lora() == req.lora()
@@ -38,14 +43,36 @@ def test_a_request_comes_back_from_its_logged_parameters():
     )
 
 
-def test_a_run_logged_before_a_field_existed_takes_its_default():
-    req = TrainRequest.from_preset(
-        get_preset("qwen"), "train", "t", 10, evaluate_test=True, eval_samples=10, top_p=0.5
-    )
+def test_unset_values_round_trip_as_none():
+    """A request whose steps the budget sets, scoring every series: None, logged as text."""
+    req = TrainRequest(get_preset("tiny"), "final", "final", None, evaluate_test=True)
+    params = _logged(req.to_params())
+    assert params["steps"] == "None" and params["eval_series"] == "None"
+    back = TrainRequest.from_params(params)
+    assert back.steps is None and back.preset.eval_series is None and back == req
+
+
+def test_only_a_run_that_scores_the_test_split_samples():
+    """The preset's eval_samples is the final model's protocol; other runs score greedily."""
+    preset = get_preset("tiny")
+    assert preset.eval_samples == 10
+    assert TrainRequest(preset, "sweep", "s", 5).eval_samples == 1
+    assert TrainRequest(preset, "final", "f", 5, evaluate_test=True).eval_samples == 10
+    assert TrainRequest(preset, "sweep", "s", 5).to_params()["eval_samples"] == 1
+
+
+def test_a_run_logged_before_a_field_existed_takes_what_runs_had_then():
+    req = TrainRequest(get_preset("qwen", top_p=0.5), "train", "t", 10, evaluate_test=True)
     assert req.preset.origins == (20, 50, 76)
     params = _logged(req.to_params())
     for newer in ("origins", "eval_samples", "top_p"):
         del params[newer]
     back = TrainRequest.from_params(params)
     assert back.preset.origins == (50,)  # scored at the headline origin only
-    assert (back.eval_samples, back.top_p) == (1, 1.0)
+    assert (back.eval_samples, back.preset.top_p) == (1, 1.0)
+
+
+def test_from_preset_sets_the_phase_choice_on_the_preset():
+    req = TrainRequest.from_preset(get_preset("micro"), "sweep", "s", 3, lr=0.01, rank=4, seed=2)
+    assert (req.preset.lr, req.preset.rank, req.seed) == (0.01, 4, 2)
+    assert req.train_config().lr == 0.01 and req.lora().rank == 4

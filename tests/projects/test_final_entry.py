@@ -52,7 +52,7 @@ def test_final_registers_and_leaves_a_champion(tracking_uri, micro_args):
 def _micro_costs(shape, n_val: int, n_test: int) -> tuple[int, int, int]:
     """micro's final run assembled from lvflops' costs by hand: (one training step, every
     evaluation). Batch 4 x 128 tokens; one validation-loss pass at the end over micro's 64
-    windows (eval_every 0); no in-run forecasts (forecast_every -1); the final forecasts of the
+    windows (eval_every 0); no in-run forecasts (forecast_every None); the final forecasts of the
     validation and test series, 3 samples each (micro's eval_samples: each prompt prefilled
     once, then 3 rows per series; 128-token prompts, at most 60 new tokens, a static cache of
     187 slots). LoRA rank 2 on q_proj and v_proj with the trainable lm_head bias."""
@@ -103,7 +103,7 @@ def test_final_without_steps_trains_what_the_budget_has_left(
 
     step, evals, report = _micro_costs(base_shape(str(random_tiny_dir)), 6, 6)  # 48/6/6 series
     budget = evals + report + 9.5 * step  # 9 steps fit, 10 do not
-    args = [*micro_args, "--steps", "0", "--budget", f"{budget:.6e}"]
+    args = [*micro_args, "--steps", "budget", "--budget", f"{budget:.6e}"]
     result = CliRunner().invoke(final_entry.main, args)
     assert result.exit_code == 0, result.output
     assert "9 steps, what the" in result.output
@@ -136,7 +136,7 @@ def test_final_with_seeds_shares_the_budget_and_promotes_the_best(
 
     step, evals, report = _micro_costs(base_shape(str(random_tiny_dir)), 6, 6)
     budget = report + 3 * (evals + 9.5 * step)  # a third: 9 steps fit, 10 do not
-    args = [*micro_args, "--steps", "0", "--budget", f"{budget:.6e}", "--seeds", "3"]
+    args = [*micro_args, "--steps", "budget", "--budget", f"{budget:.6e}", "--seeds", "3"]
     result = CliRunner().invoke(final_entry.main, args)
     assert result.exit_code == 0, result.output
     assert "9 steps, what 1/3 of the" in result.output

@@ -21,7 +21,7 @@ def _row(output: str, phase: str) -> list[str]:
 def _micro_initial_by_hand(shape: ModelShape, n_val: int) -> int:
     """micro's initial run assembled from lvflops' costs by hand: 4 steps of batch 4 x 128 tokens,
     one validation-loss pass at the end over micro's 64 windows (eval_every 0), no
-    in-run forecasts (forecast_every -1), the final forecasts of the validation series: prompts
+    in-run forecasts (forecast_every None), the final forecasts of the validation series: prompts
     of 128 tokens, 60 new tokens at most (5 steps x (2 x "dd.dd" + 2 separators) = 5 x 12), a
     static cache of 128 + 60 - 1 slots. LoRA rank 2 on q_proj and v_proj, and the trainable
     lm_head bias (the coursework's reference code)."""
@@ -125,15 +125,13 @@ def test_plan_shares_final_between_its_seeds(random_tiny_dir):
     from lvtrack.request import TrainRequest
 
     shape = base_shape(str(random_tiny_dir))
-    preset = replace(get_preset("micro"), final_steps=0)
+    preset = replace(get_preset("micro"), final_steps=None)
     one = {p.phase: p for p in experiment_plan(preset, shape, 2, 6, 6)}
     three = {p.phase: p for p in experiment_plan(replace(preset, final_seeds=3), shape, 2, 6, 6)}
     left = preset.budget - sum(
         p.flops for k, p in one.items() if k not in ("final", "report")
     ) - one["report"].flops  # fmt: skip
-    req = TrainRequest.from_preset(
-        preset, "final", "final", 0, evaluate_test=True, eval_samples=preset.eval_samples
-    )
+    req = TrainRequest(preset, "final", "final", None, evaluate_test=True)
     steps = budget_steps(req, shape, 2, 6, 6, left // 3)
     assert one["final"].runs == 1 and three["final"].runs == 3
     assert three["final"].steps == steps < one["final"].steps

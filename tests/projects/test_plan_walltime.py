@@ -89,8 +89,10 @@ def test_search_wall_by_hand(random_tiny_dir):
     """One context and one rank: the search's training FLOPs (rung sizes of successive halving)
     at that context's seconds per training FLOP, plus its rungs' evaluations and fixed costs."""
     rates = _rates()
-    preset = get_preset("micro")
-    preset, settings = search_settings(preset, "lr=1e-3:1e-2;rank=2", 5, 0.02)
+    preset = get_preset(
+        "micro", search_space="lr=1e-3:1e-2;rank=2", search_trials=5, search_share=0.02
+    )
+    settings = search_settings(preset)
     shape = base_shape(str(random_tiny_dir))
     wall = search_wall(preset, shape, 2, settings, rates)
     counts = [5, 5 / 3, 1]  # max(1, 5 / 3**k) trials at rung k

@@ -85,7 +85,8 @@ def test_a_search_runs_trials_as_children_charged_to_the_ledger(tracking_uri, mi
         (["--space", "depth=3"], "unknown search space name 'depth'"),
         (["--storage", "postgresql://nobody@127.0.0.1:9/none"], "does not answer"),
         (["--share", "1e-9"], "does not cover"),
-        (["--trials", "0"], "at least 1"),
+        (["--trials", "0"], "0 is not in the range x>=1"),
+        (["--share", "1.5"], "1.5 is not in the range 0<x<=1"),
     ],
 )
 def test_bad_input_is_refused_before_anything_is_charged(

@@ -32,8 +32,9 @@ class TrainConfig:
         seed: seeds torch (dropout) and the data order.
         eval_every: validation loss every N steps (0: only at the end).
         eval_windows: validation windows used for the loss (a fixed subset, the first ones).
-        forecast_every: forecasting metric every M steps (0: only at the end; -1: never).
-        forecast_series: validation series used for the forecasting metric (a fixed subset).
+        forecast_every: forecasting metric every M steps (0: only at the end).
+        forecast_series: validation series used for the forecasting metric (a fixed subset; 0:
+            no forecasting metric).
         forecast_history: history steps given to the model for that metric.
         forecast_horizon: steps forecast for that metric.
         checkpoint_every: save a checkpoint every K steps (0: never; the end is always saved
@@ -45,7 +46,7 @@ class TrainConfig:
             reads the device once, whatever the number of steps since the last.
         compile: `torch.compile` the decoder for training steps (CUDA only; ignored on the CPU).
         evaluate_at_end: evaluate (validation loss, and the forecasting metric unless
-            `forecast_every` is -1) after the last step; off for a segment of a longer run
+            `forecast_series` is 0) after the last step; off for a segment of a longer run
             (`lvmodel.rungs`).
         flops_cap: stop before the metered FLOPs (training + evaluation) would exceed this.
     """
@@ -83,7 +84,6 @@ class TrainConfig:
             "batch_size",
             "grad_accum",
             "context_length",
-            "forecast_series",
             "forecast_history",
             "forecast_horizon",
             "eval_windows",

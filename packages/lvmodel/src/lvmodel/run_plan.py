@@ -157,7 +157,7 @@ def plan_run(
     Training steps at full windows (`batch_size * grad_accum` x `context_length`); the validation
     loss over `eval_windows` full windows at each due step and at the end (once when the end is
     due anyway; not at all with `evaluate_at_end` off, where only due steps count); the
-    forecasting metric (unless `forecast_every` is -1) over `forecast_series` series likewise.
+    forecasting metric over `forecast_series` series likewise (none when that is 0).
     """
     kw = lora_flops_kwargs(lora)
     ctx = config.context_length
@@ -167,7 +167,7 @@ def plan_run(
         eval_flops(shape, ctx, config.eval_windows, **kw).total
     )
     val_forecast = 0
-    if config.forecast_every >= 0:
+    if config.forecast_series > 0:
         val_forecast = evaluation_count(
             config.steps, config.forecast_every, config.evaluate_at_end
         ) * forecast_bound(

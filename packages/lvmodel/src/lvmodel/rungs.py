@@ -148,7 +148,7 @@ class WsdRungs:
             steps=stable_steps,
             schedule="constant",
             eval_every=0,
-            forecast_every=-1,
+            forecast_series=0,
             evaluate_at_end=False,
             checkpoint_every=0,
         )
@@ -165,7 +165,8 @@ class WsdRungs:
             min_lr_ratio=self.min_lr_ratio,
             eval_every=0,
             # the forecasting metric at the end only, or none when NLL/D scores the rung
-            forecast_every=0 if self.score == "forecast" else -1,
+            forecast_every=0,
+            forecast_series=self.config.forecast_series if self.score == "forecast" else 0,
             evaluate_at_end=True,
             checkpoint_every=0,
         )

@@ -469,7 +469,7 @@ class _Fit:
                     self.model, self.val_w, config.batch_size, self.device
                 )
                 self.state["eval_flops"] += cost
-        if config.forecast_every >= 0 and (final or self.due(config.forecast_every)):
+        if config.forecast_series > 0 and (final or self.due(config.forecast_every)):
             out.update(self.forecast_metrics())
         self.clock["eval"] += time.perf_counter() - t0
         return out

@@ -264,7 +264,7 @@ def run_seconds(
     batch = config.batch_size * config.grad_accum
     loss_passes = evaluation_count(config.steps, config.eval_every, config.evaluate_at_end)
     forecasts = 0
-    if config.forecast_every >= 0:
+    if config.forecast_series > 0:
         forecasts = evaluation_count(config.steps, config.forecast_every, config.evaluate_at_end)
     final = {
         split: forecast_seconds(rates, ctx, final_samples, n) for split, n in final_series.items()
@@ -383,7 +383,7 @@ def _timed_fit(
         eval_windows=data.eval_windows,
         schedule="constant",
         eval_every=0,
-        forecast_every=-1,
+        forecast_series=0,
         evaluate_at_end=False,
         log_every=warmup,
         log_seconds=0.0,

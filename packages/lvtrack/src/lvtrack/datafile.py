@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 import lvdata
-from lvtrack.presets import PRESETS, Preset
+from lvtrack.presets import PRESETS
 
 # The fewest series for which the 80/10/10 split leaves no part empty (7 give 6/0/1).
 MIN_SERIES = 8
@@ -98,10 +98,10 @@ class Prepared:
     def series(self, split: str) -> np.ndarray:
         return self.traj.values[getattr(self.parts, split)]
 
-    def scored(self, split: str, preset: Preset) -> np.ndarray:
-        """The series of `split` a run scores: the first `preset.eval_series` (all when 0)."""
+    def scored(self, split: str, eval_series: int | None) -> np.ndarray:
+        """The series of `split` a run scores: the first `eval_series` (all when None)."""
         s = self.series(split)
-        return s[: preset.eval_series] if preset.eval_series else s
+        return s if eval_series is None else s[:eval_series]
 
 
 def prepare_data(

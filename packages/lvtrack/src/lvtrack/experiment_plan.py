@@ -60,7 +60,7 @@ def budget_steps(
 ) -> int:
     """The most steps `req` can train with its whole plan (training, in-run and final
     evaluations) within `flops`: the length of a run whose budget, not a step count, is given
-    (`steps=0`, what `final` does by default). 0 when not even one step fits."""
+    (`steps` None, what `final` does by default). 0 when not even one step fits."""
     return affordable_steps(
         flops, lambda steps: request_plan(replace(req, steps=steps), shape, decimals, n_val, n_test)
     )
@@ -92,8 +92,8 @@ def steps_from_budget(
             decimals,
             n_test,
             req.lora(),
-            req.context_length,
-            req.base,
+            req.preset.context_length,
+            req.preset.base_model,
         )
         left -= kept
     steps = budget_steps(req, shape, decimals, n_val, n_test, left // runs)
@@ -246,18 +246,14 @@ def experiment_plan(
         "the table's cells no run scored on test (untrained, initial; final at other contexts)",
     )
     steps, seeds = preset.final_steps, preset.final_seeds
-    if steps == 0:  # what is left after the other phases and the report, shared by the seeds
-        final = TrainRequest.from_preset(
-            preset, "final", "final", 0, evaluate_test=True, eval_samples=preset.eval_samples
-        )
+    if steps is None:  # what is left after the other phases and the report, shared by the seeds
+        final = TrainRequest.from_preset(preset, "final", "final", None, evaluate_test=True)
         left = preset.budget - sum(p.flops for p in before) - report.flops
         steps = budget_steps(final, shape, decimals, n_val, n_test, left // seeds)
         note = f"{steps} steps: what the budget has left; {note}"
     if seeds > 1:
         note = f"{seeds} seeds of {note}"
-    final_flops = (
-        plan("final", steps, evaluate_test=True, eval_samples=preset.eval_samples) if steps else 0
-    )
+    final_flops = plan("final", steps, evaluate_test=True) if steps else 0
     runs = seeds if steps else 0
     return [*before, PhasePlan("final", runs, runs * final_flops, note, steps), report]
 

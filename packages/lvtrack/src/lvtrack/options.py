@@ -1,4 +1,9 @@
-"""Click options shared by the entry points, and the checks of their values."""
+"""Click options shared by the entry points: one typed value per parameter, checked once by click.
+
+A parameter left out (or given as "", which is what `mlflow run` passes for an MLproject parameter
+whose default is "") is None: the preset's value (`lvtrack.presets.get_preset` fills it in). A value
+given is checked by its type and range before anything runs (exit 2, naming the option).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,112 @@ import click
 
 from lvtrack.presets import PRESETS
 
+# The shortest useful training/forecasting context: two time steps of two 2-decimal values
+# ("12.34,5.67;" is up to 12 tokens). Shorter windows cannot hold one step and the next.
+MIN_CONTEXT_TOKENS = 24
+UNSET_HINT = 'leave it out (MLproject: "") for the preset\'s value'
+
+
+class OrPreset(click.ParamType):
+    """A value of `inner`, or None ("the preset's") when left out or given as ""."""
+
+    def __init__(self, inner: click.ParamType, why: str = "") -> None:
+        self.inner, self.why = inner, why
+        self.name = inner.name
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        try:
+            return self.inner.convert(value, param, ctx)
+        except click.BadParameter as err:
+            why = f" ({self.why})" if self.why and "range" in err.message else ""
+            self.fail(f"{err.message.rstrip('.')}{why}; {UNSET_HINT}", param, ctx)
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str | None:
+        return self.inner.get_metavar(param, ctx)
+
+
+class ListOf(click.ParamType):
+    """Comma-separated values of `inner` ("1e-4,5e-5") as a tuple; None when left out or ""."""
+
+    name = "list"
+
+    def __init__(self, inner: click.ParamType, why: str = "") -> None:
+        self.inner, self.why = inner, why
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        items = [t.strip() for t in str(value).split(",") if t.strip()]
+        if not items:
+            return None
+        try:
+            return tuple(self.inner.convert(t, param, ctx) for t in items)
+        except click.BadParameter as err:
+            why = f" ({self.why})" if self.why and "range" in err.message else ""
+            self.fail(
+                f"expected comma-separated {self.inner.name} values, got {value!r}: "
+                f"{err.message.rstrip('.')}{why}",
+                param,
+                ctx,
+            )
+
+
+class StepsOrBudget(click.ParamType):
+    """A step count (at least 1), or the word "budget": as many as the budget has left."""
+
+    name = "steps"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value.strip().lower() == BUDGET:
+            return BUDGET
+        try:
+            return _integers(1).convert(value, param, ctx)
+        except click.BadParameter as err:
+            self.fail(f"{err.message.rstrip('.')} (or '{BUDGET}')", param, ctx)
+
+
+#: `final --steps budget`: as many steps as what is left of the budget affords.
+BUDGET = "budget"
+
+
+def _integers(low: int) -> click.IntRange:
+    kind = click.IntRange(min=low)
+    kind.name = "integer"  # click says "'x' is not a valid {name}"
+    return kind
+
+
+def _numbers(low: float, high: float | None = None) -> click.FloatRange:
+    kind = click.FloatRange(min=low, max=high, min_open=True)
+    kind.name = "number"
+    return kind
+
+
+#: The value types of the entry points' parameters (None: the preset's).
+TWO_STEPS = "a context must hold two time steps"
+COUNT = OrPreset(_integers(1))
+NONNEGATIVE = OrPreset(_integers(0))
+POSITIVE = OrPreset(_numbers(0))
+SHARE = OrPreset(_numbers(0, 1))
+CONTEXT = OrPreset(_integers(MIN_CONTEXT_TOKENS), TWO_STEPS)
+TEXT = OrPreset(click.STRING)
+LRS = ListOf(_numbers(0))
+RANKS = ListOf(_integers(1))
+CONTEXTS = ListOf(_integers(MIN_CONTEXT_TOKENS), TWO_STEPS)
+
+
+def preset_value(
+    what: str, type: click.ParamType, name: str, help: str, field: str | None = None
+) -> Callable[[Any], Any]:
+    """An option that overrides the preset's `what` (None, its default, keeps the preset's),
+    passed to the command as `field` when its name is not the option's."""
+    names = (name, field) if field else (name,)
+    return click.option(
+        *names, default=None, type=type, help=f"{help} (default: the preset's {what})."
+    )
+
+
 preset_option = click.option(
     "--preset",
     default="tiny",
@@ -16,9 +127,7 @@ preset_option = click.option(
     type=click.Choice(sorted(PRESETS)),
     help="Experiment scale: tiny (CPU-sized) or qwen (coursework scale).",
 )
-base_option = click.option(
-    "--base-model", default="", help="Hub id, local folder or .gguf file (default: the preset's)."
-)
+base_option = preset_value("base_model", TEXT, "--base-model", "Hub id, local folder or .gguf file")
 data_option = click.option(
     "--data-file",
     default="data/lotka_volterra_data.h5",
@@ -28,18 +137,19 @@ data_option = click.option(
 seed_option = click.option(
     "--seed", default=0, show_default=True, type=int, help="Seed of the LoRA init and batches."
 )
-eval_series_option = click.option(
+eval_series_option = preset_value(
+    "eval_series",
+    COUNT,
     "--eval-series",
-    default=-1,
-    type=int,
-    help="Score at most N validation/test series; also caps the in-training forecast series and "
-    "validation-loss windows (-1: the preset's; for quick runs of a large model).",
+    "Score at most N validation/test series; also caps the in-training forecast series and "
+    "validation-loss windows (for quick runs of a large model)",
 )
+budget_option = preset_value("budget", POSITIVE, "--budget", "Experiment budget in FLOPs")
 
 
 def steps_option(what: str) -> Callable[[Any], Any]:
-    """`--steps` (-1: `what`, the preset's value it replaces)."""
-    return click.option("--steps", default=-1, type=int, help=f"Optimizer steps (-1: {what}).")
+    """`--steps`, overriding the preset's `what`."""
+    return preset_value(what, COUNT, "--steps", "Optimizer steps")
 
 
 def run_options(command: Any) -> Any:
@@ -51,88 +161,26 @@ def run_options(command: Any) -> Any:
     return command
 
 
-# The shortest useful training/forecasting context: two time steps of two 2-decimal values
-# ("12.34,5.67;" is up to 12 tokens). Shorter windows cannot hold one step and the next.
-MIN_CONTEXT_TOKENS = 24
-# Lower bounds of numeric entry-point parameters (-1 always means "the preset's value").
-MINIMUMS: dict[str, float] = {
-    "--lr": 0.0,
-    "--rank": 1,
-    "--context-length": MIN_CONTEXT_TOKENS,
-    "--contexts": MIN_CONTEXT_TOKENS,
-    "--steps": 1,
-    "--eval-series": 1,
-    "--batch-size": 1,
-    "--warmup-steps": 0,
-    "--checkpoint-every": 0,
-    "--budget": 0.0,
-    "--seeds": 1,
-}
-# Bounds that are exclusive (the value must be strictly above them).
-_EXCLUSIVE = {"--lr", "--budget"}
-
-
-def check_value(value: float, param: str) -> None:
-    """Raise `click.BadParameter` naming `param` when `value` is below its minimum (not -1)."""
-    if value == -1 or param not in MINIMUMS:
-        return
-    low = MINIMUMS[param]
-    if param in _EXCLUSIVE and not value > low:
-        raise click.BadParameter(
-            f"must be positive (or -1 for the preset), got {value:g}", param_hint=param
-        )
-    if value < low:
-        unit = " tokens (two time steps)" if "context" in param else ""
-        raise click.BadParameter(
-            f"must be at least {low:g}{unit} (or -1 for the preset), got {value:g}",
-            param_hint=param,
-        )
-
-
-def check_train_values(**values: float) -> None:
-    """Check numeric entry-point parameters given as python names (`context_length=...`)."""
-    for name, value in values.items():
-        check_value(value, "--" + name.replace("_", "-"))
-
-
-def parse_list(text: str, kind: type, param: str) -> tuple:
-    """A comma-separated parameter (`"1e-4,5e-5"`) as a tuple; empty means "the preset's"."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        values = tuple(kind(t) for t in items)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated {kind.__name__} values, got {text!r}", param_hint=param
-        ) from None
-    if any(v <= 0 for v in values):
-        raise click.BadParameter(f"values must be positive, got {text!r}", param_hint=param)
-    low = MINIMUMS.get(param)
-    if low is not None and any(v < low for v in values):
-        raise click.BadParameter(
-            f"values must be at least {low:g}, got {text!r}"
-            + (" (a context must hold two time steps)" if "context" in param else ""),
-            param_hint=param,
-        )
-    return values
-
-
 def search_options(command: Any) -> Any:
     """The options that shape a search (`search`, and `plan --method search`): its space,
-    sampler, trials and rungs, and its share of the budget (checked in `lvtrack.search`)."""
+    trials and share (the preset's `search_space`, `search_trials`, `search_share`), its
+    sampler and rungs (`lvtrack.search_settings.SearchSettings`)."""
     options = (
-        click.option(
+        preset_value(
+            "search_space",
+            TEXT,
             "--space",
-            default="",
-            help="Search space, e.g. 'lr=1e-4:1e-2;rank=4,8;context=256' (default: the preset's).",
+            "Search space, e.g. 'lr=1e-4:1e-2;rank=4,8;context=256'",
+            "search_space",
         ),
         click.option(
             "--sampler", default="tpe", show_default=True, type=click.Choice(["tpe", "grid"])
         ),
-        click.option("--trials", default=-1, type=int, help="Trials in all (-1: the preset's)."),
+        preset_value("search_trials", COUNT, "--trials", "Trials in all", "search_trials"),
         click.option("--rungs", default=3, show_default=True, type=click.IntRange(min=1)),
         click.option("--eta", default=3, show_default=True, type=click.IntRange(min=2)),
-        click.option(
-            "--share", default=-1.0, help="The search's share of the budget (-1: the preset's)."
+        preset_value(
+            "search_share", SHARE, "--share", "The search's share of the budget", "search_share"
         ),
         click.option(
             "--rung-score",

@@ -52,7 +52,7 @@ def already_ran(experiment_id: str, phase: str, preset: str) -> str | None:
 def step_params(
     step: str,
     preset: str,
-    base_model: str,
+    base_model: str | None,
     data_file: str,
     cuts: dict[str, str] | None = None,
 ) -> dict[str, str]:

@@ -1,8 +1,10 @@
 """Experiment presets: `tiny` (CPU-sized, the default) and `qwen` (the coursework scale).
 
 A preset fixes the base model, the step counts of each phase, the context lengths, the evaluation
-protocol and the FLOPs budget. Entry-point parameters override single fields; an empty string or
--1 means "take the preset's value".
+protocol and the FLOPs budget. Entry-point parameters override single fields (`get_preset`); a
+parameter left out is None and keeps the preset's value. In a preset, None means "none given":
+`final_steps` None is no fixed count (what the budget has left), `eval_series` None no cut (every
+series), `forecast_every` None no in-run forecasting metric.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Preset:
         budget: FLOPs for all budgeted runs of the experiment together.
         lr, rank, batch_size, context_length: the coursework defaults (initial run).
         initial_steps, sweep_steps, context_steps, final_steps: optimizer steps of each phase;
-            `final_steps` 0: as many as what is left of the budget affords (after the final
+            `final_steps` None: as many as what is left of the budget affords (after the final
             run's evaluations), so that the experiment spends its whole budget.
         final_seeds: `final` trains its settings with this many seeds (seed, seed + 1, ...),
             each on an equal share of what the budget has left; the best on validation becomes
@@ -31,9 +33,13 @@ class Preset:
         origins: the histories (steps in) at which a run that scores the test split (`final`)
             also scores both splits, beside `history_steps` (the headline): the same model from
             early, middle and late points of each series, logged as `{split}_mse_h5_k{K}` etc.
-        eval_series: validation (and test) series scored at the end of a run (0: all).
+        eval_series: validation (and test) series scored at the end of a run (None: all).
         eval_windows: validation windows of the in-training validation loss (the first ones).
-        eval_every, forecast_every: in-training validation loss / forecasting metric cadence.
+        eval_every, forecast_every: in-training validation loss / forecasting metric cadence in
+            steps (0: at the end of the run only); `forecast_every` None: no forecasting metric
+            in training at all.
+        forecast_series: validation series of the in-training forecasting metric, and of the
+            score of each of a search's rungs.
         schedule, warmup_steps: the LR schedule.
         checkpoint_every, checkpoint_seconds: training checkpoints every N steps and/or every T
             seconds of wall time (0: not by that measure; the end and every in-run forecast
@@ -65,7 +71,7 @@ class Preset:
     initial_steps: int = 1000
     sweep_steps: int = 500
     context_steps: int = 500
-    final_steps: int = 0
+    final_steps: int | None = None
     final_seeds: int = 1
     sweep_lrs: tuple[float, ...] = (1e-5, 5e-5, 1e-4)
     sweep_ranks: tuple[int, ...] = (2, 4, 8)
@@ -73,10 +79,10 @@ class Preset:
     history_steps: int = 50
     horizon: int = 5
     origins: tuple[int, ...] = (20, 50, 76)
-    eval_series: int = 0
+    eval_series: int | None = None
     eval_windows: int = 64
     eval_every: int = 100
-    forecast_every: int = 500
+    forecast_every: int | None = 500
     forecast_series: int = 16
     schedule: str = "cosine"
     warmup_steps: int = 20
@@ -118,7 +124,6 @@ PRESETS: dict[str, Preset] = {
         sweep_lrs=(1e-3, 3e-3, 1e-2),
         sweep_ranks=(4, 16, 32),
         contexts=(128, 256, 512),
-        eval_series=0,
         eval_every=50,
         forecast_every=100,
         forecast_series=16,
@@ -147,7 +152,7 @@ PRESETS: dict[str, Preset] = {
         contexts=(64, 128),
         eval_series=8,
         eval_every=0,
-        forecast_every=-1,
+        forecast_every=None,  # no in-run forecasting metric (the search's rungs score 4 series)
         forecast_series=4,
         warmup_steps=0,
         checkpoint_every=2,
@@ -162,7 +167,7 @@ PRESETS: dict[str, Preset] = {
 
 
 def get_preset(name: str, **overrides: Any) -> Preset:
-    """The named preset with overrides applied; None, "" and -1 leave a field as it is.
+    """The named preset with overrides applied; an override that is None leaves its field as it is.
 
     `eval_series=N` cuts all evaluation to at most N: the series scored at the end of a run, the
     in-training forecasting metric's series and the validation-loss windows (for quick runs of a
@@ -170,7 +175,7 @@ def get_preset(name: str, **overrides: Any) -> Preset:
     """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    kept = {k: v for k, v in overrides.items() if v not in (None, "", -1, -1.0)}
+    kept = {k: v for k, v in overrides.items() if v is not None}
     preset = replace(PRESETS[name], **kept)
     if "eval_series" in kept:
         cut = int(kept["eval_series"])

@@ -127,7 +127,7 @@ def measure_tracking(
     `base`/`tokenizer` are the loaded base (wrapped with `lora` here for an adapter to log);
     `base_spec` is what the registered model refers to (it is loaded again by the check).
     """
-    val, test = prep.scored("val", preset), prep.scored("test", preset)
+    val, test = prep.scored("val", preset.eval_series), prep.scored("test", preset.eval_series)
     params = {"preset": preset.name, "probe": "rates"}
     out: dict[str, Any] = {}
     with (
@@ -173,7 +173,7 @@ def _logging_seconds(
 ) -> tuple[float, float]:
     """A budgeted run's opening and closing (what `finish_run` logs beside the evaluations),
     and one logged evaluation; each the mean of two after a first that sets the store up."""
-    ev = _evaluation(prep.scored("val", preset), prep.series("train"), preset)
+    ev = _evaluation(prep.scored("val", preset.eval_series), prep.series("train"), preset)
     history = [{"step": i, "train_loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(1, 300)]
 
     def training_run() -> None:
@@ -276,7 +276,7 @@ def measure_pipeline_rates(
         data = Path(data_file) if Path(data_file).is_file() else Path(tmp) / "data.h5"
         prep = prepare_data(data, n_systems=n_series)
         lora = TrainRequest.from_preset(preset, "initial", "initial", 1).lora()
-        val = prep.scored("val", preset)
+        val = prep.scored("val", preset.eval_series)
         rates = measure_rates(
             lambda: load_base(base),
             prep.codec,

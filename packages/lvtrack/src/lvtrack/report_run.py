@@ -97,7 +97,7 @@ def _load(src: Source, prep: Prepared, workdir: Path) -> tuple[Any, Any, LLMTime
 def fill_cells(cells: Iterable[Cell], prep: Prepared, preset: Preset, exp_id: str) -> None:
     """Evaluate each fillable cell on the test split in a budgeted child run of the active run;
     a cell that cannot be filled gets its reason (the model does not load, the budget refused)."""
-    test = prep.scored(SPLIT, preset)
+    test = prep.scored(SPLIT, preset.eval_series)
     todo = [c for c in cells if c.fillable]
     refs = reference_step_errors(exp_id, preset.name, SPLIT, preset.horizon) if todo else {}
     by_source: dict[str, list[Cell]] = {}
@@ -426,7 +426,7 @@ def run_report(preset: Preset, data_file: str) -> Report:
     prep = prepare_data(data_file)
     sources = find_sources(client, exp_id, preset)
     cells = list_cells(client, exp_id, preset, sources)
-    n_test = len(prep.scored(SPLIT, preset))
+    n_test = len(prep.scored(SPLIT, preset.eval_series))
     params = {
         "preset": preset.name,
         "data_file": data_file,

@@ -1,103 +1,110 @@
-"""A training run's request: the preset plus what an entry point overrides; the parameters it logs
-(`to_params`) and back from them (`from_params`, for resuming), both driven by the fields' types."""
+"""A training run's request: its preset, filled with what the entry point overrides, and what only a
+run has (phase, name, steps, seed, data file); the parameters it logs (`to_params`) and back from
+them (`from_params`, for resuming), both driven by the fields' types.
+
+The settings chain has three forms: an entry-point parameter (MLproject and click, typed, None when
+left out), the :class:`~lvtrack.presets.Preset` that `get_preset` fills with the given ones (the one
+place a preset's value is taken), and the run's logged parameters. lvmodel's `TrainConfig` and
+`LoraSettings` are built from the request (`train_config`, `lora`).
+"""
 
 from __future__ import annotations
 
+import types
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
 from lvtrack.presets import Preset, get_preset
 
-# Preset fields that shape a training run beyond the request's own: logged as parameters, so that a
-# resumed run rebuilds exactly the run that died from its parameters.
-PRESET_PARAMS = (
-    "budget", "history_steps", "horizon", "lora_targets", "origins", "eval_series",
-    "eval_windows", "eval_every", "forecast_every", "forecast_series",
+DEFAULT_DATA = "data/lotka_volterra_data.h5"
+
+# The preset's fields that shape one training run: logged as parameters, so that a resumed run
+# rebuilds exactly the run that died from its parameters.
+RUN_FIELDS = (
+    "base_model", "budget", "lr", "rank", "batch_size", "context_length", "schedule",
+    "warmup_steps", "checkpoint_every", "checkpoint_seconds", "log_every", "log_seconds",
+    "compile", "history_steps", "horizon", "lora_targets", "origins", "eval_series",
+    "eval_windows", "eval_every", "forecast_every", "forecast_series", "eval_samples",
+    "temperature", "top_p",
 )  # fmt: skip
 
+# What a run logged before a field existed had (`from_params`); other fields take the preset's.
+_BEFORE = {"eval_samples": "1", "temperature": "1.0", "top_p": "1.0"}
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainRequest:
-    """One training run: the preset plus what the entry point overrides."""
+    """One training run: `preset` holds every setting (the entry point's overrides applied by
+    `get_preset`, the run's lr, rank and context by the phase that chose them); the rest is the
+    run's own."""
 
     preset: Preset
     phase: str
     run_name: str
-    lr: float
-    rank: int
-    context_length: int
-    steps: int
-    batch_size: int
+    steps: int | None  # None: as many as what is left of the budget affords
     seed: int = 0
-    schedule: str = "cosine"
-    warmup_steps: int = 0
-    data_file: str = "data/lotka_volterra_data.h5"
+    data_file: str = DEFAULT_DATA
     evaluate_test: bool = False
     register: bool = False
-    base_model: str = ""
-    checkpoint_every: int = 0
-    eval_samples: int = 1  # samples per series of the end-of-run scores (1: greedy)
-    temperature: float = 1.0
-    top_p: float = 1.0
 
     @classmethod
     def from_preset(
-        cls, preset: Preset, phase: str, run_name: str, steps: int, **overrides: Any
+        cls, preset: Preset, phase: str, run_name: str, steps: int | None, **settings: Any
     ) -> TrainRequest:
-        """A request with the preset's lr, rank, context, batch and schedule unless overridden."""
-        fields: dict[str, Any] = {
-            "lr": preset.lr,
-            "rank": preset.rank,
-            "context_length": preset.context_length,
-            "batch_size": preset.batch_size,
-            "schedule": preset.schedule,
-            "warmup_steps": preset.warmup_steps,
-            "checkpoint_every": preset.checkpoint_every,
-        }
-        return cls(
-            preset=preset, phase=phase, run_name=run_name, steps=steps, **{**fields, **overrides}
-        )
+        """A run of `preset`; `settings` are the request's own fields (seed, data_file, ...) and
+        the preset fields the phase chose for this run (its lr, rank or context length)."""
+        chosen = {k: v for k, v in settings.items() if k not in _OWN}
+        own = {k: v for k, v in settings.items() if k in _OWN}
+        return cls(replace(preset, **chosen), phase, run_name, steps, **own)
+
+    @property
+    def eval_samples(self) -> int:
+        """Samples per series of the end-of-run scores: the preset's for a run that scores the
+        test split (the final model's probabilistic scores), else 1 (greedy)."""
+        return self.preset.eval_samples if self.evaluate_test else 1
 
     def to_params(self) -> dict[str, Any]:
         """What the run logs as parameters: its own fields, the preset's name and the preset
-        fields that shape it (:data:`PRESET_PARAMS`), the base it resolves to and its LoRA
-        wrap; tuples as comma-separated text."""
+        fields that shape it (:data:`RUN_FIELDS`), its LoRA wrap; tuples as comma-separated
+        text."""
         lora = self.lora()
-        own = {k: v for k, v in asdict(self).items() if k != "preset"}
-        shaping = {k: getattr(self.preset, k) for k in PRESET_PARAMS}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
         params = {
             **own,
-            **shaping,
+            **{k: getattr(self.preset, k) for k in RUN_FIELDS},
+            "eval_samples": self.eval_samples,
             "preset": self.preset.name,
-            "base_model": self.base,
             "lora_alpha": lora.lora_alpha,
             "lm_head_bias": lora.lm_head_bias,
         }
         return {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in params.items()}
 
     @classmethod
-    def from_params(cls, params: dict[str, str], budget: float = -1) -> TrainRequest:
+    def from_params(cls, params: dict[str, str], budget: float | None = None) -> TrainRequest:
         """The request a run was started with, rebuilt from its logged parameters (for resuming),
-        each parsed by its field's type; a field it did not log takes its default (a run logged
-        before `origins` existed is scored at the headline origin only).
+        each parsed by its field's type; a field it did not log takes what runs had before it
+        existed (a run logged before `origins` is scored at the headline origin only).
 
-        `budget` (-1: the logged one) may differ: it is the experiment's limit, not the run's.
+        `budget` (None: the logged one) may differ: it is the experiment's limit, not the run's.
         """
         preset = get_preset(params["preset"])
-        shaping = {"origins": str(preset.history_steps), **params}
-        preset = replace(preset, **_parsed(Preset, shaping, PRESET_PARAMS))
-        if budget not in (-1, -1.0):
+        logged = {"origins": str(preset.history_steps), **_BEFORE, **params}
+        preset = get_preset(preset.name, **_parsed(Preset, logged, RUN_FIELDS))
+        if budget is not None:
             preset = replace(preset, budget=float(budget))
         own = [f.name for f in fields(cls) if f.name != "preset"]
         return cls(preset=preset, **_parsed(cls, params, own))
 
-    @property
-    def base(self) -> str:
-        return self.base_model or self.preset.base_model
+    def setting(self, name: str) -> Any:
+        """The run's value of an entry-point parameter `name` (its own field, else its preset's;
+        `preset` is the preset's name)."""
+        if name == "preset":
+            return self.preset.name
+        return getattr(self, name) if name in _OWN else getattr(self.preset, name)
 
     def origins(self) -> tuple[int, ...]:
         """The histories the run's end-of-run scores start from: the preset's `history_steps`
@@ -108,25 +115,27 @@ class TrainRequest:
 
     def lora(self) -> LoraSettings:
         """The LoRA wrap of this run: its rank on the preset's target modules."""
-        return LoraSettings(rank=self.rank, targets=self.preset.lora_targets)
+        return LoraSettings(rank=self.preset.rank, targets=self.preset.lora_targets)
 
     def train_config(self) -> TrainConfig:
         p = self.preset
+        if self.steps is None:
+            raise ValueError("the run's steps are not set yet (lvtrack.experiment_plan sets them)")
         return TrainConfig(
             steps=self.steps,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            context_length=self.context_length,
-            schedule=self.schedule,  # type: ignore[arg-type]
-            warmup_steps=min(self.warmup_steps, self.steps - 1),
+            lr=p.lr,
+            batch_size=p.batch_size,
+            context_length=p.context_length,
+            schedule=p.schedule,  # type: ignore[arg-type]
+            warmup_steps=min(p.warmup_steps, self.steps - 1),
             seed=self.seed,
             eval_every=p.eval_every,
             eval_windows=p.eval_windows,
-            forecast_every=p.forecast_every,
-            forecast_series=p.forecast_series,
+            forecast_every=p.forecast_every or 0,
+            forecast_series=0 if p.forecast_every is None else p.forecast_series,
             forecast_history=p.history_steps,
             forecast_horizon=p.horizon,
-            checkpoint_every=max(self.checkpoint_every, 0),
+            checkpoint_every=p.checkpoint_every,
             checkpoint_seconds=p.checkpoint_seconds,
             log_every=p.log_every,
             log_seconds=p.log_seconds,
@@ -134,26 +143,26 @@ class TrainRequest:
         )
 
 
+_OWN = frozenset(f.name for f in fields(TrainRequest))
+
+
 def settings_conflicts(
     req: TrainRequest, given: dict[str, Any], defaults: dict[str, Any]
 ) -> list[str]:
-    """Settings given on the command line (anything but the option's default) that differ from
-    the resumed run's request `req`. Defaults count as "not given": `mlflow run` passes every
-    parameter."""
-    # The run's value of each setting: the request's field of the same name, but the preset's
-    # name and the base model it resolves to.
-    logged = {name: getattr(req, name) for name in given if name != "eval_series"}
-    logged.update(preset=req.preset.name, base_model=req.base, eval_series=req.preset.eval_series)
+    """Settings given on the command line that differ from the resumed run's request `req`.
+    A value left out (None, or the option's default) counts as not given: `mlflow run` passes
+    every parameter ("" for one left out, which click reads as None)."""
     out = []
     for name, value in given.items():
-        if value == defaults.get(name) or value == logged[name]:
+        if value is None or value == defaults.get(name) or value == req.setting(name):
             continue
+        logged = req.setting(name)
         if (
             name in ("base_model", "data_file")
-            and Path(value).resolve() == Path(str(logged[name])).resolve()
+            and Path(value).resolve() == Path(str(logged)).resolve()
         ):
             continue
-        out.append(f"--{name.replace('_', '-')} {value} (the run's: {logged[name]})")
+        out.append(f"--{name.replace('_', '-')} {value} (the run's: {logged})")
     return out
 
 
@@ -164,6 +173,10 @@ def _parsed(cls: type, params: dict[str, str], names: Sequence[str]) -> dict[str
 
 
 def _parse(text: str, kind: Any) -> Any:
+    if get_origin(kind) in (Union, types.UnionType):  # `X | None`, logged as "None" when None
+        if text == "None":
+            return None
+        kind = next(a for a in get_args(kind) if a is not type(None))
     if kind is bool:
         return text == "True"
     if get_origin(kind) is tuple:  # tuple[X, ...], logged comma-separated

@@ -305,7 +305,7 @@ def parent_run(name: str, phase: str, params: dict[str, Any], preset: str) -> ml
     """A parent run for a sweep (children are nested; the parent itself spends nothing).
 
     Under `mlflow run` this is the run it created, which already holds the entry point's raw
-    parameters (`-1`, empty strings): the resolved values go in as `resolved_*`.
+    parameters (empty strings for those left out): the resolved values go in as `resolved_*`.
     """
     setup_tracking()
     run = mlflow.start_run(run_name=name)
@@ -322,7 +322,7 @@ def entry_parent(
 ) -> Iterator[mlflow.ActiveRun | None]:
     """Under `mlflow run`, make its run the parent of the work run; yields it (else None).
 
-    `mlflow run` logs the entry point's raw parameters (`-1` and empty strings meaning "the
+    `mlflow run` logs the entry point's raw parameters (empty strings meaning "the
     preset's value"), and MLflow forbids changing a logged parameter; so the budgeted run that
     logs the resolved values is a child of it. A resumed work run is moved under the new parent
     (its attempt tag records the old one, which stays FAILED). Once the work run has finished,

@@ -169,11 +169,10 @@ class Search:
         settings: SearchSettings,
         preset: Preset,
         data_file: str,
-        base_model: str,
         experiment_id: str,
     ) -> None:
         self.settings, self.preset = settings, preset
-        self.data_file, self.base = data_file, base_model or preset.base_model
+        self.data_file, self.base = data_file, preset.base_model
         self.experiment_id = experiment_id
         self.client = MlflowClient()
         self.ledger = open_ledger(experiment_id, int(preset.budget), settings.storage, self.client)
@@ -183,7 +182,7 @@ class Search:
         except BaseModelError as err:
             raise SearchError(str(err)) from None
         self.search_flops = settings.share * preset.budget
-        self.val = self.prep.scored("val", preset)
+        self.val = self.prep.scored("val", preset.eval_series)
         self.r0 = first_rung_flops(self.shape, preset, settings, self.prep.codec.decimals)
         self.parent_id = ""
         self._bases: dict[str, tuple[Any, Any]] = {}
@@ -220,8 +219,8 @@ class Search:
         decay = decay_steps_for(stable, self.settings.decay_fraction)
         nll = self.settings.rung_score == "nll"
         branch = replace(
-            config, steps=stable - start + decay, eval_every=0, forecast_every=-1 if nll else 0,
-            evaluate_at_end=True,
+            config, steps=stable - start + decay, eval_every=0, forecast_every=0,
+            forecast_series=0 if nll else config.forecast_series, evaluate_at_end=True,
         )  # fmt: skip
         decimals, horizon = self.prep.codec.decimals, self.preset.horizon
         plan = plan_run(self.shape, branch, lora, decimals, {}, horizon).total
@@ -256,12 +255,15 @@ class Search:
             schedule="wsd",
             seed=s.seed,
             data_file=self.data_file,
-            base_model=self.base,
         )
         lora = req.lora()
-        steps = self.rung_steps(req.context_length, req.batch_size, p.warmup_steps, lora)
+        steps = self.rung_steps(
+            req.preset.context_length, req.preset.batch_size, p.warmup_steps, lora
+        )
         req = replace(req, steps=steps[-1])
-        config = req.train_config()
+        # Each rung's decay branch is scored on the preset's forecasting subset, whatever the
+        # in-run cadence (micro has none).
+        config = replace(req.train_config(), forecast_series=p.forecast_series)
         first = self.rung_plan(config, lora, 0, steps[0])
         if self.search_charged() + first > self.search_flops:
             trial.set_user_attr("pruned_for", "budget")
@@ -278,7 +280,7 @@ class Search:
             "rank": picked["rank"],
             "context_length": picked["context_length"],
             "lora_targets": ",".join(picked["targets"]),
-            "batch_size": req.batch_size,
+            "batch_size": req.preset.batch_size,
             "warmup_steps": config.warmup_steps,
             "seed": s.seed,
             "rung_steps": ",".join(map(str, steps)),
@@ -319,7 +321,7 @@ class Search:
     ) -> tuple[str, float]:
         """Rung after rung until pruned, refused or at the top; (outcome, last rung's score)."""
         s = self.settings
-        model, tok = lora_model(req.base, lora, s.seed, self._bases)
+        model, tok = lora_model(req.preset.base_model, lora, s.seed, self._bases)
         trainer: WsdRungs
 
         def on_metrics(rows: list[tuple[int, dict[str, float]]]) -> None:

@@ -16,7 +16,7 @@ Names left out take the preset's value (its lr, rank, context length and LoRA ta
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import click
@@ -294,26 +294,15 @@ def first_rung_flops(
     return r0
 
 
-def search_settings(
-    preset: Preset, space: str, trials: int, share: float, **given: Any
-) -> tuple[Preset, SearchSettings]:
-    """The preset (with the search's share) and the settings from the search options (see
-    `lvtrack.options.search_options`); bad values are `click.BadParameter`s naming the option.
-    `given` holds the rest of SearchSettings' fields (rungs, eta, sampler, study, storage...)."""
-    if trials != -1 and trials < 1:
-        raise click.BadParameter(f"must be at least 1, got {trials}", param_hint="--trials")
-    if share != -1 and not 0 < share <= 1:
-        raise click.BadParameter(f"must be in (0, 1], got {share:g}", param_hint="--share")
-    if share != -1:
-        preset = replace(preset, search_share=share)
+def search_settings(preset: Preset, **given: Any) -> SearchSettings:
+    """The search's settings: the preset's space (parsed), trials and share (an entry point's
+    `--space`, `--trials` and `--share` are the preset's fields, filled by `get_preset`), and
+    `given`, the rest of SearchSettings' fields (rungs, eta, sampler, study, storage...). A bad
+    space is a `click.BadParameter` naming `--space`."""
     try:
-        parsed = parse_space(space or preset.search_space, preset)
+        parsed = parse_space(preset.search_space, preset)
     except SearchSpaceError as err:
         raise click.BadParameter(str(err), param_hint="--space") from None
-    settings = SearchSettings(
-        space=parsed,
-        trials=preset.search_trials if trials == -1 else trials,
-        share=preset.search_share,
-        **given,
+    return SearchSettings(
+        space=parsed, trials=preset.search_trials, share=preset.search_share, **given
     )
-    return preset, settings

@@ -68,14 +68,14 @@ def train_run(
 
     With `resume` (see `lvtrack.resume.find_resumable`), reopen that run instead of starting one
     and continue from its newest checkpoint; `req` must be its request (`TrainRequest.from_params`).
-    A run whose steps the budget sets (`req.steps` 0) takes 1/`runs` of what is left: the first of
+    A run whose steps the budget sets (`req.steps` None) takes 1/`runs` of what is left: the first of
     `runs` runs with the same settings (`train_seeds`).
     """
     experiment_id = setup_tracking()
     prep = prepare(req, resume)
     req, plan, by_budget = planned(req, prep, experiment_id, resume, runs)
     with admitted(req, prep, plan, by_budget, settings_source, nested, resume) as (meter, ckpt):
-        model, tok = lora_model(req.base, req.lora(), req.seed)
+        model, tok = lora_model(req.preset.base_model, req.lora(), req.seed)
         if resume is None:
             log_model_size(model)
         result = fit(
@@ -83,7 +83,7 @@ def train_run(
             tok,
             prep.codec,
             prep.series("train"),
-            prep.scored("val", req.preset),
+            prep.scored("val", req.preset.eval_series),
             req.train_config(),
             req.lora(),
             on_metrics=meter.log_fit_rows,
@@ -111,7 +111,7 @@ def train_seeds(req: TrainRequest, seeds: int, settings_source: str = "") -> dic
         for seed in range(req.seed, req.seed + seeds):
             one = replace(req, seed=seed, run_name=f"{req.run_name} seed {seed}")
             results[seed] = train_run(one, True, settings_source, runs=seeds - len(results))
-            if req.steps == 0:  # the first run's budget-given steps, for every seed after it
+            if req.steps is None:  # the first run's budget-given steps, for every seed after it
                 req = replace(req, steps=int(results[seed]["steps_run"]))
         spread = seed_spread(results)
         mlflow.log_metrics(spread)
@@ -167,14 +167,14 @@ def planned(
     plan, and whether the budget chose the steps. Reads the base model's config only: the
     weights load once the ledger admits the plan."""
     try:
-        shape: ModelShape = base_shape(req.base)
+        shape: ModelShape = base_shape(req.preset.base_model)
     except BaseModelError as err:
         raise click.ClickException(str(err)) from None
     if resume:
         check_resumable_config(resume, asdict(req.train_config()))
-    n_val, n_test = len(prep.scored("val", req.preset)), len(prep.scored("test", req.preset))
+    n_val, n_test = (len(prep.scored(split, req.preset.eval_series)) for split in ("val", "test"))
     decimals = prep.codec.decimals
-    by_budget = req.steps == 0
+    by_budget = req.steps is None
     if by_budget:  # as many steps as what is left of the budget affords
         req = steps_from_budget(req, shape, decimals, n_val, n_test, experiment_id, runs)
     return req, request_plan(req, shape, decimals, n_val, n_test), by_budget
@@ -194,7 +194,7 @@ def admitted(
     one); yields its meter and checkpoint folder, and closes it with what it spent."""
     params = req.to_params()
     tags = {
-        "base_model": req.base,
+        "base_model": req.preset.base_model,
         **({"settings_from": settings_source} if settings_source else {}),
         **({TAG_STEPS_FROM: "budget"} if by_budget else {}),
     }
@@ -266,7 +266,7 @@ def log_model_size(model: Any) -> None:
 
 
 def resume_run(
-    run_id: str, budget: float, given: dict[str, Any], defaults: dict[str, Any]
+    run_id: str, budget: float | None, given: dict[str, Any], defaults: dict[str, Any]
 ) -> dict[str, float]:
     """Resume training run `run_id` with its logged settings; the settings `given` on the
     command line (those not at their `defaults`) must agree with them. `budget` may differ."""
@@ -334,7 +334,7 @@ def finish_run(
         mlflow.log_dict(prep.codec.to_dict(), "codec.json")
         if req.register:
             register(req, prep, adapter, final, result.steps)
-    settings = {"lr": req.lr, "rank": req.rank, "context_length": req.context_length}
+    settings = {k: getattr(req.preset, k) for k in ("lr", "rank", "context_length")}
     describe_run(run_description(req.phase, settings, final))
     return final
 
@@ -352,14 +352,14 @@ def score(
                 model,
                 tok,
                 prep.codec,
-                prep.scored(split, preset),
+                prep.scored(split, preset.eval_series),
                 origin,
                 preset.horizon,
-                req.context_length,
+                preset.context_length,
                 req.lora(),
                 num_samples=req.eval_samples,
-                temperature=req.temperature,
-                top_p=req.top_p,
+                temperature=preset.temperature,
+                top_p=preset.top_p,
                 seed=req.seed,
             )
             eval_flops += ev.flops
@@ -422,13 +422,13 @@ def register(
             name=REGISTERED_MODEL,
             adapter_dir=adapter,
             codec=prep.codec,
-            base_spec=req.base,
+            base_spec=preset.base_model,
             settings={
-                "context_length": req.context_length,
+                "context_length": preset.context_length,
                 "horizon": preset.horizon,
                 "num_samples": req.eval_samples,
-                "temperature": req.temperature,
-                "top_p": req.top_p,
+                "temperature": preset.temperature,
+                "top_p": preset.top_p,
             },
             registered_model_name=REGISTERED_MODEL,
             tags={"phase": req.phase, "preset": preset.name},

@@ -162,9 +162,10 @@ def final_range(
 ) -> tuple[float, float]:
     """(least, most) seconds of `final` if the search picks another context or rank: its
     training FLOPs (what the budget leaves) at each combination's seconds per FLOP."""
-    planned = seconds_per_train_flop(rates, shape, req.context_length, req.batch_size, req.lora())
+    p = req.preset
+    planned = seconds_per_train_flop(rates, shape, p.context_length, p.batch_size, req.lora())
     others = [
-        seconds_per_train_flop(rates, shape, ctx, req.batch_size, lora)
+        seconds_per_train_flop(rates, shape, ctx, p.batch_size, lora)
         for ctx, lora in _space_loras(space)
     ]
     train = final.parts.get("training", 0.0)
@@ -244,10 +245,7 @@ def pipeline_walls(
     }
     if search is not None:
         walls["search"] = search_wall(preset, shape, decimals, search, rates)
-    final = req(
-        "final", max(final_steps, 1), evaluate_test=True, register=True,
-        eval_samples=preset.eval_samples,
-    )  # fmt: skip
+    final = req("final", max(final_steps, 1), evaluate_test=True, register=True)
     finals = [final] * preset.final_seeds if final_steps else []  # each seed a run
     walls["final"] = training_wall("final", finals, rates, n_val, n_test)
     if search is not None and final_steps:
