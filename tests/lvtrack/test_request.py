@@ -76,3 +76,13 @@ def test_from_preset_sets_the_phase_choice_on_the_preset():
     req = TrainRequest.from_preset(get_preset("micro"), "sweep", "s", 3, lr=0.01, rank=4, seed=2)
     assert (req.preset.lr, req.preset.rank, req.seed) == (0.01, 4, 2)
     assert req.train_config().lr == 0.01 and req.lora().rank == 4
+
+
+def test_the_logged_values_come_back_as_they_are():
+    """micro scores 8 series by its own eval_series without cutting its 64 validation-loss
+    windows (the cut applies to an eval_series given on the command line): a resume must
+    rebuild 64, not cut again."""
+    req = TrainRequest(get_preset("micro"), "train", "t", 4)
+    assert (req.preset.eval_series, req.preset.eval_windows) == (8, 64)
+    back = TrainRequest.from_params(_logged(req.to_params()))
+    assert back.preset.eval_windows == 64 and back == req

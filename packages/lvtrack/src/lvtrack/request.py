@@ -93,7 +93,12 @@ class TrainRequest:
         """
         preset = get_preset(params["preset"])
         logged = {"origins": str(preset.history_steps), **_BEFORE, **params}
-        preset = get_preset(preset.name, **_parsed(Preset, logged, RUN_FIELDS))
+        # The logged values as they are (`get_preset`'s cut by eval_series is already in them);
+        # `eval_samples` is logged as used, which is the preset's only for a run scoring test.
+        read: tuple[str, ...] = RUN_FIELDS
+        if logged.get("evaluate_test") != "True":
+            read = tuple(f for f in RUN_FIELDS if f != "eval_samples")
+        preset = replace(preset, **_parsed(Preset, logged, read))
         if budget is not None:
             preset = replace(preset, budget=float(budget))
         own = [f.name for f in fields(cls) if f.name != "preset"]
