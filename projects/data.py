@@ -12,13 +12,14 @@ import numpy as np
 
 from lvtrack.datafile import DEFAULT_SYSTEMS, MIN_SERIES, SPLIT_SEED, prepare_data
 from lvtrack.plots import plot_series_grid
+from lvtrack.presets import DEFAULT_DATA
 from lvtrack.tracking import log_dataset, setup_tracking
 
 
 @click.command()
 @click.option(
     "--data-file",
-    default="data/lotka_volterra_data.h5",
+    default=DEFAULT_DATA,
     show_default=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Data file to use; generated here when it does not exist.",

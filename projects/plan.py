@@ -25,12 +25,12 @@ from lvtrack.options import (
     search_options,
 )
 from lvtrack.pipeline_steps import STEPS
-from lvtrack.presets import get_preset
+from lvtrack.presets import DEFAULT_DATA, get_preset
 from lvtrack.rates_probe import rates_for
 from lvtrack.search_settings import search_settings
 from lvtrack.wall_plan import pipeline_walls, wall_summary
 
-DATA_FILE = "data/lotka_volterra_data.h5"  # the pipeline's default
+DATA_FILE = DEFAULT_DATA  # the pipeline's default
 
 
 @click.command()

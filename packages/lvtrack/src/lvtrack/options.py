@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from lvtrack.presets import PRESETS
+from lvtrack.presets import DEFAULT_DATA, PRESETS
 
 # The shortest useful training/forecasting context: two time steps of two 2-decimal values
 # ("12.34,5.67;" is up to 12 tokens). Shorter windows cannot hold one step and the next.
@@ -130,7 +130,7 @@ preset_option = click.option(
 base_option = preset_value("base_model", TEXT, "--base-model", "Hub id, local folder or .gguf file")
 data_option = click.option(
     "--data-file",
-    default="data/lotka_volterra_data.h5",
+    default=DEFAULT_DATA,
     show_default=True,
     help="Data file; generated when missing.",
 )

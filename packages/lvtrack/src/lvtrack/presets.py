@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+#: The data file every entry point reads (generated there when missing).
+DEFAULT_DATA = "data/lotka_volterra_data.h5"
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -18,9 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from lvmodel.config import TrainConfig
 from lvmodel.lora import LoraSettings
-from lvtrack.presets import Preset, get_preset
-
-DEFAULT_DATA = "data/lotka_volterra_data.h5"
+from lvtrack.presets import DEFAULT_DATA, Preset, get_preset
 
 # The preset's fields that shape one training run: logged as parameters, so that a resumed run
 # rebuilds exactly the run that died from its parameters.
