@@ -3,8 +3,8 @@
 The tiny base's attention logits reach about 70; the backward of PyTorch's CPU flash attention
 then computes exp() far below float32's normal range, where x86 takes a slow path.
 `lvmodel.device.flush_denormals` (called first by `load_base` and the tiny base's pretraining)
-sets FTZ/DAZ; torch's worker threads inherit it only if it is set before they start, so each
-variant runs in a fresh process. Prints the median milliseconds of a step (batch 8 x 256 tokens,
+sets FTZ/DAZ on every torch worker thread; the mode outlives the call, so each variant runs in a
+fresh process. Prints the median milliseconds of a step (batch 8 x 256 tokens,
 LoRA rank 16 on the seven linear layers: the tiny preset's settings) for each.
 
     python benchmarks/denormals.py [--steps 20] [--threads 2]

@@ -24,9 +24,8 @@ def coursework_path() -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     """Flush denormal floats before any torch work of the test process, as `load_base` does first
-    in every process of the project: torch's CPU worker threads take the mode from the thread
-    that starts them, so a test that ran torch before a `load_base` would leave them slow
-    (`lvmodel.device.flush_denormals`)."""
+    in every process of the project, so that a test's figures and speed do not depend on whether
+    an earlier test loaded a base (`lvmodel.device.flush_denormals`)."""
     from lvmodel.device import flush_denormals
 
     flush_denormals()

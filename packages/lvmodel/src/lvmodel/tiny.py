@@ -45,7 +45,8 @@ from lvmodel.tiny_tokenizer import VOCAB_SIZE, build_tiny_tokenizer
 log = logging.getLogger(__name__)
 
 TINY_VERSION = (
-    "3"  # bump when the recipe changes in a way the hashed settings miss (3: denormals flushed)
+    "4"  # bump when the recipe changes in a way the hashed settings miss (3: denormals flushed;
+    # 4: on every worker thread, whatever ran first: a base built by 3 may differ by process)
 )
 CACHE_ENV = "LV_CACHE_DIR"
 PRETRAIN_FILE = "pretrain.json"
