@@ -30,8 +30,6 @@ from lvtrack.rates_probe import rates_for
 from lvtrack.search_settings import search_settings
 from lvtrack.wall_plan import pipeline_walls, wall_summary
 
-DATA_FILE = DEFAULT_DATA  # the pipeline's default
-
 
 @click.command()
 @preset_option
@@ -75,7 +73,7 @@ def main(
     entry_points = {s: f"projects.{s}" for s in (*STEPS["search"], "sweep", "context")}
     project = Path.cwd() if Path("MLproject").is_file() else None
     rates = rates_for(
-        rates_file, measure_rates, p, base, n_series, DATA_FILE,
+        rates_file, measure_rates, p, base, n_series, DEFAULT_DATA,
         {**entry_points, "pipeline": "projects.pipeline"}, project,
     )  # fmt: skip
     try:
