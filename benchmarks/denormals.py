@@ -24,12 +24,13 @@ def child(flush: bool, steps: int, threads: int) -> None:
 
     import lvdata
     import lvmodel.base
+    import lvmodel.device
     from lvmodel.config import TrainConfig
     from lvmodel.lora import LoraSettings, apply_lora
     from lvmodel.train import Batches, batch_loss, fit_data
 
     if not flush:
-        lvmodel.base.flush_denormals = lambda: None  # load_base then leaves the mode alone
+        lvmodel.device.flush_denormals = lambda: None  # load_base then leaves the mode alone
     torch.set_num_threads(threads)
     traj = lvdata.simulate(n_systems=120, n_steps=100, seed=0)
     codec = lvdata.LLMTimeCodec.fit(traj.values[:100])

@@ -23,12 +23,12 @@ def coursework_path() -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Flush denormal floats before any torch work of the test process, as `load_base` does first
-    in every process of the project, so that a test's figures and speed do not depend on whether
-    an earlier test loaded a base (`lvmodel.device.flush_denormals`)."""
-    from lvmodel.device import flush_denormals
+    """Fix the CPU's threading and denormal modes before any torch work of the test process, as
+    `load_base` does first in every process of the project, so that a test's figures and speed do
+    not depend on whether an earlier test loaded a base (`lvmodel.device.fix_cpu_arithmetic`)."""
+    from lvmodel.device import fix_cpu_arithmetic
 
-    flush_denormals()
+    fix_cpu_arithmetic()
 
 
 @pytest.fixture(scope="session")

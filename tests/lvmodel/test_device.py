@@ -1,4 +1,5 @@
-"""lvmodel.device.flush_denormals reaches every torch worker thread, whatever ran before it."""
+"""lvmodel.device: the denormal flush reaches every torch worker thread, and a process computes
+alike whatever ran in it before (fix_cpu_arithmetic)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,38 @@ def test_torch_alone_flushes_only_the_calling_thread() -> None:
     the elements on two threads) stays denormal."""
     left, n = _unflushed("torch.set_flush_denormal(True)")
     assert 0 < left < n
+
+
+# In a fresh process: the backward of PyTorch's CPU flash attention at the tiny model's GQA shape
+# (batch 8, 4 query and 2 KV heads, 256 positions, head dim 32), after `before`; the gradients'
+# digest. MKL computes it with other rounding in its dynamic mode (a process that never called
+# torch.set_num_threads) than in its fixed mode (after such a call: the tiny base's pretraining).
+ATTENTION = """
+import hashlib, torch
+{before}
+from lvmodel.device import {fix}; {fix}()
+g = torch.Generator().manual_seed(0)
+q, k, v = (torch.randn(8, h, 256, 32, generator=g, requires_grad=True) for h in (4, 2, 2))
+out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+out.backward(torch.randn(out.shape, generator=g))
+print(hashlib.sha256(b"".join(t.grad.numpy().tobytes() for t in (q, k, v))).hexdigest())
+"""
+
+
+def _attention_digest(before: str, fix: str = "fix_cpu_arithmetic") -> str:
+    return subprocess.run(
+        [sys.executable, "-c", ATTENTION.format(before=before, fix=fix)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def test_a_process_computes_alike_whether_or_not_threads_were_set_before() -> None:
+    """The README's main job scored test MSE 0.163 from an empty cache (the base's pretraining
+    sets the threads first) and 0.205 with the base cached, at the same seed, until load_base
+    fixed the mode itself (fails with `flush_denormals` alone in place of fix_cpu_arithmetic)."""
+    fresh = _attention_digest("")
+    after_a_build = _attention_digest("torch.set_num_threads(torch.get_num_threads())")
+    assert len(fresh) == 64
+    assert fresh == after_a_build

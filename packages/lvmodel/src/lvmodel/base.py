@@ -35,7 +35,7 @@ from transformers import (
 )
 
 from lvflops import ModelShape
-from lvmodel.device import flush_denormals
+from lvmodel.device import fix_cpu_arithmetic
 from lvmodel.tiny import ensure_tiny_base
 
 log = logging.getLogger(__name__)
@@ -293,9 +293,10 @@ def load_base(
     config.json, weights or tokenizer (an interrupted download) is a `BaseModelError` naming the
     folder and what it lacks, unless the hub is reachable to complete it.
     `dtype` defaults to float32 on CPU and bfloat16 on CUDA; `device` to CUDA when available;
-    `attn_implementation` to `"sdpa"`. Denormals are flushed on the CPU (`flush_denormals`).
+    `attn_implementation` to `"sdpa"`. The CPU's threading and denormal modes are fixed first
+    (`lvmodel.device.fix_cpu_arithmetic`), so that a run computes alike in every process.
     """
-    flush_denormals()
+    fix_cpu_arithmetic()
     spec = str(spec)
     dtype, dev = _defaults(dtype, device)
     model_kwargs: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Where the model's arithmetic runs: the CPU's denormal mode and a model's device.
+"""Where the model's arithmetic runs: the CPU's threading and denormal modes, a model's device.
 
 A module of its own, below everything that loads, trains or runs a model (`lvmodel.base`,
 `lvmodel.tiny`, `lvmodel.decode`, `lvmodel.forecast`), so that none of them imports another for it.
@@ -13,7 +13,25 @@ from typing import Any
 
 import torch
 
-__all__ = ["flush_denormals", "model_device"]
+__all__ = ["fix_cpu_arithmetic", "flush_denormals", "model_device"]
+
+
+def fix_cpu_arithmetic() -> None:
+    """Make the CPU's arithmetic the same in every process, whatever ran in it before: a fixed
+    number of threads for MKL (`torch.set_num_threads` at torch's current count), and denormals
+    flushed on every thread (`flush_denormals`). `load_base` calls it first.
+
+    Until a process calls `torch.set_num_threads`, MKL runs in its dynamic mode, where it picks
+    its own threading per call; torch's call turns that off (torch issue 13757). The two modes
+    give results that differ in the last bits: measured, the gradients of PyTorch's CPU flash
+    attention backward (the tiny model's GQA shape, `tests/lvmodel/test_device.py`) and so the
+    tiny preset's LoRA loss from about step 30 on. The README's main job from an empty cache
+    pretrains the tiny base first, which sets the threads, and scored val/test MSE 0.165 / 0.163
+    at seed 0; the same command with the base already cached never set them and scored 0.179 /
+    0.205. With the count set here, every path computes alike.
+    """
+    torch.set_num_threads(torch.get_num_threads())
+    flush_denormals()
 
 
 def flush_denormals() -> None:

@@ -123,7 +123,8 @@ def _lr_at(step: int, s: TinyPretrainSettings) -> float:
 
 @contextlib.contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
-    """The build's CPU: `n` torch threads, denormals flushed (lvmodel.device.flush_denormals)."""
+    """The build's CPU: `n` torch threads (which also fixes MKL's threading, as
+    `lvmodel.device.fix_cpu_arithmetic` does), denormals flushed (`flush_denormals`)."""
     flush_denormals()
     old = torch.get_num_threads()
     torch.set_num_threads(n)
