@@ -19,13 +19,15 @@ print(int((y != 0).sum()), y.numel())
 """
 
 
+def _child(code: str) -> str:
+    """What a fresh Python process running `code` prints."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def _unflushed(flush: str) -> tuple[int, int]:
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD.format(flush=flush)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    out = _child(CHILD.format(flush=flush)).split()
     return int(out[0]), int(out[1])
 
 
@@ -59,12 +61,7 @@ print(hashlib.sha256(b"".join(t.grad.numpy().tobytes() for t in (q, k, v))).hexd
 
 
 def _attention_digest(before: str, fix: str = "fix_cpu_arithmetic") -> str:
-    return subprocess.run(
-        [sys.executable, "-c", ATTENTION.format(before=before, fix=fix)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    return _child(ATTENTION.format(before=before, fix=fix)).strip()
 
 
 def test_a_process_computes_alike_whether_or_not_threads_were_set_before() -> None:
